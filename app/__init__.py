@@ -1,0 +1,1 @@
+"""The faces of lookalike: the command line and the Streamlit app."""

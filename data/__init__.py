@@ -1,0 +1,1 @@
+"""Bytes to tensors: safe image loading, folder scanning and dataset readers."""

@@ -1,0 +1,1 @@
+"""A crash-safe, incremental FAISS + SQLite index of image collections; search and dedup."""

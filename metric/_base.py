@@ -1,0 +1,167 @@
+"""The Metric base class: preprocess, embed, distance, with explicit shapes and typed errors."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch import nn
+
+from lookalike.metric._pretrained import MetricCfg
+from lookalike.metric.transforms import build_transform
+
+_logger = logging.getLogger(__name__)
+
+_DTYPES = {
+    None: torch.float32,
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+    "half": torch.float16,
+}
+
+
+def get_device(device: str | torch.device | None = None) -> torch.device:
+    """``device`` as given, else cuda > mps > cpu."""
+    if device is not None:
+        dev = torch.device(device)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} requested but CUDA is not available here; use 'cpu'")
+        return dev
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def get_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            raise ValueError(f"dtype {dtype} not supported; use float32, bfloat16 or float16")
+        return dtype
+    try:
+        return _DTYPES[dtype]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}; choose from fp32, bf16, fp16") from None
+
+
+def sample_hash(path: Path, *, chunks: int = 16, chunk_size: int = 1 << 16) -> str:
+    """sha256 over the size and ``chunks`` evenly spaced slices of a file (fast on GB checkpoints)."""
+    size = path.stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        if size <= chunks * chunk_size:
+            h.update(f.read())
+        else:
+            step = (size - chunk_size) // (chunks - 1)
+            for j in range(chunks):
+                f.seek(j * step)
+                h.update(f.read(chunk_size))
+    return h.hexdigest()
+
+
+def compute_fingerprint(cfg: MetricCfg, files: Mapping[str, Path]) -> str:
+    """A short id of (metric name, its weight files' content): vectors with different fingerprints never mix."""
+    h = hashlib.sha256(cfg.name.encode())
+    for rel in sorted(files):
+        h.update(rel.encode())
+        h.update(sample_hash(files[rel]).encode())
+    return f"{cfg.name}-{h.hexdigest()[:16]}"
+
+
+class Metric(nn.Module):
+    """A similarity measure.
+
+    Attributes:
+        name: registry name.
+        kind: "embedding" (``embed`` gives vectors that can be indexed) or "pairwise" (``distance`` only).
+        dim: embedding width (None for pairwise metrics).
+        lower_is_better: True when a lower ``distance`` value means more similar.
+        fingerprint: id of the name + weight files; stored with every index.
+    """
+
+    def __init__(self, cfg: MetricCfg, *, device: torch.device, dtype: torch.dtype, fingerprint: str):
+        super().__init__()
+        self.cfg = cfg
+        self.name = cfg.name
+        self.kind = cfg.kind
+        self.lower_is_better = cfg.lower_is_better
+        self.fingerprint = fingerprint
+        self.device = device
+        self.dtype = dtype
+        self.dim: int | None = None
+        self._transform = build_transform(cfg.preprocess)
+
+    @property
+    def input_size(self) -> int:
+        return self.cfg.preprocess.size
+
+    def preprocess(self, img: Image.Image) -> torch.Tensor:
+        """PIL image → float32 tensor (3, S, S) in [0, 1] (stack them into a batch for ``embed``)."""
+        return self._transform(img)
+
+    def check_batch(self, x: torch.Tensor, what: str = "batch") -> torch.Tensor:
+        """Validate a (B, 3, S, S) float batch in [0, 1] and move it to the metric's device."""
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() == 3:
+            x = x.unsqueeze(0)
+        s = self.input_size
+        if x.dim() != 4 or x.shape[1] != 3 or tuple(x.shape[-2:]) != (s, s):
+            raise ValueError(
+                f"{what} has shape {tuple(x.shape)}; {self.name} expects (B, 3, {s}, {s}) in [0, 1] "
+                f"(use metric.preprocess on each PIL image)"
+            )
+        if not x.is_floating_point():
+            raise ValueError(f"{what} has dtype {x.dtype}; expected floats in [0, 1] (use metric.preprocess)")
+        return x.to(self.device, torch.float32, non_blocking=True)
+
+    @contextlib.contextmanager
+    def _precision(self) -> Iterator[None]:
+        """Autocast for reduced precision on the CPU (weights stay fp32 there); plain weights elsewhere."""
+        if self.dtype != torch.float32 and self.device.type == "cpu":
+            with torch.autocast("cpu", dtype=self.dtype):
+                yield
+        else:
+            yield
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) in [0, 1] → (B, dim) float32 unit vectors. Only for kind == "embedding"."""
+        raise TypeError(f"metric {self.name!r} is pairwise: it has no embed(); use distance(a, b)")
+
+    def distance_embeddings(self, ea: torch.Tensor, eb: torch.Tensor) -> torch.Tensor:
+        """1 - cosine of unit embeddings, row by row: (B,), in [0, 2], higher means more different."""
+        return 1.0 - (ea * eb).sum(dim=-1)
+
+    @torch.inference_mode()
+    def distance(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Distance between two batches of images, row by row → (B,) float32 on the CPU.
+
+        For embedding metrics this is 1 - cosine in [0, 2]; higher means more different.
+        """
+        a = self.check_batch(a, "a")
+        b = self.check_batch(b, "b")
+        if a.shape[0] != b.shape[0]:
+            raise ValueError(f"a and b must have the same batch size, got {a.shape[0]} and {b.shape[0]}")
+        return self.distance_embeddings(self.embed(a), self.embed(b)).float().cpu()
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, kind={self.kind!r}, dim={self.dim}, device={self.device}, dtype={self.dtype}"
+
+
+def center_l2(x: torch.Tensor, *, center: bool = True) -> torch.Tensor:
+    """Subtract the mean over the last dim (optional), then L2-normalize over it, in float32."""
+    x = x.float()
+    if center:
+        x = x - x.mean(dim=-1, keepdim=True)
+    return x / x.norm(dim=-1, keepdim=True)

