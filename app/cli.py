@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 
-_COMMAND_MODULES = ("lookalike.app.cli_metric", "lookalike.app.cli_index")
+_COMMAND_MODULES = ("lookalike.app.cli_metric", "lookalike.app.cli_index", "lookalike.app.cli_weights")
 
 
 class CliError(Exception):

@@ -1,0 +1,42 @@
+"""Shared test set-up: CPU only, no network, fixture paths."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("LOOKALIKE_OFFLINE", "1")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+FIXTURES = Path(__file__).parent / "fixtures"
+DEMO = FIXTURES / "dreamsim-demo"
+PHOTOS = FIXTURES / "photos"
+SHARED_FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test gets an empty $LOOKALIKE_HOME unless it sets its own."""
+    monkeypatch.setenv("LOOKALIKE_HOME", str(tmp_path_factory.mktemp("lookalike_home")))
+
+
+@pytest.fixture(scope="session")
+def demo_dir() -> Path:
+    return DEMO
+
+
+@pytest.fixture(scope="session")
+def photos_dir() -> Path:
+    return PHOTOS
+
+
+@pytest.fixture(scope="session")
+def official_dino_adapter() -> Path:
+    """The official dino_vitb16 single-branch adapter (from ../shared/fixtures; 2.3 MB, not copied into the repo)."""
+    path = SHARED_FIXTURES / "dreamsim-adapters" / "dino_vitb16_single_lora"
+    if not (path / "adapter_model.safetensors").is_file():
+        pytest.skip(f"official adapter fixture not found at {path}")
+    return path
