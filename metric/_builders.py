@@ -78,11 +78,22 @@ def _finish(net: nn.Module, device: torch.device, dtype: torch.dtype) -> nn.Modu
     return net
 
 
-@register_builder("perceptual")
-def build_perceptual(cfg: MetricCfg, *, device: torch.device, dtype: torch.dtype,
-                     weights: str | Path | None) -> Metric:
+def build_perceptual_net(cfg: MetricCfg, weights: str | Path | None = None, *, with_adapter: bool = True
+                         ) -> tuple[PerceptualNet, dict[str, Path]]:
+    """The fp32 CPU ``PerceptualNet`` of a perceptual metric with its base weights loaded.
+
+    Args:
+        cfg: a config with ``builder == "perceptual"``.
+        weights: optional folder searched first for the weight files.
+        with_adapter: merge the config's LoRA adapter into the qkv weights (False: the raw backbones, e.g. as the
+            starting point of LoRA training).
+
+    Returns:
+        (net in train mode with gradients enabled, {relative path: resolved file}).
+    """
     bcfgs = [get_backbone_cfg(n) for n in cfg.backbones]
-    files = required_files(cfg)
+    files = required_files(cfg) if with_adapter else [get_backbone_cfg(n).weights for n in cfg.backbones
+                                                       if get_backbone_cfg(n).weights is not None]
     paths = resolve_files(cfg.name, files, weights) if files else {}
     net = PerceptualNet(bcfgs, patch=cfg.patch)
     for k, (ext, b) in enumerate(zip(net.extractor_list, bcfgs)):
@@ -91,9 +102,15 @@ def build_perceptual(cfg: MetricCfg, *, device: torch.device, dtype: torch.dtype
         else:
             path = paths[b.weights.path]
             load_state_dict_strict(ext.model, get_reader(b.weight_format)(path), path)
-    if cfg.adapter:
-        adapter_dir = paths[f"{cfg.adapter}/{ADAPTER_CONFIG}"].parent
-        merge_adapter(net.extractor_list, adapter_dir)
+    if with_adapter and cfg.adapter:
+        merge_adapter(net.extractor_list, paths[f"{cfg.adapter}/{ADAPTER_CONFIG}"].parent)
+    return net, paths
+
+
+@register_builder("perceptual")
+def build_perceptual(cfg: MetricCfg, *, device: torch.device, dtype: torch.dtype,
+                     weights: str | Path | None) -> Metric:
+    net, paths = build_perceptual_net(cfg, weights)
     fingerprint = compute_fingerprint(cfg, paths) if paths else f"{cfg.name}-seed{cfg.options.get('seed', 0)}"
     _finish(net, device, dtype)
     return PerceptualMetric(cfg, net, device=device, dtype=dtype, fingerprint=fingerprint)
