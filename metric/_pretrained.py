@@ -18,7 +18,8 @@ class WeightFile:
 
     ``path`` is relative: to an explicit ``weights=`` folder, or to ``$LOOKALIKE_HOME/<cache_subdir>``.
     The file comes either straight from ``url`` or, when ``archive_url`` is set, as member ``member``
-    (default: ``path``) of the zip at ``archive_url``.
+    (default: ``path``) of the zip at ``archive_url``. ``package`` ("module:relative/path") names a file shipped
+    inside an installed Python package, looked up after the explicit folder and the cache.
     """
 
     path: str
@@ -28,6 +29,7 @@ class WeightFile:
     sha256: str | None = None
     size: int | None = None
     cache_subdir: str = "dreamsim"
+    package: str | None = None
 
     @property
     def source(self) -> str | None:

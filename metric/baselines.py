@@ -19,12 +19,13 @@ from pathlib import Path
 
 import torch
 import torchvision
+from torch import nn
+from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
 from lookalike.metric._base import Metric, compute_fingerprint
 from lookalike.metric._hub import resolve_files
 from lookalike.metric._pretrained import MetricCfg
 from lookalike.metric._registry import register_builder
-from torch import nn
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 _logger = logging.getLogger(__name__)
 

@@ -116,7 +116,9 @@ def merge_adapter(extractors: nn.ModuleList, folder: str | Path) -> int:
             raise ValueError(f"{folder}: adapter targets block {i} but branch {k} has {len(blocks)} blocks")
         w = blocks[i].attn.qkv.weight
         if w.shape != delta.shape:
-            raise ValueError(f"{folder}: delta for branch {k} block {i} is {tuple(delta.shape)}, qkv is {tuple(w.shape)}")
+            raise ValueError(
+                f"{folder}: delta for branch {k} block {i} is {tuple(delta.shape)}, qkv is {tuple(w.shape)}"
+            )
         w.add_(delta.to(w.dtype))
     _logger.debug("merged %d LoRA deltas from %s", len(deltas), folder)
     return len(deltas)

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from lookalike.metric._hub import _sha256_file, find_weight_file, get_cache_path, resolve_files
+from lookalike.metric._hub import _sha256_file, find_package_file, find_weight_file, get_cache_path, resolve_files
 from lookalike.metric._pretrained import WeightFile
 
 _logger = logging.getLogger(__name__)
@@ -120,7 +120,8 @@ def weights_paths(name: str, *, weights: str | os.PathLike[str] | None = None) -
 
     Returns:
         One dict per file with keys ``path`` (relative), ``location`` (the file found, else its cache path),
-        ``present``, ``found_in`` (``"weights"``, ``"cache"`` or None), ``cache_path``, ``url`` (the file's own URL),
+        ``present``, ``found_in`` (``"weights"``, ``"cache"``, ``"package"`` or None), ``cache_path``,
+        ``url`` (the file's own URL),
         ``archive_url`` and ``member`` (when it ships inside a zip), ``source`` (the URL to fetch: the zip's or the
         file's; None when there is no public URL), ``sha256`` and ``size`` (None when unknown).
 
@@ -133,7 +134,8 @@ def weights_paths(name: str, *, weights: str | os.PathLike[str] | None = None) -
     for wf in _required(name):
         cache = get_cache_path(wf)
         p = find_weight_file(wf, root)
-        found_in = None if p is None else ("cache" if p == cache else "weights")
+        found_in = None if p is None else ("cache" if p == cache else "package" if p == find_package_file(wf)
+                                           else "weights")
         rows.append({
             "path": wf.path,
             "location": str(p if p is not None else cache),
