@@ -100,6 +100,8 @@ class Metric(nn.Module):
         self.device = device
         self.dtype = dtype
         self.dim: int | None = None
+        # Reduced precision: autocast on the CPU (weights stay fp32), weights cast to ``dtype`` elsewhere.
+        self.autocast = dtype != torch.float32 and device.type == "cpu"
         self._transform = build_transform(cfg.preprocess)
 
     @property
@@ -129,8 +131,8 @@ class Metric(nn.Module):
     @contextlib.contextmanager
     def _precision(self) -> Iterator[None]:
         """Autocast for reduced precision on the CPU (weights stay fp32 there); plain weights elsewhere."""
-        if self.dtype != torch.float32 and self.device.type == "cpu":
-            with torch.autocast("cpu", dtype=self.dtype):
+        if self.autocast:
+            with torch.autocast(self.device.type, dtype=self.dtype):
                 yield
         else:
             yield

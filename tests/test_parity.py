@@ -108,3 +108,13 @@ def test_official_dino_adapter_on_reference_and_ours(cache: Path, official_dino_
     with torch.no_grad():
         assert (ours.embed(x) - ref.embed(x)).abs().max().item() <= TOL
         assert (ours.distance(x[:2], x[1:]) - ref(x[:2], x[1:])).abs().max().item() <= TOL
+
+
+@pytest.mark.parametrize("name", ["dreamsim"])
+def test_bf16_embeddings_stay_within_cosine_0999(name: str, cache: Path, images: list[Image.Image]) -> None:
+    """bf16 (autocast on the CPU) against fp32 on the fixtures, on the full-size ensemble."""
+    m32 = load_metric(name, weights=cache, device="cpu")
+    m16 = load_metric(name, weights=cache, device="cpu", dtype="bf16")
+    x = torch.stack([m32.preprocess(im) for im in images])
+    cos = (m32.embed(x) * m16.embed(x)).sum(-1)
+    assert cos.min().item() >= 0.999, cos

@@ -1,0 +1,174 @@
+"""``lookalike info`` and ``lookalike compare``: what is installed, and two images under many metrics."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from pathlib import Path
+
+_INFO_EPILOG = """examples:
+  lookalike info                      metrics, devices, which weights are present and where
+  lookalike info --json               the same, as JSON
+  lookalike info --index ./my-index   an index: counts, metrics, FAISS type, size, failed files
+"""
+
+_COMPARE_EPILOG = """examples:
+  lookalike compare a.jpg b.jpg                            the default metric (dreamsim)
+  lookalike compare a.jpg b.jpg --metric efficientnet_lite0 --metric psnr
+  lookalike compare a.jpg b.jpg --all                      every metric that can run here
+  lookalike compare a.jpg b.jpg --all --json
+
+Each row says its direction: for distances lower = more similar; PSNR and SSIM are similarities
+(higher = more similar). Metrics whose weights are not present are listed with the command that fetches them.
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="metrics, devices and weights present; or describe an index",
+                       epilog=_INFO_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--index", metavar="DIR", help="describe the index in DIR instead")
+    p.add_argument("--weights", metavar="DIR", help="also look for weight files in DIR")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=run_info)
+
+    p = sub.add_parser("compare", help="distance between two images under one or more metrics",
+                       epilog=_COMPARE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("a", help="first image file")
+    p.add_argument("b", help="second image file")
+    p.add_argument("--metric", "-m", action="append", metavar="NAME", help="metric name (repeatable)")
+    p.add_argument("--all", action="store_true", help="every registered metric (those without weights are listed)")
+    p.add_argument("--device", help="cuda, mps or cpu (default: best available)")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="precision (default fp32)")
+    p.add_argument("--weights", metavar="DIR", help="folder searched first for weight files")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=run_compare)
+
+
+def _devices() -> list[str]:
+    import torch
+
+    devs = ["cpu"]
+    if torch.cuda.is_available():
+        devs += [f"cuda:{i} ({torch.cuda.get_device_name(i)})" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        devs.append("mps")
+    return devs
+
+
+def _metric_dim(name: str) -> int | None:
+    from lookalike.metric._registry import get_backbone_cfg, get_metric_cfg
+
+    cfg = get_metric_cfg(name)
+    if cfg.kind != "embedding":
+        return None
+    if cfg.backbones:
+        dims = [get_backbone_cfg(b).feature_dim for b in cfg.backbones]
+        return 2 * dims[0] if cfg.patch else sum(dims)
+    return cfg.options.get("dim")
+
+
+def collect_info(weights: str | None = None) -> dict[str, object]:
+    """Library-side facts for ``lookalike info`` (no model is loaded)."""
+    import torch
+
+    from lookalike.metric import get_cache_dir, get_metric_cfg, list_metrics
+    from lookalike.metric.weights import weights_paths
+
+    metrics = []
+    for name in list_metrics():
+        cfg = get_metric_cfg(name)
+        files = weights_paths(name, weights=weights)
+        metrics.append({
+            "name": name,
+            "kind": cfg.kind,
+            "dim": _metric_dim(name),
+            "direction": "lower = more similar" if cfg.lower_is_better else "higher = more similar",
+            "weights": "none needed" if not files else
+            "present" if all(f["present"] for f in files) else "missing",
+            "files": [{"path": f["path"], "present": f["present"], "location": f["location"]} for f in files],
+            "description": cfg.description,
+        })
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "devices": _devices(),
+        "cache_dir": str(get_cache_dir()),
+        "metrics": metrics,
+    }
+
+
+def run_info(args: argparse.Namespace) -> int:
+    if args.index:
+        from lookalike.indexer import index_info
+
+        info = index_info(Path(args.index))
+        if args.json:
+            print(json.dumps(info, indent=2, default=str))
+        else:
+            _print_tree(info)
+        return 0
+    info = collect_info(args.weights)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"python {info['python']}, torch {info['torch']}")
+    print(f"devices: {', '.join(info['devices'])}")  # type: ignore[arg-type]
+    print(f"weights cache: {info['cache_dir']}  (set $LOOKALIKE_HOME to move it)")
+    print()
+    rows = [(m["name"], m["kind"], str(m["dim"] or "-"), m["direction"], m["weights"])
+            for m in info["metrics"]]  # type: ignore[union-attr]
+    _print_table(("metric", "kind", "dim", "direction", "weights"), rows)
+    missing = [m["name"] for m in info["metrics"] if m["weights"] == "missing"]  # type: ignore[union-attr]
+    if missing:
+        print(f"\nfetch missing weights with: lookalike weights download NAME   (e.g. {missing[0]})")
+    return 0
+
+
+def _print_tree(d: object, indent: int = 0) -> None:
+    pad = "  " * indent
+    if isinstance(d, dict):
+        for k, v in d.items():
+            if isinstance(v, (dict, list)) and v:
+                print(f"{pad}{k}:")
+                _print_tree(v, indent + 1)
+            else:
+                print(f"{pad}{k}: {v}")
+    elif isinstance(d, list):
+        for item in d:
+            if isinstance(item, dict):
+                print(f"{pad}-")
+                _print_tree(item, indent + 1)
+            else:
+                print(f"{pad}- {item}")
+
+
+def _print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip())
+    for r in rows:
+        print("  ".join(str(x).ljust(w) for x, w in zip(r, widths, strict=True)).rstrip())
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from lookalike.data.images import open_image
+    from lookalike.metric.compare import compare_images, default_compare_metrics
+
+    if args.all and args.metric:
+        raise ValueError("give either --all or --metric NAME, not both")
+    names = default_compare_metrics() if args.all else (args.metric or ["dreamsim"])
+    img_a, img_b = open_image(Path(args.a)), open_image(Path(args.b))
+    rows = compare_images(img_a, img_b, names, device=args.device, dtype=args.dtype, weights=args.weights,
+                          download=not args.all)
+    if args.json:
+        print(json.dumps({"a": args.a, "b": args.b, "rows": [r.to_dict() for r in rows]}, indent=2))
+    else:
+        table = [(r.metric, "-" if r.value is None else f"{r.value:.4f}", r.unit, r.direction,
+                  r.reason) for r in rows]
+        _print_table(("metric", "value", "unit", "direction", "note"), table)
+    if all(r.value is None for r in rows):
+        print("error: no metric could run (weights missing); see the notes above", file=sys.stderr)
+        return 1
+    return 0

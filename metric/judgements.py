@@ -1,0 +1,195 @@
+"""What each metric says about a pair of images (every registered metric at once) or a 2AFC triplet.
+
+These are the library functions behind the app's "Compare metrics" and "Datasets" views. Nothing here prints,
+downloads or caches: the caller passes a ``load`` function (``load_metric`` by default) and may cache what it loads.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+
+from lookalike.metric._base import Metric
+from lookalike.metric._factory import load_metric
+from lookalike.metric._hub import WeightsNotFound
+from lookalike.metric._registry import get_metric_cfg, list_metrics
+from lookalike.metric.weights import weights_paths
+
+_logger = logging.getLogger(__name__)
+
+#: Metric families left out of ``compare_all`` unless named explicitly (random-weight test models).
+HIDDEN_FAMILIES = ("test",)
+
+STATUS_OK = "ok"
+STATUS_UNAVAILABLE = "unavailable"
+STATUS_ERROR = "error"
+
+
+def describe_direction(lower_is_better: bool) -> str:
+    """"lower = more similar" or "higher = more similar"."""
+    return "lower = more similar" if lower_is_better else "higher = more similar"
+
+
+@dataclass(frozen=True)
+class MetricValue:
+    """One metric's verdict on a pair of images.
+
+    Attributes:
+        metric: registry name.
+        value: the distance or score in ``unit`` (None when the metric could not run).
+        unit: what the value measures ("1 - cosine", "dB", "SSIM", ...).
+        lower_is_better: True when a lower value means more similar.
+        kind: "embedding" or "pairwise".
+        family: "dreamsim", "backbone", "cnn", "baseline", ...
+        status: "ok", "unavailable" (weights not present) or "error" (it failed on these images).
+        reason: why it could not run, with the command that fixes it when there is one.
+    """
+
+    metric: str
+    value: float | None
+    unit: str
+    lower_is_better: bool
+    kind: str
+    family: str
+    status: str = STATUS_OK
+    reason: str = ""
+
+    @property
+    def direction(self) -> str:
+        return describe_direction(self.lower_is_better)
+
+    def as_dict(self) -> dict:
+        return {"metric": self.metric, "value": self.value, "unit": self.unit, "direction": self.direction,
+                "kind": self.kind, "family": self.family, "status": self.status, "reason": self.reason}
+
+
+def missing_weights_reason(name: str) -> str | None:
+    """Why metric ``name`` cannot be loaded from disk right now (None when every weight file is present).
+
+    Only looks for files: nothing is loaded, hashed or downloaded.
+
+    Raises:
+        KeyError: unknown metric name.
+    """
+    missing = [row["path"] for row in weights_paths(name) if not row["present"]]
+    if not missing:
+        return None
+    return (f"weights not present ({', '.join(missing)}); fetch them with: lookalike weights download {name}")
+
+
+def list_compare_metrics(*, include_hidden: bool = False) -> list[str]:
+    """Registered metric names for comparisons, without the test-only families unless ``include_hidden``."""
+    names = list_metrics()
+    if include_hidden:
+        return names
+    return [n for n in names if get_metric_cfg(n).family not in HIDDEN_FAMILIES]
+
+
+def pair_distance(metric: Metric, img_a: Image.Image, img_b: Image.Image) -> float:
+    """``metric``'s value for one pair of PIL images (in ``metric.cfg.unit``; see ``metric.lower_is_better``)."""
+    xa = metric.preprocess(img_a.convert("RGB"))[None]
+    xb = metric.preprocess(img_b.convert("RGB"))[None]
+    with torch.inference_mode():
+        return float(metric.distance(xa, xb)[0])
+
+
+def _value_row(name: str, value: float | None, status: str = STATUS_OK, reason: str = "") -> MetricValue:
+    cfg = get_metric_cfg(name)
+    return MetricValue(metric=name, value=value, unit=cfg.unit, lower_is_better=cfg.lower_is_better, kind=cfg.kind,
+                       family=cfg.family, status=status, reason=reason)
+
+
+def compare_all(
+    img_a: Image.Image,
+    img_b: Image.Image,
+    *,
+    metrics: Iterable[str] | None = None,
+    load: Callable[[str], Metric] = load_metric,
+) -> list[MetricValue]:
+    """Measure one pair of images with many metrics; metrics that cannot run are reported, not raised.
+
+    Args:
+        img_a: first image (PIL; converted to RGB).
+        img_b: second image.
+        metrics: registry names; default every registered metric except test-only ones.
+        load: ``name -> Metric`` (pass a caching loader to reuse models across calls).
+
+    Returns:
+        One MetricValue per metric, in the order given (sorted names by default). ``status`` says whether it ran;
+        ``value`` is a distance when ``lower_is_better`` is True (1 - cosine in [0, 2] for embedding metrics,
+        higher means more different) and a similarity otherwise (PSNR in dB, SSIM in [-1, 1]).
+
+    Raises:
+        KeyError: an unknown metric name.
+    """
+    names = list(metrics) if metrics is not None else list_compare_metrics()
+    out: list[MetricValue] = []
+    for name in names:
+        get_metric_cfg(name)  # unknown names raise KeyError before any work
+        reason = missing_weights_reason(name)
+        if reason is not None:
+            out.append(_value_row(name, None, STATUS_UNAVAILABLE, reason))
+            continue
+        try:
+            value = pair_distance(load(name), img_a, img_b)
+        except WeightsNotFound as e:
+            out.append(_value_row(name, None, STATUS_UNAVAILABLE, str(e).splitlines()[-1]))
+            continue
+        except (ValueError, TypeError, RuntimeError, OSError, ImportError) as e:
+            _logger.warning("metric %s failed on this pair: %s", name, e)
+            out.append(_value_row(name, None, STATUS_ERROR, f"{type(e).__name__}: {e}"))
+            continue
+        out.append(_value_row(name, value))
+    return out
+
+
+@dataclass(frozen=True)
+class TripletVote:
+    """A metric's vote on one 2AFC triplet next to the human one.
+
+    Attributes:
+        d_left: metric value between ref and left.
+        d_right: metric value between ref and right.
+        p: fraction of people who judged ``right`` closer to ``ref``.
+        metric_right: the metric judged ``right`` closer (ties count as left).
+        score: agreement with the people, the 2AFC score: p when the metric chose right, 1 - p when it chose
+            left, 0.5 on a tie.
+    """
+
+    d_left: float
+    d_right: float
+    p: float
+    metric_right: bool
+    score: float
+
+    @property
+    def human_right(self) -> bool:
+        return self.p > 0.5
+
+    @property
+    def disagrees(self) -> bool:
+        """The metric chose the other image than the majority of people (ties among people never disagree)."""
+        return self.p != 0.5 and self.metric_right != self.human_right
+
+
+def vote_triplet(metric: Metric, ref: Image.Image, left: Image.Image, right: Image.Image, p: float) -> TripletVote:
+    """Score one triplet of PIL images with ``metric`` (direction taken from ``metric.lower_is_better``)."""
+    pre = [metric.preprocess(im.convert("RGB")) for im in (ref, left, right)]
+    with torch.inference_mode():
+        d = metric.distance(torch.stack([pre[0], pre[0]]), torch.stack([pre[1], pre[2]]))
+    d_left, d_right = float(d[0]), float(d[1])
+    if math.isclose(d_left, d_right, rel_tol=0.0, abs_tol=1e-9):
+        return TripletVote(d_left, d_right, p, metric_right=False, score=0.5)
+    right_closer = d_right < d_left if metric.lower_is_better else d_right > d_left
+    return TripletVote(d_left, d_right, p, metric_right=right_closer, score=p if right_closer else 1.0 - p)
+
+
+def vote_triplets(metric: Metric, triplets: Sequence[tuple[Image.Image, Image.Image, Image.Image, float]]
+                  ) -> list[TripletVote]:
+    """``vote_triplet`` over (ref, left, right, p) tuples of PIL images."""
+    return [vote_triplet(metric, *t) for t in triplets]
