@@ -1,1 +1,21 @@
 """A crash-safe, incremental FAISS + SQLite index of image collections; search and dedup."""
+
+from lookalike.indexer._catalog import SCHEMA_VERSION as SCHEMA_VERSION
+from lookalike.indexer._dedup import DedupReport as DedupReport
+from lookalike.indexer._dedup import DuplicateGroup as DuplicateGroup
+from lookalike.indexer._dedup import DuplicateMember as DuplicateMember
+from lookalike.indexer._dedup import DuplicatePair as DuplicatePair
+from lookalike.indexer._dedup import find_duplicates as find_duplicates
+from lookalike.indexer._dedup import move_duplicates as move_duplicates
+from lookalike.indexer._dedup import undo_moves as undo_moves
+from lookalike.indexer._dedup import write_report as write_report
+from lookalike.indexer._index import ImageIndex as ImageIndex
+from lookalike.indexer._index import open_index as open_index
+from lookalike.indexer._info import format_info as format_info
+from lookalike.indexer._info import index_info as index_info
+from lookalike.indexer._pipeline import IndexSummary as IndexSummary
+from lookalike.indexer._pipeline import build_index as build_index
+from lookalike.indexer._search import Hit as Hit
+from lookalike.indexer._search import search as search
+from lookalike.indexer._vectors import VectorIndex as VectorIndex
+from lookalike.indexer._vectors import choose_factory as choose_factory

@@ -113,7 +113,8 @@ def write_adapter(folder: Path, branches: int, g: torch.Generator, *, alpha: flo
             tensors[f"{base}.lora_B.weight"] = 0.05 * torch.randn(2304, 16, generator=g)
     save_file(tensors, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
     cfg = {
-        "alpha_pattern": {}, "auto_mapping": {"base_model_class": "PerceptualModel", "parent_library": "dreamsim.model"},
+        "alpha_pattern": {},
+        "auto_mapping": {"base_model_class": "PerceptualModel", "parent_library": "dreamsim.model"},
         "base_model_name_or_path": None, "bias": "none", "fan_in_fan_out": False, "inference_mode": True,
         "init_lora_weights": True, "layer_replication": None, "layers_pattern": None, "layers_to_transform": None,
         "loftq_config": {}, "lora_alpha": alpha, "lora_dropout": dropout, "megatron_config": None,

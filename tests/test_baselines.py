@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from lookalike.metric import Metric, WeightsNotFound, get_metric_cfg, is_metric, list_metrics, load_metric
 from PIL import Image, ImageFilter
+
+from lookalike.metric import Metric, WeightsNotFound, get_metric_cfg, is_metric, list_metrics, load_metric
 
 REPO = Path(__file__).resolve().parents[1]
 PIXEL = ["psnr", "ssim", "l2"]

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from lookalike.app import cli_weights
 from lookalike.metric import MetricCfg, WeightsNotFound, load_metric, register_metric
 from lookalike.metric._hub import NETWORK_ERRORS, ChecksumError, download_url, get_cache_path, resolve_files
