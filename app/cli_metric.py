@@ -169,6 +169,7 @@ def run_compare(args: argparse.Namespace) -> int:
                   r.reason) for r in rows]
         _print_table(("metric", "value", "unit", "direction", "note"), table)
     if all(r.value is None for r in rows):
-        print("error: no metric could run (weights missing); see the notes above", file=sys.stderr)
-        return 1
+        why = "; ".join(f"{r.metric}: {r.reason}" for r in rows[:3])
+        print(f"error: no metric could run here ({why})", file=sys.stderr)
+        return 2
     return 0
