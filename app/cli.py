@@ -12,7 +12,9 @@ import logging
 import os
 import sys
 
-_COMMAND_MODULES = ("lookalike.app.cli_metric", "lookalike.app.cli_index", "lookalike.app.cli_weights")
+_COMMAND_MODULES = ("lookalike.app.cli_metric", "lookalike.app.cli_index", "lookalike.app.cli_weights",
+                    "lookalike.app.cli_app",
+                    "lookalike.app.cli_eval")
 
 
 class CliError(Exception):

@@ -193,3 +193,14 @@ def vote_triplets(metric: Metric, triplets: Sequence[tuple[Image.Image, Image.Im
                   ) -> list[TripletVote]:
     """``vote_triplet`` over (ref, left, right, p) tuples of PIL images."""
     return [vote_triplet(metric, *t) for t in triplets]
+
+
+def vote_triplet_files(metric: Metric, ref: str, left: str, right: str, p: float) -> TripletVote:
+    """``vote_triplet`` on image files, decoded with the safe loader (``lookalike.data.images.open_image``).
+
+    Raises:
+        ImageDecodeError: an unreadable file.
+    """
+    from lookalike.data.images import open_image
+
+    return vote_triplet(metric, open_image(ref), open_image(left), open_image(right), p)

@@ -1,0 +1,85 @@
+"""Compare metrics: two images under every registered metric that can run here; neighbours under several metrics."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from lookalike.app import resources, widgets
+from lookalike.app.views import AppSettings, index_state, load_settings, neighbour_overlap
+from lookalike.indexer import search
+from lookalike.metric.judgements import STATUS_OK, compare_all, list_compare_metrics, missing_weights_reason
+
+
+def neighbours_ui(settings: AppSettings, metrics: list[str], picked: widgets.PickedImage) -> None:
+    """The top-k of image A under two or three indexed metrics, side by side, with their overlap."""
+    st.subheader("Neighbours of image A under several metrics")
+    if len(metrics) < 2:
+        st.info("The index holds vectors of one metric only; index the same folder with another `--metric` to "
+                "compare neighbours side by side.")
+        return
+    chosen = st.multiselect("Metrics", metrics, default=metrics[:3], max_selections=3, key="nb_metrics")
+    k = st.slider("Neighbours (k)", 1, 30, 8, key="nb_k")
+    if not picked.ready or len(chosen) < 2:
+        st.info("Choose image A and at least two metrics.")
+        return
+    columns = {}
+    for name in chosen:
+        try:
+            idx = resources.get_fresh_index(settings.index_dir, name)
+            columns[name] = search(idx, picked.image if picked.image is not None else picked.path, k=k)
+        except (ValueError, FileNotFoundError) as e:
+            widgets.error_ui(e, name)
+    if len(columns) < 2:
+        return
+    for col, (name, hits) in zip(st.columns(len(columns)), columns.items(), strict=True):
+        with col:
+            st.markdown(f"**{name}**")
+            st.table([{"#": r, "path": h.relpath or h.path, "distance": round(h.distance, 4)}
+                      for r, h in enumerate(hits, start=1)])
+    st.table(neighbour_overlap(columns))
+
+
+def main() -> None:
+    settings = load_settings()
+    st.title("Compare metrics")
+    st.caption("Two images under every registered metric; each row says which direction means more similar.")
+    metrics = widgets.indexed_metrics(settings)
+    index = resources.get_fresh_index(settings.index_dir, metrics[0]) if metrics else None
+    if index_state(settings.index_dir) != "ok":
+        st.info("No index yet: compare two uploaded images (build an index to pick indexed ones).")
+    col_a, col_b = st.columns(2)
+    with col_a:
+        a = widgets.image_source_ui(settings, index, key="cmp_a", label="Image A")
+        widgets.picked_preview_ui(index, a)
+    with col_b:
+        b = widgets.image_source_ui(settings, index, key="cmp_b", label="Image B")
+        widgets.picked_preview_ui(index, b)
+    names = list_compare_metrics()
+    runnable = [n for n in names if missing_weights_reason(n) is None]
+    chosen = st.multiselect("Metrics", names, default=runnable, key="cmp_metrics",
+                            help="metrics whose weights are missing are listed below with the download command")
+    if a.ready and b.ready:
+        try:
+            img_a, img_b = widgets.load_picked(index, a), widgets.load_picked(index, b)
+        except ValueError as e:
+            widgets.error_ui(e)
+            return
+        with st.spinner("Measuring..."):
+            wanted = [n for n in names if n in chosen or n not in runnable]
+            rows = compare_all(img_a, img_b, metrics=wanted, load=resources.get_metric)
+        ok = [r for r in rows if r.status == STATUS_OK and r.metric in chosen]
+        with st.container(key="compare-table"):
+            st.table([{"metric": r.metric, "value": round(r.value, 4), "unit": r.unit, "direction": r.direction,
+                       "kind": r.kind} for r in ok])
+        skipped = [r for r in rows if r.status != STATUS_OK]
+        if skipped:
+            with st.expander(f"{len(skipped)} metrics cannot run here", expanded=not ok):
+                st.table([{"metric": r.metric, "reason": r.reason} for r in skipped])
+    else:
+        st.info("Choose two images to compare.")
+    if metrics:
+        neighbours_ui(settings, metrics, a)
+
+
+if __name__ == "__main__":
+    main()

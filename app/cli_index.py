@@ -1,0 +1,151 @@
+"""``lookalike index | search | dedup``: thin wrappers over ``lookalike.indexer``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+_INDEX_EPILOG = """examples:
+  lookalike index ~/Pictures --index ~/pictures.idx
+  lookalike index photos/ scans/ --index idx --metric efficientnet_lite0 --batch-size 64 --workers 4
+  lookalike index ~/Pictures --index idx --faiss HNSW32 --json
+Re-running on the same folders only embeds what is new or changed; moved files are relinked by content hash.
+The run can be interrupted (Ctrl-C, kill) at any moment and resumed by running it again."""
+
+_SEARCH_EPILOG = """examples:
+  lookalike search query.jpg --index idx -k 5
+  lookalike search holidays/IMG_0042.jpg --index idx --json     (an indexed path, relative to its root)
+Distances are 1 - cosine of the embeddings: lower = more similar (0 = same embedding)."""
+
+_DEDUP_EPILOG = """examples:
+  lookalike dedup --index idx --threshold 0.05 --out dups.csv
+  lookalike dedup --index idx --threshold 0.05 --group star --keep oldest --json
+  lookalike dedup --index idx --threshold 0.05 --move-to ~/quarantine     (moves, never deletes)
+  lookalike dedup --undo ~/quarantine/manifest-20260101-120000-000000.json
+Files are only touched with --move-to; the manifest it writes lets --undo put everything back."""
+
+
+def _add_catalog_flags(p: argparse.ArgumentParser, *, required_index: bool = True) -> None:
+    p.add_argument("--index", required=required_index, metavar="DIR", help="index folder")
+    p.add_argument("--db", default=None, metavar="URL",
+                   help="SQLAlchemy URL of the catalog (default: catalog.sqlite in the index folder)")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``index``, ``search`` and ``dedup`` subcommands."""
+    fmt = argparse.RawDescriptionHelpFormatter
+
+    p = subparsers.add_parser("index", help="index image folders (incremental, crash-safe)", epilog=_INDEX_EPILOG,
+                              formatter_class=fmt, description="Scan folders, embed new or changed images, drop "
+                              "removed ones and keep a FAISS + SQLite index up to date.")
+    p.add_argument("roots", nargs="+", metavar="ROOT", help="image folders")
+    _add_catalog_flags(p)
+    p.add_argument("--metric", default="dreamsim", help="embedding metric (see 'lookalike metrics'; default dreamsim)")
+    p.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
+    p.add_argument("--dtype", default=None, choices=["fp32", "bf16", "fp16"], help="precision (default fp32)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
+    p.add_argument("--workers", type=int, default=None, help="decoding processes (default: CPUs - 1, at most 8)")
+    p.add_argument("--faiss", default=None, metavar="FACTORY",
+                   help="FAISS factory string: Flat, HNSW32, IVF4096,Flat, IVF4096,PQ64,RFlat... "
+                        "(default auto: exact up to 200k images, IVF beyond)")
+    p.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
+                   help="images between checkpoints (0 = every batch; default adaptive)")
+    p.add_argument("--max-pixels", type=int, default=None, metavar="N",
+                   help="decompression-bomb limit in pixels (default 178,956,970)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=run_index)
+
+    p = subparsers.add_parser("search", help="find the indexed images most similar to an image",
+                              epilog=_SEARCH_EPILOG, formatter_class=fmt)
+    p.add_argument("query", metavar="QUERY", help="an image file, or the path of an indexed image")
+    _add_catalog_flags(p)
+    p.add_argument("-k", type=int, default=10, help="number of results (default 10)")
+    p.add_argument("--metric", default=None, help="which metric's vectors, when the index holds several")
+    p.add_argument("--device", default=None, help="device for embedding the query")
+    p.add_argument("--json", action="store_true", help="print results as JSON")
+    p.set_defaults(func=run_search)
+
+    p = subparsers.add_parser("dedup", help="find near-duplicate images in an index", epilog=_DEDUP_EPILOG,
+                              formatter_class=fmt)
+    _add_catalog_flags(p, required_index=False)
+    p.add_argument("--threshold", type=float, default=None,
+                   help="largest distance (1 - cosine) counted as a duplicate, e.g. 0.05")
+    p.add_argument("--group", choices=["components", "star"], default="components",
+                   help="components: linked chains; star: files within the threshold of a keeper (default "
+                        "components)")
+    p.add_argument("--keep", choices=["largest", "oldest", "newest", "first"], default="largest",
+                   help="which file of a group to keep (default largest)")
+    p.add_argument("--metric", default=None, help="which metric's vectors, when the index holds several")
+    p.add_argument("--out", default=None, metavar="FILE", help="write the report to FILE (.csv or .json)")
+    p.add_argument("--move-to", default=None, metavar="QUARANTINE",
+                   help="move the duplicates (not the keepers) there and write a manifest")
+    p.add_argument("--undo", default=None, metavar="MANIFEST", help="put back the files a --move-to moved")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=run_dedup)
+
+
+def run_index(args: argparse.Namespace) -> int:
+    from lookalike.data.images import DEFAULT_MAX_PIXELS
+    from lookalike.indexer import build_index
+
+    summary = build_index(
+        args.roots, args.index, metric=args.metric, device=args.device, dtype=args.dtype,
+        batch_size=args.batch_size, workers=args.workers, faiss=args.faiss, db_url=args.db,
+        progress=not args.no_progress and not args.json, checkpoint_every=args.checkpoint_every,
+        max_pixels=args.max_pixels if args.max_pixels is not None else DEFAULT_MAX_PIXELS,
+    )
+    if args.json:
+        print(json.dumps(summary.as_dict(), indent=1))
+    else:
+        print(summary.format())
+    return 0
+
+
+def run_search(args: argparse.Namespace) -> int:
+    from lookalike.data.image_folder import display_path
+    from lookalike.indexer import search
+
+    hits = search(args.index, args.query, k=args.k, metric=args.metric, db_url=args.db, device=args.device)
+    if args.json:
+        print(json.dumps([h.as_dict() for h in hits], indent=1))
+        return 0
+    for n, h in enumerate(hits, 1):
+        print(f"{n:3d}  {h.distance:.4f}  {display_path(h.path)}")
+    return 0
+
+
+def run_dedup(args: argparse.Namespace) -> int:
+    from lookalike.data.image_folder import display_path
+    from lookalike.indexer import find_duplicates, move_duplicates, undo_moves, write_report
+
+    if args.undo:
+        n = undo_moves(args.undo)
+        print(json.dumps({"restored": n}) if args.json else f"restored {n} files")
+        return 0
+    if not args.index:
+        raise ValueError("dedup needs --index DIR (or --undo MANIFEST)")
+    report = find_duplicates(args.index, threshold=args.threshold, group=args.group, keep=args.keep,
+                             metric=args.metric, db_url=args.db)
+    if args.out:
+        write_report(report, args.out)
+    manifest = move_duplicates(report, args.move_to) if args.move_to else None
+    if args.json:
+        d = report.as_dict()
+        d["manifest"] = str(manifest) if manifest else None
+        print(json.dumps(d, indent=1))
+        return 0
+    print(f"{len(report.pairs)} pairs within {report.threshold:g} among {report.images} images: "
+          f"{len(report.groups)} groups, {report.n_duplicates} duplicates")
+    for g in report.groups[:50]:
+        print(f"keep {display_path(g.keeper.path)}")
+        for d in g.duplicates:
+            print(f"   {d.distance:.4f}  {display_path(d.path)}")
+    if len(report.groups) > 50:
+        print(f"... {len(report.groups) - 50} more groups" + ("" if args.out else " (use --out FILE for all)"))
+    if args.out:
+        print(f"report written to {args.out}")
+    if manifest:
+        print(f"moved {report.n_duplicates} files; undo with: lookalike dedup --undo {manifest}", file=sys.stderr)
+    return 0

@@ -1,0 +1,103 @@
+"""Streamlit cache wrappers around the library factories (indexes, metrics) and pure results (thumbnails, reports).
+
+``st.cache_resource`` objects are shared by every session: an ``ImageIndex`` only searches (faiss CPU indexes allow
+concurrent searches) and metrics only run inference. Arguments prefixed ``_`` are left out of cache keys; a
+``stamp`` of the index folder's files is passed instead, so results refresh when the index changes on disk.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import streamlit as st
+
+from lookalike.app.views import thumbnail_of_file
+from lookalike.data.images import ImageDecodeError
+from lookalike.indexer import DedupReport, ImageIndex, find_duplicates, index_info, open_index
+from lookalike.metric import Metric, load_metric
+from lookalike.metric.judgements import vote_triplet_files
+
+if TYPE_CHECKING:  # the dataset readers are imported lazily: the other pages work without them
+    from lookalike.data.imagenet_r import ImageNetR
+    from lookalike.data.triplets import TripletSet
+
+_logger = logging.getLogger(__name__)
+
+
+@st.cache_resource(show_spinner="Opening the index...", max_entries=8)
+def get_index(index_dir: str, metric: str | None) -> ImageIndex:
+    """The index of ``metric`` in ``index_dir`` (None when it holds one metric), opened once per process."""
+    return open_index(index_dir, metric=metric)
+
+
+def get_fresh_index(index_dir: Path, metric: str | None) -> ImageIndex:
+    """``get_index``, reloaded from disk when a writer replaced its vectors since it was opened."""
+    idx = get_index(str(index_dir), metric)
+    idx.refresh()
+    return idx
+
+
+@st.cache_resource(show_spinner="Loading the metric...", max_entries=6)
+def get_metric(name: str) -> Metric:
+    """A loaded metric, once per process (raises WeightsNotFound with the download command)."""
+    return load_metric(name)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def get_index_info(index_dir: str, stamp: tuple) -> dict:
+    """``index_info`` of the folder at this ``stamp``."""
+    return index_info(index_dir)
+
+
+@st.cache_data(show_spinner="Finding duplicates...", max_entries=16)
+def get_duplicates(index_dir: str, metric: str | None, threshold: float, group: str, keep: str,
+                   stamp: tuple) -> DedupReport:
+    """``find_duplicates`` at these settings (recomputed when the index changes)."""
+    return find_duplicates(index_dir, threshold=threshold, group=group, keep=keep, metric=metric)
+
+
+@st.cache_data(show_spinner=False, max_entries=4096)
+def get_thumbnail(path: str, size: int, mtime_ns: int) -> bytes:
+    """JPEG thumbnail of a file the caller has already checked (catalog or dataset reader); see views."""
+    return thumbnail_of_file(path, size)
+
+
+def clear_index_caches() -> None:
+    """Forget opened indexes (after the app built or changed one)."""
+    get_index.clear()
+    get_index_info.clear()
+
+
+@st.cache_data(show_spinner="Reading NIGHTS...", max_entries=8)
+def get_nights(root: str, split: str) -> TripletSet:
+    """One split of the NIGHTS folder given on the command line."""
+    from lookalike.data.nights import read_nights
+
+    return read_nights(root, split)
+
+
+@st.cache_data(show_spinner="Scoring triplets...", max_entries=32)
+def get_nights_votes(root: str, split: str, metric: str, n: int) -> list[dict]:
+    """The first ``n`` triplets of a NIGHTS split with ``metric``'s vote next to the people's."""
+    m = get_metric(metric)
+    rows = []
+    for i, t in enumerate(get_nights(root, split)[:n]):
+        row = {"#": i, "id": t.id, "people: right": round(t.p, 3)}
+        try:
+            v = vote_triplet_files(m, t.ref, t.left, t.right, t.p)
+        except ImageDecodeError as e:
+            rows.append({**row, "error": str(e)})
+            continue
+        rows.append({**row, "d(ref, left)": round(v.d_left, 4), "d(ref, right)": round(v.d_right, 4),
+                     "metric: right": v.metric_right, "agrees": not v.disagrees, "score": round(v.score, 3)})
+    return rows
+
+
+@st.cache_data(show_spinner="Reading ImageNet-R...", max_entries=4)
+def get_imagenet_r(root: str) -> ImageNetR:
+    """The ImageNet-R folder given on the command line (unknown sub-folders skipped)."""
+    from lookalike.data.imagenet_r import read_imagenet_r
+
+    return read_imagenet_r(root, strict=False)

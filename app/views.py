@@ -1,0 +1,190 @@
+"""Plain helpers behind the Streamlit pages: settings, the catalog gate for images, uploads, thumbnails, reports.
+
+Nothing here imports Streamlit, so it is tested directly. The one rule this module enforces for the whole app:
+an image file is read only when its path is in the index catalog (``catalog_row``), or listed by a dataset reader
+for a folder given on the command line, and every file is decoded with ``lookalike.data.images.open_image`` (the
+safe loader) and re-encoded, never sent as raw bytes.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from PIL import Image
+
+from lookalike.app.settings import AppSettings as AppSettings
+from lookalike.app.settings import load_settings as load_settings
+from lookalike.data.images import ImageDecodeError, open_image
+from lookalike.indexer import DedupReport, Hit, ImageIndex, write_report
+
+_logger = logging.getLogger(__name__)
+
+#: Uploaded images are also refused above this many pixels (checked from the header, before decoding).
+UPLOAD_MAX_PIXELS = 50_000_000
+UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"]
+THUMB_SIZE = 320
+
+
+def index_state(index_dir: Path | None) -> str:
+    """"none" (no folder given), "missing" (no catalog there yet) or "ok"."""
+    if index_dir is None:
+        return "none"
+    return "ok" if (index_dir / "catalog.sqlite").is_file() else "missing"
+
+
+def index_stamp(index_dir: Path | str) -> tuple[tuple[str, int, int], ...]:
+    """(name, size, mtime_ns) of every file in the index folder: a cache key that changes when the index does."""
+    out = []
+    try:
+        with os.scandir(index_dir) as it:
+            for e in it:
+                if e.is_file():
+                    st = e.stat()
+                    out.append((e.name, st.st_size, st.st_mtime_ns))
+    except FileNotFoundError:
+        return ()
+    return tuple(sorted(out))
+
+
+def build_command(index_dir: Path | str, folder: str = "FOLDER", metric: str = "efficientnet_lite0") -> str:
+    """The CLI command that builds this index (shown when there is none)."""
+    return f"lookalike index {folder} --index {index_dir} --metric {metric}"
+
+
+class NotInCatalog(ValueError):
+    """A path that the index catalog does not hold; the app never reads such a file."""
+
+    def __init__(self, path: str, reason: str = "it is not in the index catalog"):
+        self.path = path
+        super().__init__(f"refused to open {path!r}: {reason}; only indexed images can be shown")
+
+
+def catalog_row(index: ImageIndex, path: str):  # -> ImageRow (a private type of lookalike.indexer)
+    """The catalog row of ``path`` (absolute, or relative to an indexed root).
+
+    Raises:
+        NotInCatalog: the path is not catalogued (or is ambiguous), so it must not be read.
+    """
+    p = (path or "").strip()
+    if not p or "\x00" in p:
+        raise NotInCatalog(p, "empty or malformed path")
+    try:
+        row = index.find_row(p)
+    except ValueError as e:
+        raise NotInCatalog(p, str(e)) from None
+    if row is None:
+        raise NotInCatalog(p)
+    return row
+
+
+def list_catalog_paths(index: ImageIndex, limit: int = 5000) -> list[str]:
+    """Relative paths of the first ``limit`` catalogued images that have a vector in ``index`` (id order)."""
+    # The indexer has no public listing yet; this is the only place the app reads the catalog tables directly.
+    from sqlalchemy import select
+
+    from lookalike.indexer._catalog import ImageRow, VectorRow
+
+    with index.catalog.session() as s:
+        q = (select(ImageRow.relpath).join(VectorRow, VectorRow.image_id == ImageRow.id)
+             .where(VectorRow.fingerprint == index.fingerprint).order_by(ImageRow.id).limit(limit))
+        return list(s.scalars(q))
+
+
+def encode_thumbnail(img: Image.Image, size: int = THUMB_SIZE) -> bytes:
+    """A JPEG (quality 85) no larger than ``size`` on its long side."""
+    im = img.convert("RGB")
+    im.thumbnail((size, size))
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=85)
+    return buf.getvalue()
+
+
+def thumbnail_of_file(path: str, size: int = THUMB_SIZE) -> bytes:
+    """Decode ``path`` with the safe loader and return a JPEG thumbnail.
+
+    Callers must have checked the path against the catalog (``catalog_row``) or a dataset reader first.
+
+    Raises:
+        ImageDecodeError: unreadable file.
+    """
+    return encode_thumbnail(open_image(path), size)
+
+
+def decode_upload(data: bytes, name: str, *, max_bytes: int, max_pixels: int = UPLOAD_MAX_PIXELS) -> Image.Image:
+    """Decode uploaded bytes with the same safe loader as indexing (via a private temporary file).
+
+    Raises:
+        ValueError: too large, empty, or not a readable image (the message is fit to show to the user).
+    """
+    if len(data) == 0:
+        raise ValueError(f"{name!r} is empty (0 bytes)")
+    if len(data) > max_bytes:
+        raise ValueError(f"{name!r} is {len(data) / 1e6:.1f} MB; uploads are limited to {max_bytes / 1e6:.0f} MB")
+    with tempfile.TemporaryDirectory(prefix="lookalike-upload-") as tmp:
+        p = Path(tmp) / "upload"
+        p.write_bytes(data)
+        try:
+            img = open_image(p, max_pixels=max_pixels)
+        except ImageDecodeError as e:
+            raise ValueError(f"cannot read {name!r} as an image: {e.reason}") from None
+    return img
+
+
+def neighbour_overlap(columns: Mapping[str, Sequence[Hit]]) -> list[dict]:
+    """For every pair of metrics, how many of their neighbours are shared (by path)."""
+    names = list(columns)
+    rows = []
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            sa = {h.path for h in columns[a]}
+            sb = {h.path for h in columns[b]}
+            k = max(len(sa), len(sb), 1)
+            rows.append({"metric A": a, "metric B": b, "shared": len(sa & sb), "of k": k,
+                         "overlap": round(len(sa & sb) / k, 3)})
+    return rows
+
+
+def report_bytes(report: DedupReport, suffix: str) -> bytes:
+    """A dedup report as CSV or JSON bytes (``suffix`` ".csv" or ".json"), written by ``write_report``."""
+    with tempfile.TemporaryDirectory(prefix="lookalike-report-") as tmp:
+        return write_report(report, Path(tmp) / f"duplicates{suffix}").read_bytes()
+
+
+def display_name(path: str, root: str | None = None) -> str:
+    """``path`` relative to ``root`` when it lies under it, else the path itself."""
+    if root:
+        try:
+            return Path(path).relative_to(root).as_posix()
+        except ValueError:
+            pass
+    return path
+
+
+def reader_available(module: str) -> bool:
+    """True when a dataset reader module (e.g. "lookalike.data.nights") is installed."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def rendition_of(path: str) -> str:
+    """The ImageNet-R rendition of a file from its name ("art_12.jpg" -> "art"); "" when it has no prefix."""
+    stem = Path(path).stem
+    return stem.rsplit("_", 1)[0] if "_" in stem else ""
+
+
+def is_under(path: str | os.PathLike[str], root: str | os.PathLike[str]) -> bool:
+    """True when ``path`` (symbolic links resolved) lies inside ``root``."""
+    try:
+        Path(path).resolve().relative_to(Path(root).resolve())
+    except (ValueError, OSError):
+        return False
+    return True

@@ -1,0 +1,325 @@
+"""UI pieces shared by the pages: each ``*_ui()`` draws widgets and returns what the user chose (a dataclass).
+
+Every image drawn from disk goes through ``catalog_image_ui`` (catalog check, then the safe loader) or
+``dataset_image_ui`` (a path a dataset reader listed under a folder given on the command line).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import streamlit as st
+from PIL import Image
+
+from lookalike.app import resources
+from lookalike.app.views import (
+    THUMB_SIZE,
+    UPLOAD_TYPES,
+    AppSettings,
+    NotInCatalog,
+    build_command,
+    catalog_row,
+    decode_upload,
+    encode_thumbnail,
+    index_stamp,
+    index_state,
+    is_under,
+    list_catalog_paths,
+)
+from lookalike.data.image_folder import scan_images
+from lookalike.data.images import ImageDecodeError, open_image
+from lookalike.indexer import Hit, ImageIndex, build_index, index_info
+from lookalike.metric import WeightsNotFound, get_metric_cfg, list_metrics
+
+_logger = logging.getLogger(__name__)
+
+SOURCE_UPLOAD = "Upload an image"
+SOURCE_INDEXED = "Pick an indexed image"
+
+
+def error_ui(e: BaseException, what: str = "") -> None:
+    """Show an exception as a message (never a traceback): missing weights with their download command, etc."""
+    prefix = f"{what}: " if what else ""
+    if isinstance(e, WeightsNotFound):
+        st.error(f"{prefix}the weights of metric **{e.metric}** are not on this machine.")
+        st.code(str(e), language=None)
+    elif isinstance(e, NotInCatalog):
+        st.error(f"{prefix}{e}")
+    elif isinstance(e, ImageDecodeError):
+        st.error(f"{prefix}cannot read the image: {e.reason}")
+    else:
+        st.error(f"{prefix}{e}")
+    _logger.info("shown to the user: %s%s", prefix, e)
+
+
+def require_index_ui(settings: AppSettings, metric: str | None = None) -> ImageIndex:
+    """The index to work on; otherwise an explanation of how to get one, and the page stops."""
+    state = index_state(settings.index_dir)
+    if state == "none":
+        st.info("No index folder was given. Start the app with `lookalike app --index DIR`.")
+        st.stop()
+    if state == "missing":
+        st.info(f"There is no index at `{settings.index_dir}` yet. Build one on the **Overview** page, or run:")
+        st.code(build_command(settings.index_dir), language="bash")
+        st.stop()
+    try:
+        index = resources.get_fresh_index(settings.index_dir, metric)
+    except (ValueError, FileNotFoundError) as e:
+        st.info(f"The index at `{settings.index_dir}` cannot be searched yet: {e}")
+        st.code(build_command(settings.index_dir), language="bash")
+        st.stop()
+    if index.vectors.ntotal == 0:
+        st.info(f"The index at `{settings.index_dir}` is empty (no image has been indexed yet). Add images with:")
+        st.code(build_command(settings.index_dir, metric=index.build.metric), language="bash")
+        st.stop()
+    return index
+
+
+def indexed_metrics(settings: AppSettings) -> list[str]:
+    """Names of the metrics whose vectors the index holds (empty when there is no index)."""
+    if index_state(settings.index_dir) != "ok":
+        return []
+    try:
+        info = resources.get_index_info(str(settings.index_dir), index_stamp(settings.index_dir))
+    except (ValueError, FileNotFoundError):
+        return []
+    return sorted({m["metric"] for m in info["metrics"] if m["vectors"]})
+
+
+def metric_choice_ui(metrics: list[str], *, key: str, label: str = "Metric") -> str | None:
+    """A select box over ``metrics`` (none when there is only one: it is returned)."""
+    if not metrics:
+        return None
+    if len(metrics) == 1:
+        return metrics[0]
+    return st.selectbox(label, metrics, key=key)
+
+
+def catalog_image_ui(index: ImageIndex, path: str, caption: str = "", *, size: int = THUMB_SIZE) -> bool:
+    """Draw an indexed image (after checking ``path`` against the catalog); an error message otherwise."""
+    try:
+        row = catalog_row(index, path)
+        data = resources.get_thumbnail(row.path, size, row.mtime_ns)
+    except (NotInCatalog, ImageDecodeError) as e:
+        error_ui(e)
+        return False
+    st.image(data, caption=caption or None, width="stretch")
+    return True
+
+
+def dataset_image_ui(path: str, root: Path, caption: str = "", *, size: int = THUMB_SIZE) -> bool:
+    """Draw an image a dataset reader listed, if it lies under ``root`` (a folder given on the command line)."""
+    if not is_under(path, root if root.is_dir() else root.parent):
+        st.error(f"refused to open {path!r}: it is outside the dataset folder {root}")
+        return False
+    try:
+        data = resources.get_thumbnail(path, size, os.stat(path).st_mtime_ns)
+    except (ImageDecodeError, OSError) as e:
+        st.error(f"cannot read {path}: {getattr(e, 'reason', e)}")
+        return False
+    st.image(data, caption=caption or None, width="stretch")
+    return True
+
+
+@dataclass
+class PickedImage:
+    """An image chosen by the user: uploaded (``path`` None) or indexed (``path`` is its catalog path)."""
+
+    label: str = ""
+    image: Image.Image | None = None
+    path: str | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.image is not None or self.path is not None
+
+
+def upload_ui(settings: AppSettings, *, key: str, label: str = "Image") -> PickedImage:
+    """A file uploader; the upload is size-checked and decoded with the safe loader (errors shown)."""
+    up = st.file_uploader(label, type=UPLOAD_TYPES, key=key,
+                          help=f"at most {settings.max_upload_bytes // (1024 * 1024)} MB")
+    if up is None:
+        return PickedImage()
+    try:
+        img = decode_upload(up.getvalue(), up.name, max_bytes=settings.max_upload_bytes)
+    except ValueError as e:
+        st.error(str(e))
+        return PickedImage()
+    return PickedImage(label=f"upload: {up.name}", image=img)
+
+
+def indexed_path_ui(index: ImageIndex | None, *, key: str, label: str = "Indexed image") -> PickedImage:
+    """Choose an indexed image by its path (select box over the catalog); checked against the catalog."""
+    if index is None:
+        st.info("No index yet: upload an image instead.")
+        return PickedImage()
+    options = list_catalog_paths(index)
+    current = st.session_state.get(key)
+    if current and current not in options:
+        options = [current, *options]
+    path = st.selectbox(label, options, key=key, index=None, accept_new_options=True,
+                        placeholder="type or choose a path relative to its indexed folder")
+    if not path:
+        return PickedImage()
+    try:
+        row = catalog_row(index, path)
+    except NotInCatalog as e:
+        error_ui(e)
+        return PickedImage()
+    return PickedImage(label=row.relpath, path=row.path)
+
+
+def image_source_ui(settings: AppSettings, index: ImageIndex | None, *, key: str, label: str = "Image"
+                    ) -> PickedImage:
+    """Upload or pick an indexed image; returns the choice."""
+    source = st.radio(f"{label} from", [SOURCE_UPLOAD, SOURCE_INDEXED], key=f"{key}_source", horizontal=True)
+    if source == SOURCE_UPLOAD:
+        return upload_ui(settings, key=f"{key}_upload", label=label)
+    return indexed_path_ui(index, key=f"{key}_path", label=label)
+
+
+def load_picked(index: ImageIndex | None, picked: PickedImage) -> Image.Image:
+    """The PIL image of a choice (an indexed one is decoded with the safe loader after the catalog check)."""
+    if picked.image is not None:
+        return picked.image
+    assert index is not None and picked.path is not None
+    return open_image(catalog_row(index, picked.path).path)
+
+
+def picked_preview_ui(index: ImageIndex | None, picked: PickedImage, *, size: int = 240) -> None:
+    if picked.image is not None:
+        st.image(encode_thumbnail(picked.image, size), caption=picked.label, width=size)
+    elif picked.path is not None and index is not None:
+        catalog_image_ui(index, picked.path, picked.label, size=size)
+
+
+def hit_grid_ui(index: ImageIndex, hits: list[Hit], *, columns: int = 4, key: str = "hit",
+                on_pick: Callable[[str], None] | None = None) -> None:
+    """Results as a grid: thumbnail, rank, distance and path; a button makes a result the next query."""
+    for start in range(0, len(hits), columns):
+        cols = st.columns(columns)
+        for col, (rank, hit) in zip(cols, enumerate(hits[start:start + columns], start=start + 1), strict=False):
+            with col, st.container(border=True, key=f"{key}-{rank}"):
+                catalog_image_ui(index, hit.path)
+                st.markdown(f"**#{rank}** &nbsp; `{hit.distance:.4f}`  \n{hit.relpath or hit.path}")
+                if on_pick is not None:
+                    st.button("Search with this", key=f"{key}-pick-{rank}", on_click=on_pick,
+                              args=(hit.relpath or hit.path,))
+
+
+def embedding_metric_options() -> list[str]:
+    """Embedding metrics a user may index with (random-weight test models left out)."""
+    return [n for n in list_metrics(kind="embedding") if get_metric_cfg(n).family != "test"]
+
+
+@dataclass
+class BuildRequest:
+    folder: str = ""
+    metric: str = "efficientnet_lite0"
+    submitted: bool = False
+
+
+def build_form_ui(settings: AppSettings) -> BuildRequest:
+    """A form: a folder path and a metric, to index from the app."""
+    metrics = embedding_metric_options()
+    default = metrics.index("efficientnet_lite0") if "efficientnet_lite0" in metrics else 0
+    with st.form("build_index"):
+        folder = st.text_input("Folder of images to index", key="build_folder", placeholder="/path/to/photos")
+        metric = st.selectbox("Metric", metrics, index=default, key="build_metric",
+                              help="efficientnet_lite0 works offline; DreamSim needs 'lookalike weights download'")
+        submitted = st.form_submit_button("Build the index")
+    return BuildRequest(folder=folder.strip(), metric=metric, submitted=submitted)
+
+
+def _count_done(index_dir: Path, metric: str) -> int:
+    try:
+        info = index_info(index_dir)
+    except (FileNotFoundError, ValueError, OSError):
+        return 0
+    vectors = sum(m["vectors"] for m in info["metrics"] if m["metric"] == metric)
+    return vectors + info["images"]["failed"]
+
+
+def run_build_ui(settings: AppSettings, req: BuildRequest) -> bool:
+    """Index ``req.folder`` into the app's index folder with a progress bar; True when it worked."""
+    folder = Path(req.folder).expanduser()
+    if not req.folder or not folder.is_dir():
+        st.error(f"`{req.folder}` is not a folder on this machine; type the full path of a folder of images.")
+        return False
+    total = len(scan_images(folder).files)
+    if total == 0:
+        st.error(f"No image files under `{folder}`.")
+        return False
+    bar = st.progress(0.0, text=f"Indexing {total} images with {req.metric}...")
+    outcome: dict[str, object] = {}
+
+    def work() -> None:
+        try:
+            # workers=0: decode in this process (no forking inside the web server)
+            outcome["summary"] = build_index(folder, settings.index_dir, metric=req.metric, workers=0,
+                                             progress=False)
+        except Exception as e:  # noqa: BLE001 - shown to the user below
+            outcome["error"] = e
+
+    t = threading.Thread(target=work, name="lookalike-build", daemon=True)
+    t.start()
+    while t.is_alive():
+        t.join(0.5)
+        done = min(_count_done(settings.index_dir, req.metric), total)
+        bar.progress(done / total, text=f"Indexing with {req.metric}: {done} / {total} images")
+    resources.clear_index_caches()
+    if "error" in outcome:
+        bar.empty()
+        error_ui(outcome["error"], "indexing failed")  # type: ignore[arg-type]
+        return False
+    bar.progress(1.0, text="Done")
+    summary = outcome["summary"]
+    st.success(f"Indexed {summary.total_vectors} images ({summary.failed} unreadable) "  # type: ignore[attr-defined]
+               f"in {summary.seconds['total']:.1f} s.")  # type: ignore[attr-defined]
+    return True
+
+
+@dataclass
+class SearchOptions:
+    metric: str | None = None
+    k: int = 12
+    columns: int = 4
+
+
+def search_options_ui(metrics: list[str]) -> SearchOptions:
+    """Sidebar: the metric (among those indexed), how many results, grid width."""
+    with st.sidebar:
+        metric = metric_choice_ui(metrics, key="search_metric")
+        if metric:
+            st.caption(f"{metric}: {get_metric_cfg(metric).unit}, lower = more similar")
+        k = st.slider("Results (k)", 1, 50, 12, key="search_k")
+        columns = st.slider("Columns", 2, 8, 4, key="search_columns")
+    return SearchOptions(metric=metric, k=k, columns=columns)
+
+
+@dataclass
+class DedupOptions:
+    metric: str | None = None
+    threshold: float = 0.1
+    group: str = "components"
+    keep: str = "largest"
+    max_groups: int = 50
+
+
+def dedup_options_ui(metrics: list[str], default_threshold: float | None) -> DedupOptions:
+    """Sidebar: metric, distance threshold, grouping and keep rule."""
+    with st.sidebar:
+        metric = metric_choice_ui(metrics, key="dup_metric")
+        threshold = st.slider("Distance threshold (1 - cosine)", 0.0, 1.0, float(default_threshold or 0.1), 0.005,
+                              key="dup_threshold", format="%.3f",
+                              help="pairs at most this far apart are duplicates (lower = more similar)")
+        group = st.radio("Groups", ["components", "star"], key="dup_group", horizontal=True,
+                         help="components: everything linked, even through chains; star: files near one keeper")
+        keep = st.selectbox("Keep", ["largest", "oldest", "newest", "first"], key="dup_keep")
+        max_groups = st.slider("Groups shown", 5, 200, 50, 5, key="dup_max_groups")
+    return DedupOptions(metric, threshold, group, keep, max_groups)

@@ -1,0 +1,180 @@
+"""The catalog: SQLAlchemy 2.0 tables for images, their vectors per metric fingerprint, and index builds."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+from pathlib import Path
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    inspect,
+    select,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+_logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+CATALOG_FILE = "catalog.sqlite"
+
+STATUS_PENDING = "pending"  # catalogued, not decoded yet
+STATUS_OK = "ok"  # decoded at least once
+STATUS_FAILED = "failed"  # unreadable; ``error`` says why
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class SchemaVersion(Base):
+    """One row: the catalog schema version this folder was written with."""
+
+    __tablename__ = "schema_version"
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+
+
+class ImageRow(Base):
+    """One image file under an indexed root."""
+
+    __tablename__ = "images"
+    __table_args__ = (
+        UniqueConstraint("root", "relpath", name="uq_images_root_relpath"),
+        Index("ix_images_sha256", "sha256"),
+        {"sqlite_autoincrement": True},  # ids (which are also FAISS ids) are never reused
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    root: Mapped[str] = mapped_column(Text)  # absolute root folder, printable text
+    relpath: Mapped[str] = mapped_column(Text)  # POSIX path under root, printable text (\xNN for odd bytes)
+    path_raw: Mapped[bytes] = mapped_column(LargeBinary)  # os.fsencode(absolute path): what open() needs
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(BigInteger)
+    mtime_ns: Mapped[int] = mapped_column(BigInteger)
+    width: Mapped[int | None] = mapped_column(Integer)
+    height: Mapped[int | None] = mapped_column(Integer)
+    format: Mapped[str | None] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), default=STATUS_PENDING)
+    error: Mapped[str | None] = mapped_column(Text)
+    added: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+    @property
+    def path(self) -> str:
+        """The absolute path as a ``str`` that ``open`` accepts."""
+        return os.fsdecode(self.path_raw)
+
+
+class VectorRow(Base):
+    """Which FAISS id holds the vector of an image under one metric fingerprint."""
+
+    __tablename__ = "vectors"
+    __table_args__ = (UniqueConstraint("fingerprint", "faiss_id", name="uq_vectors_fp_faiss_id"),)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(128), primary_key=True)
+    faiss_id: Mapped[int] = mapped_column(BigInteger)
+
+
+class BuildRow(Base):
+    """One vector index in the folder: a metric (by weight fingerprint), its FAISS type and size."""
+
+    __tablename__ = "builds"
+    fingerprint: Mapped[str] = mapped_column(String(128), primary_key=True)
+    metric: Mapped[str] = mapped_column(String(128))
+    dim: Mapped[int] = mapped_column(Integer)
+    factory: Mapped[str] = mapped_column(String(256))  # requested: "auto", "Flat", "IVF4096,PQ64", "HNSW32"...
+    current_factory: Mapped[str] = mapped_column(String(256))  # what the FAISS file holds now
+    search_params: Mapped[str | None] = mapped_column(String(256))  # e.g. "nprobe=32"
+    count: Mapped[int] = mapped_column(BigInteger, default=0)
+    created: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    updated: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    dedup_threshold: Mapped[float | None] = mapped_column(Float)
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")  # readers see the last commit while a run writes
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+class Catalog:
+    """An open catalog: an engine, a session factory and the schema check.
+
+    Args:
+        index_dir: the index folder (holds ``catalog.sqlite`` unless ``db_url`` is given).
+        db_url: any SQLAlchemy URL (e.g. ``postgresql://...``); default a SQLite file in ``index_dir``.
+        create: create the tables when missing (writers); readers pass False.
+    """
+
+    def __init__(self, index_dir: str | os.PathLike[str], *, db_url: str | None = None, create: bool = False):
+        self.index_dir = Path(index_dir)
+        if db_url is None:
+            db_file = self.index_dir / CATALOG_FILE
+            if not create and not db_file.is_file():
+                raise FileNotFoundError(
+                    f"no index at {self.index_dir} (missing {CATALOG_FILE}); build one with "
+                    f"'lookalike index FOLDER --index {self.index_dir}'"
+                )
+            db_url = f"sqlite:///{db_file}"
+        self.db_url = db_url
+        self.engine: Engine = create_engine(db_url, future=True)
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False, future=True)
+        self._check_schema(create)
+
+    def _check_schema(self, create: bool) -> None:
+        has_version = inspect(self.engine).has_table(SchemaVersion.__tablename__)
+        if not has_version:
+            if not create:
+                raise FileNotFoundError(f"no lookalike catalog at {self.db_url} (no schema_version table)")
+            Base.metadata.create_all(self.engine)
+            with self.sessions.begin() as s:
+                s.add(SchemaVersion(version=SCHEMA_VERSION))
+            _logger.info("created catalog %s (schema %d)", self.db_url, SCHEMA_VERSION)
+            return
+        with self.sessions() as s:
+            version = s.scalar(select(SchemaVersion.version).order_by(SchemaVersion.version.desc()).limit(1))
+        if version is None:
+            raise ValueError(f"catalog {self.db_url} has an empty schema_version table; it is not a lookalike index")
+        if version > SCHEMA_VERSION:
+            raise ValueError(
+                f"index catalog {self.db_url} has schema version {version}, newer than this lookalike supports "
+                f"({SCHEMA_VERSION}); upgrade lookalike (pip install -U lookalike)"
+            )
+        if create:
+            Base.metadata.create_all(self.engine)  # tables added by later minor versions
+
+    def session(self) -> Session:
+        return self.sessions()
+
+    def builds(self) -> list[BuildRow]:
+        with self.sessions() as s:
+            return list(s.scalars(select(BuildRow).order_by(BuildRow.created)))
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Catalog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

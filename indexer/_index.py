@@ -1,0 +1,216 @@
+"""Opening an index folder for reading: the catalog, one metric's vectors, and the rows behind FAISS ids."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from sqlalchemy import select
+
+from lookalike.indexer._catalog import BuildRow, Catalog, ImageRow, VectorRow
+from lookalike.indexer._vectors import VectorIndex, vectors_file
+
+if TYPE_CHECKING:
+    from lookalike.metric import Metric
+
+_logger = logging.getLogger(__name__)
+
+
+def is_metric(obj: object) -> bool:
+    """A loaded Metric (duck-typed, so that opening an index does not import the model code)."""
+    return not isinstance(obj, str) and hasattr(obj, "fingerprint") and hasattr(obj, "embed")
+
+
+def select_build(builds: list[BuildRow], metric: str | Metric | None, where: object) -> BuildRow:
+    """The build (vector index) of ``metric`` among ``builds``; clear errors when there is none or several."""
+    if not builds:
+        raise ValueError(f"index {where} holds no vectors yet; run 'lookalike index FOLDER --index {where}'")
+    have = ", ".join(f"{b.metric} ({b.fingerprint}, {b.dim}-d)" for b in builds)
+    if metric is None:
+        if len(builds) > 1:
+            raise ValueError(f"index {where} holds vectors of several metrics: {have}; "
+                             f"choose one with metric=/--metric")
+        return builds[0]
+    if is_metric(metric):
+        for b in builds:
+            if b.fingerprint == metric.fingerprint:
+                return b
+        same = [b for b in builds if b.metric == metric.name]
+        if same:
+            raise ValueError(
+                f"index {where} was built with metric {metric.name!r} but other weights (fingerprint "
+                f"{same[0].fingerprint}, loaded {metric.fingerprint}); vectors of different weights never mix: "
+                f"re-index with these weights or load the ones the index was built with"
+            )
+        raise ValueError(f"index {where} has no vectors for metric {metric.name!r}; it holds: {have}")
+    matches = [b for b in builds if b.metric == metric or b.fingerprint == metric]
+    if not matches:
+        raise ValueError(f"index {where} has no vectors for metric {metric!r}; it holds: {have}")
+    return max(matches, key=lambda b: b.updated)
+
+
+def load_vectors(index_dir: str | os.PathLike[str], build: BuildRow) -> VectorIndex:
+    """The FAISS file of ``build`` (an empty index when the file does not exist yet), dim-checked."""
+    path = vectors_file(index_dir, build.fingerprint)
+    if not path.is_file():
+        return VectorIndex.create(build.dim, "Flat")
+    vi = VectorIndex.load(path, build.current_factory)
+    if vi.dim != build.dim:
+        raise ValueError(
+            f"vector file {path} holds {vi.dim}-d vectors but the catalog says metric {build.metric!r} is "
+            f"{build.dim}-d; the index folder is damaged: delete {path.name} and re-run 'lookalike index'"
+        )
+    try:
+        vi.set_search_params(build.search_params)
+    except (ValueError, AttributeError, RuntimeError) as e:  # parameters of another index type
+        _logger.debug("search params %r not applied: %s", build.search_params, e)
+    return vi
+
+
+class ImageIndex:
+    """A read view of an index folder for one metric: catalog rows + FAISS vectors + (lazily) the metric.
+
+    Readers never write: vectors flushed by a running ``build_index`` whose catalog rows are not committed yet are
+    ignored, so a reader always sees the last committed state.
+
+    Args:
+        index_dir: the index folder.
+        metric: metric name, fingerprint or a loaded Metric; None when the folder holds one metric only.
+        db_url: SQLAlchemy URL of the catalog when it is not the SQLite file in ``index_dir``.
+        device: device to load the metric on (for image queries).
+        dtype: dtype to load the metric with.
+    """
+
+    def __init__(
+        self,
+        index_dir: str | os.PathLike[str],
+        *,
+        metric: str | Metric | None = None,
+        db_url: str | None = None,
+        device: str | None = None,
+        dtype: str | None = None,
+    ):
+        self.index_dir = Path(index_dir)
+        if db_url is None and not self.index_dir.is_dir():
+            raise FileNotFoundError(f"index folder not found: {self.index_dir}")
+        self.catalog = Catalog(self.index_dir, db_url=db_url, create=False)
+        self.build = select_build(self.catalog.builds(), metric, self.index_dir)
+        self.vectors = load_vectors(self.index_dir, self.build)
+        self._vec_mtime = self._file_mtime()
+        self._metric = metric if is_metric(metric) else None
+        self._device, self._dtype = device, dtype
+
+    def _file_mtime(self) -> int | None:
+        try:
+            return vectors_file(self.index_dir, self.build.fingerprint).stat().st_mtime_ns
+        except FileNotFoundError:
+            return None
+
+    @property
+    def fingerprint(self) -> str:
+        return self.build.fingerprint
+
+    @property
+    def metric(self) -> Metric:
+        """The metric the index was built with (loaded on first use; fingerprint checked)."""
+        if self._metric is None:
+            from lookalike.metric import load_metric
+
+            m = load_metric(self.build.metric, device=self._device, dtype=self._dtype)
+            if m.fingerprint != self.build.fingerprint:
+                raise ValueError(
+                    f"index {self.index_dir} was built with metric {self.build.metric!r} fingerprint "
+                    f"{self.build.fingerprint}, but the weights found now give {m.fingerprint}; load the weights the "
+                    f"index was built with (weights=...) or re-index"
+                )
+            self._metric = m
+        return self._metric
+
+    def refresh(self) -> bool:
+        """Reload the vectors if a writer replaced the FAISS file since; returns True when reloaded."""
+        m = self._file_mtime()
+        if m == self._vec_mtime:
+            return False
+        self.build = select_build(self.catalog.builds(), self.build.fingerprint, self.index_dir)
+        self.vectors = load_vectors(self.index_dir, self.build)
+        self._vec_mtime = m
+        return True
+
+    def rows(self, ids: Iterable[int]) -> dict[int, ImageRow]:
+        """Catalog rows of FAISS ids that have a committed vector row for this metric (others are left out)."""
+        ids = sorted({int(i) for i in ids if int(i) >= 0})
+        out: dict[int, ImageRow] = {}
+        with self.catalog.session() as s:
+            for start in range(0, len(ids), 500):
+                chunk = ids[start:start + 500]
+                q = (
+                    select(VectorRow.faiss_id, ImageRow)
+                    .join(ImageRow, ImageRow.id == VectorRow.image_id)
+                    .where(VectorRow.fingerprint == self.fingerprint, VectorRow.faiss_id.in_(chunk))
+                )
+                for fid, row in s.execute(q):
+                    out[int(fid)] = row
+        return out
+
+    def find_row(self, path: str | os.PathLike[str]) -> ImageRow | None:
+        """The catalog row of an indexed file: an absolute path, or a path relative to an indexed root."""
+        p = os.fspath(path)
+        raw = os.fsencode(os.path.abspath(p))
+        rel = p.replace(os.sep, "/")
+        with self.catalog.session() as s:
+            row = s.scalar(select(ImageRow).where(ImageRow.path_raw == raw))
+            if row is None:
+                rows = list(s.scalars(select(ImageRow).where(ImageRow.relpath == rel).limit(2)))
+                if len(rows) > 1:
+                    raise ValueError(f"{p!r} is indexed under several roots; give the full path")
+                row = rows[0] if rows else None
+        return row
+
+    def vector_of(self, row: ImageRow) -> np.ndarray | None:
+        """The stored vector of a catalogued image for this metric (None when it has none)."""
+        with self.catalog.session() as s:
+            fid = s.scalar(select(VectorRow.faiss_id).where(VectorRow.image_id == row.id,
+                                                             VectorRow.fingerprint == self.fingerprint))
+        if fid is None or int(fid) not in self.vectors:
+            return None
+        return self.vectors.vectors([int(fid)])[0]
+
+    def close(self) -> None:
+        self.catalog.close()
+
+    def __enter__(self) -> ImageIndex:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_index(
+    index_dir: str | os.PathLike[str],
+    *,
+    metric: str | Metric | None = None,
+    db_url: str | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+) -> ImageIndex:
+    """Open an index folder for search and dedup (read only).
+
+    Args:
+        index_dir: the folder given to ``build_index``.
+        metric: metric name, fingerprint or loaded Metric; None when the folder holds a single metric.
+        db_url: SQLAlchemy URL of the catalog if it is not the SQLite file in the folder.
+        device: device for embedding image queries (default cuda > mps > cpu).
+        dtype: "fp32" (default), "bf16" or "fp16".
+
+    Returns:
+        An ImageIndex (use it as a context manager, or call ``close()``).
+
+    Raises:
+        FileNotFoundError: no index there.
+        ValueError: no vectors for ``metric``, several metrics and none chosen, or a damaged / newer index.
+    """
+    return ImageIndex(index_dir, metric=metric, db_url=db_url, device=device, dtype=dtype)

@@ -1,0 +1,138 @@
+"""search: ranked (path, distance) neighbours of an image file, a PIL image or an indexed path."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from PIL import Image
+
+from lookalike.data.images import open_image
+from lookalike.indexer._index import ImageIndex, open_index
+
+if TYPE_CHECKING:
+    from lookalike.metric import Metric
+
+_logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result.
+
+    Attributes:
+        path: absolute path of the indexed file.
+        distance: 1 - cosine of the embeddings, in [0, 2]; lower means more similar.
+        relpath: path relative to its indexed root (POSIX).
+        root: the indexed root folder.
+        image_id: catalog id.
+    """
+
+    path: str
+    distance: float
+    relpath: str = ""
+    root: str = ""
+    image_id: int = -1
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def embed_images(metric: Metric, images: list[Image.Image]) -> np.ndarray:
+    """Embed PIL images with ``metric`` → (n, dim) float32 unit vectors."""
+    x = torch.stack([metric.preprocess(im) for im in images])
+    with torch.inference_mode():
+        return metric.embed(x).float().cpu().numpy()
+
+
+def query_vector(index: ImageIndex, query: str | os.PathLike[str] | Image.Image) -> np.ndarray:
+    """The query's vector: the stored one for an indexed file, else the metric's embedding of the image."""
+    if isinstance(query, Image.Image):
+        return embed_images(index.metric, [query.convert("RGB")])[0]
+    p = os.fspath(query)
+    if os.path.isfile(p):
+        row = index.find_row(p)
+        if row is not None and row.status == "ok" and row.size == os.stat(p).st_size:
+            v = index.vector_of(row)
+            if v is not None:
+                return v
+        return embed_images(index.metric, [open_image(p)])[0]
+    if os.path.isdir(p):
+        raise ValueError(f"query {p!r} is a folder; give an image file or an indexed path")
+    row = index.find_row(p)
+    if row is None:
+        raise FileNotFoundError(f"query {p!r} is neither an image file nor a path in index {index.index_dir}")
+    v = index.vector_of(row)
+    if v is None:
+        raise ValueError(f"{p!r} is catalogued but has no vector for {index.build.metric!r} "
+                         f"(status {row.status}{': ' + row.error if row.error else ''})")
+    return v
+
+
+def search_vectors(index: ImageIndex, xq: np.ndarray, k: int) -> list[list[Hit]]:
+    """k nearest indexed images of each query vector (rows of ``xq``), nearest first."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    xq = np.atleast_2d(np.asarray(xq, np.float32))
+    if xq.shape[1] != index.vectors.dim:
+        raise ValueError(f"query dim {xq.shape[1]} != index dim {index.vectors.dim} (index built with "
+                         f"{index.build.metric!r}); embed queries with the same metric")
+    kk = k
+    while True:
+        D, I = index.vectors.search(xq, min(kk, max(1, index.vectors.ntotal)))  # noqa: E741
+        rows = index.rows(I[I >= 0].tolist())
+        out: list[list[Hit]] = []
+        short = False
+        for q in range(len(xq)):
+            hits = []
+            for d, i in zip(D[q], I[q], strict=True):
+                if i < 0:
+                    continue
+                row = rows.get(int(i))
+                if row is None:  # a vector a running writer has flushed but not committed yet
+                    continue
+                hits.append(Hit(path=row.path, distance=float(max(d, 0.0)), relpath=row.relpath, root=row.root,
+                                image_id=row.id))
+            if len(hits) < k and kk < index.vectors.ntotal:
+                short = True
+            out.append(hits[:k])
+        if not short:
+            return out
+        kk *= 2
+
+
+def search(
+    index: str | os.PathLike[str] | ImageIndex,
+    query: str | os.PathLike[str] | Image.Image,
+    *,
+    k: int = 10,
+    metric: str | Metric | None = None,
+    db_url: str | None = None,
+    device: str | None = None,
+) -> list[Hit]:
+    """The ``k`` indexed images most similar to ``query``.
+
+    Args:
+        index: an index folder or an ImageIndex from ``open_index``.
+        query: an image file, a PIL image, or the path of an indexed file (absolute or relative to its root).
+        k: how many results.
+        metric: which metric's vectors to search when the folder holds several (name or fingerprint).
+        db_url: catalog URL when it is not the SQLite file in the folder.
+        device: device for embedding an image query.
+
+    Returns:
+        Hits sorted by distance (1 - cosine, lower = more similar). An indexed query finds itself first.
+
+    Raises:
+        FileNotFoundError: no index, or a query that is neither a file nor an indexed path.
+        ValueError: an unreadable query image, or an index of another metric / dimension.
+    """
+    if isinstance(index, (str, os.PathLike, Path)):
+        with open_index(index, metric=metric, db_url=db_url, device=device) as idx:
+            return search_vectors(idx, query_vector(idx, query)[None], k)[0]
+    return search_vectors(index, query_vector(index, query)[None], k)[0]

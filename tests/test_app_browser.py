@@ -1,0 +1,262 @@
+"""End to end: ``lookalike app`` in a subprocess, driven by Debian's chromium through Playwright.
+
+The index holds the 24 fixture photos plus an edited copy of one (a known duplicate), embedded with the real offline
+model ``efficientnet_lite0``. Screenshots go to ``test-output/screenshots/`` (git-ignored); look at them.
+Chromium comes from ``apt-get install chromium`` (``.ci/install-browser.sh``), never from ``playwright install``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import ImageEnhance
+
+from lookalike.data.images import open_image
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+SCREENSHOTS = Path(__file__).resolve().parents[1] / "test-output" / "screenshots"
+PHOTOS = Path(__file__).parent / "fixtures" / "photos"
+DUP_OF = "bsd68_101085.jpg"  # indexed together with an edited copy: the known duplicate group
+QUERY_OF = "sunhays_beach_sun_bgtlposotyokcsdg.jpg"  # an edit of it (not indexed) is uploaded: its known nearest
+TIMEOUT_MS = 60_000
+
+pytestmark = pytest.mark.slow
+
+if not CHROMIUM.is_file():
+    if os.environ.get("CI"):
+        raise RuntimeError(f"{CHROMIUM} is missing; CI must run .ci/install-browser.sh first")
+    pytest.skip(f"{CHROMIUM} not installed (run .ci/install-browser.sh)", allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:  # noqa: S310 - 127.0.0.1 only
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Photos + an edited copy of DUP_OF, indexed with efficientnet_lite0; an uploadable edit of QUERY_OF."""
+    from lookalike.indexer import build_index
+
+    base = tmp_path_factory.mktemp("app_e2e")
+    photos = base / "photos"
+    shutil.copytree(PHOTOS, photos, ignore=shutil.ignore_patterns("*.md"))
+    im = open_image(PHOTOS / DUP_OF)
+    w, h = im.size
+    (photos / "edits").mkdir()
+    edited = ImageEnhance.Brightness(im.crop((w // 20, h // 20, w - w // 20, h - h // 20))).enhance(1.15)
+    edited.save(photos / "edits" / "bsd68_101085_edited.jpg", quality=90)
+    q = open_image(PHOTOS / QUERY_OF)
+    w, h = q.size
+    query = base / "query_beach.jpg"  # outside the indexed folder: never in the catalog
+    ImageEnhance.Contrast(q.crop((0, 0, w * 9 // 10, h * 9 // 10)).resize((w * 4 // 5, h * 4 // 5))).enhance(
+        0.85).save(query, quality=80)
+    index_dir = base / "index"
+    summary = build_index(photos, index_dir, metric="efficientnet_lite0", workers=0, progress=False)
+    assert summary.total_vectors == 25
+    return {"photos": photos, "index": index_dir, "query": query, "base": base}
+
+
+@contextlib.contextmanager
+def _run_app(index_dir: Path, log_path: Path) -> Iterator[str]:
+    """``lookalike app --index DIR --port FREE`` in a subprocess (its own process group, stopped at the end)."""
+    port = _free_port()
+    log = open(log_path, "w+b")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([sys.executable, "-m", "lookalike.app.cli", "app", "--index", str(index_dir),
+                             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                log.seek(0)
+                pytest.fail(f"lookalike app exited with {proc.returncode}:\n{log.read().decode(errors='replace')}")
+            try:
+                if _get(url + "/_stcore/health")[1].strip() == b"ok":
+                    break
+            except OSError:
+                pass
+            time.sleep(0.3)
+        else:
+            pytest.fail("lookalike app did not answer /_stcore/health within 90 s")
+        log.seek(0)
+        assert f"lookalike app: {url}" in log.read().decode(errors="replace")  # it prints its URL
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def app_url(collection: dict[str, Path]) -> Iterator[str]:
+    with _run_app(collection["index"], collection["base"] / "app.log") as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    with sync_api.sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        yield b
+        b.close()
+
+
+@pytest.fixture()
+def page(browser: object, request: pytest.FixtureRequest) -> Iterator[object]:
+    ctx = browser.new_context(viewport={"width": 1400, "height": 2000})  # type: ignore[attr-defined]
+    p = ctx.new_page()
+    p.set_default_timeout(TIMEOUT_MS)
+    yield p
+    ctx.close()
+
+
+def _wait_images(page: object, selector: str) -> None:
+    """Wait until every <img> under ``selector`` has loaded (before a screenshot)."""
+    page.wait_for_function(  # type: ignore[attr-defined]
+        """sel => { const imgs = [...document.querySelectorAll(sel + ' img')];
+                    return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0); }""",
+        arg=selector, timeout=TIMEOUT_MS)
+
+
+def _shot(page: object, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.wait_for_timeout(500)  # type: ignore[attr-defined]  # let the last delta paint
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)  # type: ignore[attr-defined]
+
+
+def _no_traceback(page: object) -> None:
+    body = page.inner_text("body")  # type: ignore[attr-defined]
+    assert "Traceback" not in body and "File \"" not in body
+
+
+def test_overview_describes_the_index(page: object, app_url: str) -> None:
+    page.goto(app_url)  # type: ignore[attr-defined]
+    images = page.locator("[data-testid='stMetric']").first  # type: ignore[attr-defined]
+    sync_api.expect(images).to_contain_text("25", timeout=TIMEOUT_MS)
+    sync_api.expect(page.locator("[data-testid='stMain'] table").first).to_contain_text(  # type: ignore[attr-defined]
+        "efficientnet_lite0", timeout=TIMEOUT_MS)
+    _no_traceback(page)
+    _shot(page, "overview")
+
+
+def test_search_upload_finds_known_nearest_first(page: object, app_url: str, collection: dict[str, Path]) -> None:
+    page.goto(app_url + "/search")  # type: ignore[attr-defined]
+    page.locator("input[type=file]").first.set_input_files(str(collection["query"]))  # type: ignore[attr-defined]
+    first = page.locator(".st-key-hit-1")  # type: ignore[attr-defined]
+    sync_api.expect(first).to_contain_text(QUERY_OF, timeout=TIMEOUT_MS)
+    distance = float(re.search(r"#1\s+([0-9.]+)", first.inner_text()).group(1))  # type: ignore[union-attr]
+    assert 0.0 < distance < 0.2
+    page.locator(".st-key-hit-12").wait_for()  # type: ignore[attr-defined]  # k = 12 results by default
+    _wait_images(page, ".st-key-hit-1")
+    _no_traceback(page)
+    _shot(page, "search_upload")
+
+
+def test_compare_shows_numeric_table(page: object, app_url: str, collection: dict[str, Path]) -> None:
+    page.goto(app_url + "/compare")  # type: ignore[attr-defined]
+    inputs = page.locator("input[type=file]")  # type: ignore[attr-defined]
+    inputs.nth(0).wait_for(state="attached")
+    inputs.nth(0).set_input_files(str(PHOTOS / DUP_OF))
+    page.get_by_text(f"upload: {DUP_OF}").wait_for()  # type: ignore[attr-defined]  # A is in before B goes
+    inputs.nth(1).set_input_files(str(collection["photos"] / "edits" / "bsd68_101085_edited.jpg"))
+    table = page.locator(".st-key-compare-table table")  # type: ignore[attr-defined]
+    table.wait_for()
+    header = [c.strip() for c in table.locator("thead th").all_inner_texts()]
+    rows = {}
+    for tr in table.locator("tbody tr").all():
+        cells = [c.strip() for c in tr.locator("th, td").all_inner_texts()]
+        row = dict(zip(header[-len(cells):] if len(header) >= len(cells) else header, cells[-len(header):],
+                       strict=False))
+        rows[row["metric"]] = row
+    assert {"efficientnet_lite0", "psnr", "ssim", "l2"} <= set(rows)
+    assert float(rows["efficientnet_lite0"]["value"]) < 0.2  # an edited copy: close
+    assert float(rows["psnr"]["value"]) > 10.0 and -1.0 <= float(rows["ssim"]["value"]) <= 1.0
+    assert rows["efficientnet_lite0"]["direction"] == "lower = more similar"
+    assert rows["psnr"]["direction"] == "higher = more similar"
+    assert page.get_by_text("metrics cannot run here").count() == 1  # type: ignore[attr-defined]  # no weights
+    _wait_images(page, "[data-testid='stMain']")
+    _no_traceback(page)
+    _shot(page, "compare")
+
+
+def test_duplicates_shows_known_group(page: object, app_url: str) -> None:
+    page.goto(app_url + "/duplicates")  # type: ignore[attr-defined]
+    group = page.locator(".st-key-group-0")  # type: ignore[attr-defined]
+    for text in ("KEEP", DUP_OF, "edits/bsd68_101085_edited.jpg", "distance"):
+        sync_api.expect(group).to_contain_text(text, timeout=TIMEOUT_MS)  # rendered progressively: wait
+    assert page.locator(".st-key-group-1").count() == 0  # type: ignore[attr-defined]  # no false duplicates
+    _wait_images(page, ".st-key-group-0")
+    _no_traceback(page)
+    _shot(page, "duplicates")
+    for fmt in ("CSV", "JSON"):
+        page.get_by_role("button", name=f"Download {fmt}").wait_for()  # type: ignore[attr-defined]
+
+
+def test_files_outside_the_catalog_are_refused(page: object, app_url: str, collection: dict[str, Path]) -> None:
+    outside = str(collection["query"])  # a real image on disk, not indexed
+    for q in (outside, "/etc/passwd", "../../../../etc/passwd", "edits/../../query_beach.jpg"):
+        page.goto(app_url + "/search?q=" + urllib.request.quote(q, safe=""))  # type: ignore[attr-defined]
+        err = page.locator("[data-testid='stAlertContentError']").first  # type: ignore[attr-defined]
+        err.wait_for()
+        assert "not in the index catalog" in err.inner_text()
+        assert page.locator("[class*='st-key-hit-']").count() == 0  # type: ignore[attr-defined]
+        assert page.locator("[data-testid='stMain'] img").count() == 0  # type: ignore[attr-defined]
+        _no_traceback(page)
+    _shot(page, "refused_outside_catalog")
+    secret = collection["query"].read_bytes()
+    for path in ("/media/..%2f..%2f..%2fetc%2fpasswd", "/app/static/..%2f..%2f..%2fetc%2fpasswd",
+                 "/app/static/../../etc/passwd", "/media/" + urllib.request.quote(outside, safe=""),
+                 "/" + urllib.request.quote(outside), "/component/..%2f..%2fetc%2fpasswd"):
+        status, body = _get(app_url + path)
+        assert b"root:" not in body and secret not in body, path
+        assert status in (200, 400, 403, 404), (path, status)  # 200 only for the app's own HTML shell
+        if status == 200:
+            assert b"<html" in body.lower(), path
+
+
+def test_no_index_builds_a_typed_folder(page: object, collection: dict[str, Path], tmp_path: Path) -> None:
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    for name in (DUP_OF, QUERY_OF, "bsd68_101087.jpg"):
+        shutil.copy(PHOTOS / name, folder / name)
+    index_dir = tmp_path / "new_index"
+    with _run_app(index_dir, tmp_path / "app.log") as url:
+        page.goto(url)  # type: ignore[attr-defined]
+        main = page.locator("[data-testid='stMain']")  # type: ignore[attr-defined]
+        sync_api.expect(main).to_contain_text("There is no index at", timeout=TIMEOUT_MS)
+        sync_api.expect(main).to_contain_text(f"lookalike index FOLDER --index {index_dir}")
+        page.get_by_label("Folder of images to index").fill(str(folder))  # type: ignore[attr-defined]
+        page.get_by_role("button", name="Build the index").click()  # type: ignore[attr-defined]
+        sync_api.expect(main).to_contain_text("Indexed 3 images", timeout=TIMEOUT_MS)
+        assert (index_dir / "catalog.sqlite").is_file()
+        _no_traceback(page)
+        _shot(page, "no_index_built_from_folder")

@@ -1,0 +1,148 @@
+"""find_duplicates on hand-made vectors: grouping modes, keep rules, reports, quarantine moves and undo."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import update
+
+from lookalike.indexer import VectorIndex, find_duplicates, move_duplicates, undo_moves, write_report
+from lookalike.indexer._catalog import STATUS_OK, BuildRow, Catalog, ImageRow, VectorRow
+from lookalike.indexer._vectors import vectors_file
+
+FP = "synthetic-0"
+
+
+def _unit(deg: float, dim: int = 8) -> np.ndarray:
+    v = np.zeros(dim, np.float32)
+    v[0], v[1] = math.cos(math.radians(deg)), math.sin(math.radians(deg))
+    return v
+
+
+def make_vector_index(tmp: Path, items: dict[str, dict]) -> tuple[Path, Path]:
+    """An index folder built straight from vectors: items = {relpath: {"vec", "w", "h", "mtime"}}."""
+    root, idx = tmp / "files", tmp / "idx"
+    idx.mkdir(parents=True)
+    dim = len(next(iter(items.values()))["vec"])
+    ids, vecs = [], []
+    with Catalog(idx, create=True) as cat, cat.session() as s, s.begin():
+        s.add(BuildRow(fingerprint=FP, metric="synthetic", dim=dim, factory="Flat", current_factory="Flat",
+                       count=len(items)))
+        for rel, it in items.items():
+            p = root / rel
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes(b"x" * it.get("size", 10))
+            row = ImageRow(root=str(root), relpath=rel, path_raw=os.fsencode(str(p)), sha256=rel, size=p.stat().st_size,
+                           mtime_ns=it.get("mtime", 0), width=it.get("w", 10), height=it.get("h", 10), format="JPEG",
+                           status=STATUS_OK)
+            s.add(row)
+            s.flush()
+            s.add(VectorRow(image_id=row.id, fingerprint=FP, faiss_id=row.id))
+            ids.append(row.id)
+            vecs.append(it["vec"])
+    vi = VectorIndex.create(dim)
+    vi.add(np.stack(vecs), ids)
+    vi.save(vectors_file(idx, FP))
+    return root, idx
+
+
+@pytest.fixture()
+def chain(tmp_path: Path) -> tuple[Path, Path]:
+    """a - b - c linked in a chain at threshold 0.05 (a and c 0.157 apart), d unrelated, e a twin of d."""
+    step = math.degrees(math.acos(0.96))  # 1 - cos = 0.04
+    return make_vector_index(tmp_path, {
+        "a.jpg": {"vec": _unit(0), "w": 100, "h": 100, "mtime": 3},
+        "b.jpg": {"vec": _unit(step), "w": 400, "h": 300, "mtime": 1},
+        "sub/c.jpg": {"vec": _unit(2 * step), "w": 50, "h": 50, "mtime": 2},
+        "d.jpg": {"vec": _unit(90), "w": 10, "h": 10, "mtime": 5},
+        "e.jpg": {"vec": _unit(90.5), "w": 10, "h": 10, "mtime": 4, "size": 20},
+    })
+
+
+def _names(report) -> list[tuple[str, list[str]]]:
+    return [(os.path.basename(g.keeper.path), sorted(os.path.basename(d.path) for d in g.duplicates))
+            for g in report.groups]
+
+
+def test_components_vs_star(chain: tuple[Path, Path]) -> None:
+    _, idx = chain
+    comp = find_duplicates(idx, threshold=0.05, keep="largest")
+    assert sorted((os.path.basename(p.a), os.path.basename(p.b)) for p in comp.pairs) == [
+        ("a.jpg", "b.jpg"), ("b.jpg", "c.jpg"), ("d.jpg", "e.jpg")]
+    assert _names(comp) == [("b.jpg", ["a.jpg", "c.jpg"]), ("e.jpg", ["d.jpg"])]  # e: same pixels, more bytes
+    assert comp.pairs[0].distance < 1e-3 and abs(comp.pairs[-1].distance - 0.04) < 1e-4
+    star_first = find_duplicates(idx, threshold=0.05, group="star", keep="first")
+    assert _names(star_first) == [("a.jpg", ["b.jpg"]), ("d.jpg", ["e.jpg"])]  # no chaining to c
+    star_largest = find_duplicates(idx, threshold=0.05, group="star", keep="largest")
+    assert _names(star_largest)[0] == ("b.jpg", ["a.jpg", "c.jpg"])
+    comp_dup = comp.groups[0].duplicates
+    assert {os.path.basename(d.path): round(d.distance, 3) for d in comp_dup} == {"a.jpg": 0.04, "c.jpg": 0.04}
+
+
+def test_keep_rules_and_blocks(chain: tuple[Path, Path]) -> None:
+    _, idx = chain
+    assert _names(find_duplicates(idx, threshold=0.05, keep="oldest"))[0][0] == "b.jpg"
+    assert _names(find_duplicates(idx, threshold=0.05, keep="newest"))[0][0] == "a.jpg"
+    assert _names(find_duplicates(idx, threshold=0.05, keep="first"))[0][0] == "a.jpg"
+    assert len(find_duplicates(idx, threshold=0.2).groups) == 2
+    assert len(find_duplicates(idx, threshold=0.2).groups[0].duplicates) == 2
+    small = find_duplicates(idx, threshold=0.05, block_size=1)
+    assert _names(small) == _names(find_duplicates(idx, threshold=0.05))
+    assert find_duplicates(idx, threshold=0.0001).groups[0].keeper.path.endswith("e.jpg")
+    with pytest.raises(ValueError, match="unknown keep rule"):
+        find_duplicates(idx, threshold=0.05, keep="prettiest")
+    with pytest.raises(ValueError, match="unknown group mode"):
+        find_duplicates(idx, threshold=0.05, group="cliques")
+    with pytest.raises(ValueError, match="outside"):
+        find_duplicates(idx, threshold=3.0)
+    with pytest.raises(ValueError, match="give a distance threshold"):
+        find_duplicates(idx)
+    with Catalog(idx) as cat, cat.session() as s, s.begin():
+        s.execute(update(BuildRow).values(dedup_threshold=0.05))
+    assert len(find_duplicates(idx).pairs) == 3  # the threshold stored with the build
+
+
+def test_reports(chain: tuple[Path, Path], tmp_path: Path) -> None:
+    _, idx = chain
+    report = find_duplicates(idx, threshold=0.05)
+    write_report(report, tmp_path / "out" / "dups.csv")
+    rows = list(csv.DictReader(open(tmp_path / "out" / "dups.csv")))
+    assert [r["role"] for r in rows] == ["keep", "duplicate", "duplicate", "keep", "duplicate"]
+    assert rows[0]["path"].endswith("b.jpg") and rows[0]["width"] == "400"
+    write_report(report, tmp_path / "dups.json")
+    data = json.loads((tmp_path / "dups.json").read_text())
+    assert data["threshold"] == 0.05 and len(data["pairs"]) == 3 and data["n_duplicates"] == 3
+    assert data["groups"][0]["keeper"]["relpath"] == "b.jpg"
+    with pytest.raises(ValueError, match=r"\.csv or \.json"):
+        write_report(report, tmp_path / "dups.txt")
+
+
+def test_move_and_undo(chain: tuple[Path, Path], tmp_path: Path) -> None:
+    root, idx = chain
+    before = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    report = find_duplicates(idx, threshold=0.05)
+    q = tmp_path / "quarantine"
+    manifest = move_duplicates(report, q)
+    left = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    assert left == ["b.jpg", "e.jpg"]  # keepers stay; nothing deleted
+    moved = sorted(p.relative_to(q).as_posix() for p in q.rglob("*.jpg"))
+    assert moved == ["files/a.jpg", "files/d.jpg", "files/sub/c.jpg"]
+    assert len(json.loads(manifest.read_text())["moves"]) == 3
+    (root / "a.jpg").write_bytes(b"a new file took the name")
+    assert undo_moves(manifest) == 2  # a.jpg's place is taken again: left in quarantine
+    assert (q / "files" / "a.jpg").exists()
+    (root / "a.jpg").unlink()
+    assert undo_moves(manifest) == 1
+    after = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    assert after == before
+    with pytest.raises(FileNotFoundError):
+        undo_moves(tmp_path / "nope.json")
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(ValueError, match="not a lookalike dedup manifest"):
+        undo_moves(tmp_path / "bad.json")
