@@ -1,8 +1,8 @@
 """Streamlit cache wrappers around the library factories (indexes, metrics) and pure results (thumbnails, reports).
 
 ``st.cache_resource`` objects are shared by every session: an ``ImageIndex`` only searches (faiss CPU indexes allow
-concurrent searches) and metrics only run inference. Arguments prefixed ``_`` are left out of cache keys; a
-``stamp`` of the index folder's files is passed instead, so results refresh when the index changes on disk.
+concurrent searches) and metrics only run inference. Cached results take a ``stamp`` of the index folder's files
+(``views.index_stamp``) as an argument, so they are recomputed when the index changes on disk.
 """
 
 from __future__ import annotations
@@ -13,11 +13,9 @@ from typing import TYPE_CHECKING
 
 import streamlit as st
 
-from lookalike.app.views import thumbnail_of_file
-from lookalike.data.images import ImageDecodeError
+from lookalike.app.views import thumbnail_of_file, triplet_rows
 from lookalike.indexer import DedupReport, ImageIndex, find_duplicates, index_info, open_index
 from lookalike.metric import Metric, load_metric
-from lookalike.metric.judgements import vote_triplet_files
 
 if TYPE_CHECKING:  # the dataset readers are imported lazily: the other pages work without them
     from lookalike.data.imagenet_r import ImageNetR
@@ -39,7 +37,7 @@ def get_fresh_index(index_dir: Path, metric: str | None) -> ImageIndex:
     return idx
 
 
-@st.cache_resource(show_spinner="Loading the metric...", max_entries=6)
+@st.cache_resource(show_spinner="Loading the metric...", max_entries=32)
 def get_metric(name: str) -> Metric:
     """A loaded metric, once per process (raises WeightsNotFound with the download command)."""
     return load_metric(name)
@@ -81,18 +79,13 @@ def get_nights(root: str, split: str) -> TripletSet:
 @st.cache_data(show_spinner="Scoring triplets...", max_entries=32)
 def get_nights_votes(root: str, split: str, metric: str, n: int) -> list[dict]:
     """The first ``n`` triplets of a NIGHTS split with ``metric``'s vote next to the people's."""
+    from lookalike.metric.eval import score_2afc, triplet_distances
+
     m = get_metric(metric)
-    rows = []
-    for i, t in enumerate(get_nights(root, split)[:n]):
-        row = {"#": i, "id": t.id, "people: right": round(t.p, 3)}
-        try:
-            v = vote_triplet_files(m, t.ref, t.left, t.right, t.p)
-        except ImageDecodeError as e:
-            rows.append({**row, "error": str(e)})
-            continue
-        rows.append({**row, "d(ref, left)": round(v.d_left, 4), "d(ref, right)": round(v.d_right, 4),
-                     "metric: right": v.metric_right, "agrees": not v.disagrees, "score": round(v.score, 3)})
-    return rows
+    triplets = get_nights(root, split)[:n]
+    d_left, d_right = triplet_distances(m, triplets)
+    scores = score_2afc(d_left, d_right, [t.p for t in triplets], lower_is_better=m.lower_is_better)
+    return triplet_rows(triplets, d_left, d_right, scores, lower_is_better=m.lower_is_better)
 
 
 @st.cache_data(show_spinner="Reading ImageNet-R...", max_entries=4)

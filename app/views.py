@@ -188,3 +188,20 @@ def is_under(path: str | os.PathLike[str], root: str | os.PathLike[str]) -> bool
     except (ValueError, OSError):
         return False
     return True
+
+
+def triplet_rows(triplets: Sequence, d_left: Sequence[float], d_right: Sequence[float], scores: Sequence[float], *,
+                 lower_is_better: bool = True) -> list[dict]:
+    """One table row per 2AFC triplet: the people's vote, the metric's distances and vote, agreement, score.
+
+    ``agrees`` is False only when the metric picks the image that the majority of people did not (a tie on
+    either side counts as agreement).
+    """
+    rows = []
+    for i, (t, dl, dr, sc) in enumerate(zip(triplets, d_left, d_right, scores, strict=True)):
+        metric_right = bool(dr < dl) if lower_is_better else bool(dr > dl)
+        tie = dl == dr or t.p == 0.5
+        rows.append({"#": i, "id": t.id, "people: right": round(float(t.p), 3), "d(ref, left)": round(float(dl), 4),
+                     "d(ref, right)": round(float(dr), 4), "metric: right": metric_right,
+                     "agrees": tie or metric_right == (t.p > 0.5), "score": round(float(sc), 3)})
+    return rows

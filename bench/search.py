@@ -3,9 +3,9 @@
     python bench/search.py                               # 100k x 1792-d: exact routes + IVF / HNSW / IVF-PQ
     python bench/search.py --sizes 1000000 --no-hnsw     # 1M (7.2 GB of vectors, one copy)
 
-Data: a Gaussian mixture of ``--components`` unit centres, each point a centre plus an offset in its component's own
-32-d subspace plus a little isotropic noise, normalized (i.i.d. random vectors in 1792-d defeat every ANN index
-and say nothing).
+Data: a Gaussian mixture of ``--components`` unit centres (grouped 20 to a super-cluster), each point a centre plus
+an offset in its component's own 32-d subspace plus isotropic noise, normalized (i.i.d. random vectors in 1792-d
+defeat every ANN index and say nothing).
 Rows:
   exact: ``VectorIndex.search`` (what lookalike runs for Flat: blocked numpy matrix products) against a plain numpy
   brute force (one matrix product + argpartition) and faiss's Flat scan, on the same vectors, at 1 and 100 queries;
@@ -28,11 +28,14 @@ from lookalike.indexer import VectorIndex, choose_factory
 
 def gmm(n: int, d: int, components: int, seed: int = 0, sample_seed: int = 0, chunk: int = 50_000,
         rank: int = 32, iso: float = 0.5):
-    """Yield (first row, vectors) chunks of a normalized Gaussian mixture whose components each spread in their own
-    ``rank``-d subspace (like real embeddings: clusters with a low intrinsic dimension), plus a little isotropic
-    noise. ``seed`` fixes the mixture, ``sample_seed`` the points drawn from it."""
+    """Yield (first row, vectors) chunks of a normalized Gaussian mixture: components grouped 20 to a super-cluster,
+    each spreading in its own ``rank``-d subspace (like real embeddings: nested clusters with a low intrinsic
+    dimension), plus isotropic noise. ``seed`` fixes the mixture, ``sample_seed`` the points drawn from it."""
     rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((components, d)).astype(np.float32)
+    supers = rng.standard_normal((max(1, components // 20), d)).astype(np.float32)  # clusters of clusters
+    supers /= np.linalg.norm(supers, axis=1, keepdims=True)
+    centres = supers[rng.integers(0, len(supers), components)]
+    centres = centres + 0.8 * rng.standard_normal((components, d)).astype(np.float32) / math.sqrt(d)
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
     bases = rng.standard_normal((components, rank, d)).astype(np.float32) / math.sqrt(d * rank)
     rng = np.random.default_rng([seed, sample_seed])

@@ -285,13 +285,13 @@ class VectorIndex:
         I = np.full((len(xq), k), -1, np.int64)  # noqa: E741
         step = max(1, NUMPY_BLOCK_BYTES // (4 * n))
         for s in range(0, len(xq), step):
-            scores = xb @ xq[s:s + step].T  # (n, b)
-            part = np.argpartition(-scores, kk - 1, axis=0)[:kk] if kk < n else np.broadcast_to(
-                np.arange(n)[:, None], scores.shape)
-            top = np.take_along_axis(scores, part, axis=0)
-            order = np.argsort(-top, axis=0, kind="stable")
-            D[s:s + step, :kk] = np.take_along_axis(top, order, axis=0).T
-            I[s:s + step, :kk] = id_map[np.take_along_axis(part, order, axis=0)].T
+            scores = xq[s:s + step] @ xb.T  # (b, n): each query's scores contiguous for the partition
+            part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk] if kk < n else np.broadcast_to(
+                np.arange(n)[None, :], scores.shape)
+            top = np.take_along_axis(scores, part, axis=1)
+            order = np.argsort(-top, axis=1, kind="stable")
+            D[s:s + step, :kk] = np.take_along_axis(top, order, axis=1)
+            I[s:s + step, :kk] = id_map[np.take_along_axis(part, order, axis=1)]
         return D, I
 
     def range_search(self, xq: np.ndarray, max_distance: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -1,14 +1,14 @@
-"""What each metric says about a pair of images (every registered metric at once) or a 2AFC triplet.
+"""What each metric says about a pair of images: every registered metric at once, unavailable ones explained.
 
-These are the library functions behind the app's "Compare metrics" and "Datasets" views. Nothing here prints,
-downloads or caches: the caller passes a ``load`` function (``load_metric`` by default) and may cache what it loads.
+The library function behind the app's "Compare metrics" view (2AFC scoring lives in ``metric.eval``). Nothing here
+prints, downloads or caches: the caller passes a ``load`` function (``load_metric`` by default) and may cache what it
+loads.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -146,61 +146,3 @@ def compare_all(
             continue
         out.append(_value_row(name, value))
     return out
-
-
-@dataclass(frozen=True)
-class TripletVote:
-    """A metric's vote on one 2AFC triplet next to the human one.
-
-    Attributes:
-        d_left: metric value between ref and left.
-        d_right: metric value between ref and right.
-        p: fraction of people who judged ``right`` closer to ``ref``.
-        metric_right: the metric judged ``right`` closer (ties count as left).
-        score: agreement with the people, the 2AFC score: p when the metric chose right, 1 - p when it chose
-            left, 0.5 on a tie.
-    """
-
-    d_left: float
-    d_right: float
-    p: float
-    metric_right: bool
-    score: float
-
-    @property
-    def human_right(self) -> bool:
-        return self.p > 0.5
-
-    @property
-    def disagrees(self) -> bool:
-        """The metric chose the other image than the majority of people (ties among people never disagree)."""
-        return self.p != 0.5 and self.metric_right != self.human_right
-
-
-def vote_triplet(metric: Metric, ref: Image.Image, left: Image.Image, right: Image.Image, p: float) -> TripletVote:
-    """Score one triplet of PIL images with ``metric`` (direction taken from ``metric.lower_is_better``)."""
-    pre = [metric.preprocess(im.convert("RGB")) for im in (ref, left, right)]
-    with torch.inference_mode():
-        d = metric.distance(torch.stack([pre[0], pre[0]]), torch.stack([pre[1], pre[2]]))
-    d_left, d_right = float(d[0]), float(d[1])
-    if math.isclose(d_left, d_right, rel_tol=0.0, abs_tol=1e-9):
-        return TripletVote(d_left, d_right, p, metric_right=False, score=0.5)
-    right_closer = d_right < d_left if metric.lower_is_better else d_right > d_left
-    return TripletVote(d_left, d_right, p, metric_right=right_closer, score=p if right_closer else 1.0 - p)
-
-
-def vote_triplets(metric: Metric, triplets: Sequence[tuple[Image.Image, Image.Image, Image.Image, float]]
-                  ) -> list[TripletVote]:
-    """``vote_triplet`` over (ref, left, right, p) tuples of PIL images."""
-    return [vote_triplet(metric, *t) for t in triplets]
-
-
-def vote_triplet_files(metric: Metric, ref: str, left: str, right: str, p: float) -> TripletVote:
-    """``vote_triplet`` on image files, decoded with the safe loader (``lookalike.data.images.open_image``).
-
-    Raises:
-        ImageDecodeError: an unreadable file.
-    """
-    from lookalike.data.images import open_image
-
-    return vote_triplet(metric, open_image(ref), open_image(left), open_image(right), p)

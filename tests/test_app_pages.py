@@ -386,7 +386,7 @@ def test_cli_app_binds_localhost_and_hides_tracebacks(tmp_path: Path) -> None:
 
 
 def test_compare_all_and_triplet_votes() -> None:
-    from lookalike.metric.judgements import STATUS_OK, STATUS_UNAVAILABLE, compare_all, vote_triplet
+    from lookalike.metric.judgements import STATUS_OK, STATUS_UNAVAILABLE, compare_all
 
     a = open_image(PHOTOS / NAMES[0])
     b = ImageEnhance.Brightness(a).enhance(1.1)
@@ -398,21 +398,17 @@ def test_compare_all_and_triplet_votes() -> None:
     with pytest.raises(KeyError):
         compare_all(a, b, metrics=["no_such_metric"])
 
-    class FakePsnr:  # higher = more similar: the larger value wins
-        lower_is_better = False
 
-        def preprocess(self, im: Image.Image):  # noqa: ANN202
-            import torch
+def test_triplet_rows_direction_and_agreement() -> None:
+    from lookalike.app.views import triplet_rows
+    from lookalike.data.triplets import Triplet
 
-            return torch.zeros(3, 4, 4)
-
-        def distance(self, x, y):  # noqa: ANN001, ANN202
-            import torch
-
-            return torch.tensor([10.0, 30.0])
-
-    v = vote_triplet(FakePsnr(), a, a, a, p=0.8)  # type: ignore[arg-type]
-    assert v.metric_right and v.score == pytest.approx(0.8) and not v.disagrees
+    ts = [Triplet("r", "l", "x", 0.9, "a"), Triplet("r", "l", "x", 0.9, "b"), Triplet("r", "l", "x", 0.5, "c")]
+    rows = triplet_rows(ts, [0.2, 0.1, 0.1], [0.1, 0.2, 0.2], [0.9, 0.1, 0.5])
+    assert [r["metric: right"] for r in rows] == [True, False, False]
+    assert [r["agrees"] for r in rows] == [True, False, True]  # people split 50/50: never a disagreement
+    psnr = triplet_rows(ts[:1], [30.0], [20.0], [0.1], lower_is_better=False)  # higher = more similar
+    assert not psnr[0]["metric: right"] and not psnr[0]["agrees"]
 
 
 def test_neighbours_under_two_indexed_metrics(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -143,8 +143,9 @@ def test_efficientnet_on_edited_photos_scores_near_one(photo_triplets: Path, cnn
         return embed(x)
 
     metric.embed = counting_embed  # type: ignore[method-assign]
+    cache: dict = {}
     try:
-        res = evaluate_2afc(metric, triplets, batch_size=8)
+        res = evaluate_2afc(metric, triplets, batch_size=8, cache=cache)
     finally:
         del metric.embed
     print(f"efficientnet_lite0 2AFC on {len(triplets)} edited-photo triplets: {res.score:.3f} "
@@ -156,7 +157,7 @@ def test_efficientnet_on_edited_photos_scores_near_one(photo_triplets: Path, cnn
     assert sum(calls) == len(triplets.images()) == 20
     # flipping every vote turns the score around
     flipped = [Triplet(t.ref, t.left, t.right, 1.0 - t.p, t.id) for t in triplets]
-    assert evaluate_2afc(metric, flipped).score == pytest.approx(1.0 - res.score)
+    assert evaluate_2afc(metric, flipped, cache=cache).score == pytest.approx(1.0 - res.score)
 
 
 def test_shared_cache_embeds_once_across_calls(photo_triplets: Path) -> None:
