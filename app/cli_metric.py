@@ -154,21 +154,26 @@ def _print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
 
 def run_compare(args: argparse.Namespace) -> int:
     from lookalike.data.images import open_image
-    from lookalike.metric.compare import compare_images, default_compare_metrics
+    from lookalike.metric import load_metric
+    from lookalike.metric.compare import STATUS_OK, compare_all, list_compare_metrics
 
     if args.all and args.metric:
         raise ValueError("give either --all or --metric NAME, not both")
-    names = default_compare_metrics() if args.all else (args.metric or ["dreamsim"])
+    names = list_compare_metrics() if args.all else (args.metric or ["dreamsim"])
     img_a, img_b = open_image(Path(args.a)), open_image(Path(args.b))
-    rows = compare_images(img_a, img_b, names, device=args.device, dtype=args.dtype, weights=args.weights,
-                          download=not args.all)
+
+    def load(name: str):
+        return load_metric(name, device=args.device, dtype=args.dtype, weights=args.weights)
+
+    # Named metrics may download their weights (with a progress bar); --all only uses what is on disk.
+    rows = compare_all(img_a, img_b, metrics=names, load=load, weights=args.weights, download=not args.all)
     if args.json:
-        print(json.dumps({"a": args.a, "b": args.b, "rows": [r.to_dict() for r in rows]}, indent=2))
+        print(json.dumps({"a": args.a, "b": args.b, "rows": [r.as_dict() for r in rows]}, indent=2))
     else:
-        table = [(r.metric, "-" if r.value is None else f"{r.value:.4f}", r.unit, r.direction,
-                  r.reason) for r in rows]
+        table = [(r.metric, "-" if r.value is None else f"{r.value:.4f}", r.unit, r.direction, r.reason)
+                 for r in rows]
         _print_table(("metric", "value", "unit", "direction", "note"), table)
-    if all(r.value is None for r in rows):
+    if not any(r.status == STATUS_OK for r in rows):
         why = "; ".join(f"{r.metric}: {r.reason}" for r in rows[:3])
         print(f"error: no metric could run here ({why})", file=sys.stderr)
         return 2

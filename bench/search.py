@@ -129,23 +129,23 @@ def bench_size(n: int, args: argparse.Namespace, k: int = 10) -> None:
     del ivf
 
     if not args.no_pq:
-        m = 64
+        spec = f"IVF{nlist},{args.pq},RFlat"
         t = time.perf_counter()
-        pq = faiss.index_factory(args.dim, f"IVF{nlist},PQ{m},RFlat", faiss.METRIC_INNER_PRODUCT)
+        owner = faiss.index_factory(args.dim, spec, faiss.METRIC_INNER_PRODUCT)
+        pq = faiss.downcast_index(owner)  # a non-owning view: keep ``owner`` alive while it is used
         faiss.extract_index_ivf(pq).cp.niter = 10
         pq.train(train)
         for s in range(0, n, 100_000):
             pq.add(xb[s:s + 100_000])
-        print(f"  (IVF{nlist},PQ{m},RFlat built in {time.perf_counter() - t:.0f}s)")
-        pq = faiss.downcast_index(pq)
+        print(f"  ({spec} built in {time.perf_counter() - t:.0f}s)")
         for nprobe, kf in ((16, 4), (32, 4), (32, 8), (64, 8)):
             faiss.extract_index_ivf(pq).nprobe = nprobe
             pq.k_factor = kf
             tt = timeit(functools.partial(pq.search, xq, k), 3)
             _, I = pq.search(xq, k)  # noqa: E741
-            print(f"{f'IVF{nlist},PQ{m},RFlat':<34} {f'np={nprobe},kf={kf}':>12} {recall_at(I, gt, k):>10.3f} "
+            print(f"{spec:<34} {f'np={nprobe},kf={kf}':>12} {recall_at(I, gt, k):>10.3f} "
                   f"{tt * 1e3 / 100:>9.3f} {exact_ms[100] / (tt * 1e3 / 100):>8.1f}x")
-        del pq
+        del pq, owner
 
     if not args.no_hnsw:
         t = time.perf_counter()
@@ -170,6 +170,7 @@ def main() -> None:
     ap.add_argument("--nlist", type=int, default=0, help="IVF lists (default: lookalike's auto choice)")
     ap.add_argument("--no-hnsw", action="store_true")
     ap.add_argument("--no-pq", action="store_true")
+    ap.add_argument("--pq", default="PQ128x4fs", help="PQ part of the IVF-PQ factory (default PQ128x4fs)")
     ap.add_argument("--exact-only", action="store_true", help="only the exact rows (e.g. at 1M on a small machine)")
     ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args()

@@ -1,110 +1,163 @@
-"""Compare two images under many metrics at once: one row per metric, with its direction, or why it cannot run."""
+"""What each metric says about a pair of images: every registered metric at once, unavailable ones explained.
+
+The library function behind ``lookalike compare`` and the app's "Compare metrics" view (2AFC scoring lives in
+``metric.eval``). Nothing here prints or caches, and by default nothing downloads: a metric whose weight files are
+not on disk is reported with the command that fetches them. The caller may pass a caching ``load`` function.
+"""
 
 from __future__ import annotations
 
 import logging
 import math
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import torch
 from PIL import Image
 
 from lookalike.metric._base import Metric
-from lookalike.metric._builders import required_files
 from lookalike.metric._factory import load_metric
-from lookalike.metric._hub import WeightsNotFound, find_weight_file
+from lookalike.metric._hub import WeightsNotFound
 from lookalike.metric._registry import get_metric_cfg, list_metrics
+from lookalike.metric.weights import weights_paths
 
 _logger = logging.getLogger(__name__)
 
+#: Metric families left out of ``compare_all`` unless named explicitly (random-weight test models).
+HIDDEN_FAMILIES = ("test",)
+
+STATUS_OK = "ok"
+STATUS_UNAVAILABLE = "unavailable"
+STATUS_ERROR = "error"
+
+
+def describe_direction(lower_is_better: bool) -> str:
+    """"lower = more similar" or "higher = more similar"."""
+    return "lower = more similar" if lower_is_better else "higher = more similar"
+
 
 @dataclass(frozen=True)
-class CompareRow:
+class MetricValue:
     """One metric's verdict on a pair of images.
 
-    ``value`` is None when the metric could not run; ``reason`` then says why (e.g. missing weights and the
-    command that fetches them).
+    Attributes:
+        metric: registry name.
+        value: the distance or score in ``unit`` (None when the metric could not run).
+        unit: what the value measures ("1 - cosine", "dB", "SSIM", ...).
+        lower_is_better: True when a lower value means more similar.
+        kind: "embedding" or "pairwise".
+        family: "dreamsim", "backbone", "cnn", "baseline", ...
+        status: "ok", "unavailable" (weights not present) or "error" (it failed on these images).
+        reason: why it could not run, with the command that fixes it when there is one.
     """
 
     metric: str
     value: float | None
-    lower_is_better: bool
     unit: str
+    lower_is_better: bool
     kind: str
-    description: str
+    family: str
+    status: str = STATUS_OK
     reason: str = ""
 
     @property
     def direction(self) -> str:
-        return "lower = more similar" if self.lower_is_better else "higher = more similar"
+        return describe_direction(self.lower_is_better)
 
-    def to_dict(self) -> dict[str, object]:
-        """JSON-ready: non-finite values (PSNR of identical images is +inf) become strings."""
-        d: dict[str, object] = asdict(self)
-        d["direction"] = self.direction
+    def as_dict(self) -> dict[str, object]:
+        """JSON-ready (a non-finite value, e.g. the PSNR of identical images, becomes a string such as "inf")."""
+        value: object = self.value
         if self.value is not None and not math.isfinite(self.value):
-            d["value"] = str(self.value)
-        return d
+            value = str(self.value)
+        return {"metric": self.metric, "value": value, "unit": self.unit, "direction": self.direction,
+                "kind": self.kind, "family": self.family, "status": self.status, "reason": self.reason}
 
 
-def default_compare_metrics() -> list[str]:
-    """Every registered metric except the random test models."""
-    return [n for n in list_metrics() if get_metric_cfg(n).family != "test"]
+def missing_weights_reason(name: str, weights: str | os.PathLike[str] | None = None) -> str | None:
+    """Why metric ``name`` cannot be loaded from disk right now (None when every weight file is present).
 
-
-def compare_images(
-    img_a: Image.Image,
-    img_b: Image.Image,
-    metrics: Sequence[str] | None = None,
-    *,
-    device: str | torch.device | None = None,
-    dtype: str | torch.dtype | None = None,
-    weights: str | os.PathLike[str] | None = None,
-    loader: Callable[[str], Metric] | None = None,
-    download: bool = False,
-) -> list[CompareRow]:
-    """Distance between two images under each metric.
-
-    Args:
-        img_a: a PIL image.
-        img_b: a PIL image (any size; each metric's preprocess resizes).
-        metrics: names from ``list_metrics()``; default: all but test models.
-        device: device for the models (default cuda > mps > cpu).
-        dtype: "fp32" (default), "bf16", "fp16".
-        weights: folder searched first for weight files.
-        loader: optional ``name -> Metric`` (e.g. a cache); default ``load_metric``.
-        download: allow weight downloads; by default a metric whose files are not on disk is reported as such
-            instead of starting a (possibly GB-sized) download.
-
-    Returns:
-        One row per metric, in the order given: a distance (lower = more similar) or, for PSNR / SSIM, a
-        similarity (higher = more similar). Metrics that cannot run get ``value=None`` and the reason.
+    Only looks for files: nothing is loaded, hashed or downloaded.
 
     Raises:
-        KeyError: an unknown metric name (with close matches), before any model loads.
+        KeyError: unknown metric name.
     """
-    names = list(metrics) if metrics else default_compare_metrics()
-    cfgs = [get_metric_cfg(n) for n in names]
-    load = loader or (lambda n: load_metric(n, device=device, dtype=dtype, weights=weights))
-    rows = []
-    for cfg in cfgs:
-        try:
-            if not download:
-                missing = [wf for wf in required_files(cfg) if find_weight_file(wf, weights) is None]
-                if missing:
-                    raise WeightsNotFound(cfg.name, missing, [])
-            metric = load(cfg.name)
-        except WeightsNotFound as e:
-            files = ", ".join(wf.path for wf in e.missing)
-            rows.append(CompareRow(cfg.name, None, cfg.lower_is_better, cfg.unit, cfg.kind, cfg.description,
-                                   reason=f"weights not present ({files}); fetch: lookalike weights download "
-                                   f"{cfg.name}"))
+    missing = [row["path"] for row in weights_paths(name, weights=weights) if not row["present"]]
+    if not missing:
+        return None
+    return (f"weights not present ({', '.join(missing)}); fetch them with: lookalike weights download {name}")
+
+
+def list_compare_metrics(*, include_hidden: bool = False) -> list[str]:
+    """Registered metric names for comparisons, without the test-only families unless ``include_hidden``."""
+    names = list_metrics()
+    if include_hidden:
+        return names
+    return [n for n in names if get_metric_cfg(n).family not in HIDDEN_FAMILIES]
+
+
+def pair_distance(metric: Metric, img_a: Image.Image, img_b: Image.Image) -> float:
+    """``metric``'s value for one pair of PIL images (in ``metric.cfg.unit``; see ``metric.lower_is_better``)."""
+    xa = metric.preprocess(img_a.convert("RGB"))[None]
+    xb = metric.preprocess(img_b.convert("RGB"))[None]
+    with torch.inference_mode():
+        return float(metric.distance(xa, xb)[0])
+
+
+def _value_row(name: str, value: float | None, status: str = STATUS_OK, reason: str = "") -> MetricValue:
+    cfg = get_metric_cfg(name)
+    return MetricValue(metric=name, value=value, unit=cfg.unit, lower_is_better=cfg.lower_is_better, kind=cfg.kind,
+                       family=cfg.family, status=status, reason=reason)
+
+
+def compare_all(
+    img_a: Image.Image,
+    img_b: Image.Image,
+    *,
+    metrics: Iterable[str] | None = None,
+    load: Callable[[str], Metric] | None = None,
+    weights: str | os.PathLike[str] | None = None,
+    download: bool = False,
+) -> list[MetricValue]:
+    """Measure one pair of images with many metrics; metrics that cannot run are reported, not raised.
+
+    Args:
+        img_a: first image (PIL; converted to RGB).
+        img_b: second image.
+        metrics: registry names; default every registered metric except test-only ones.
+        load: ``name -> Metric`` (pass a caching loader to reuse models across calls); default ``load_metric``
+            with ``weights``.
+        weights: folder searched first for weight files.
+        download: allow weight downloads (possibly GB-sized); by default missing files are reported instead.
+
+    Returns:
+        One MetricValue per metric, in the order given (sorted names by default). ``status`` says whether it ran;
+        ``value`` is a distance when ``lower_is_better`` is True (1 - cosine in [0, 2] for embedding metrics,
+        higher means more different) and a similarity otherwise (PSNR in dB, SSIM in [-1, 1]).
+
+    Raises:
+        KeyError: an unknown metric name.
+    """
+    names = list(metrics) if metrics is not None else list_compare_metrics()
+    for name in names:
+        get_metric_cfg(name)  # unknown names raise KeyError before any work
+    if load is None:
+        def load(name: str) -> Metric:
+            return load_metric(name, weights=weights)
+    out: list[MetricValue] = []
+    for name in names:
+        reason = None if download else missing_weights_reason(name, weights)
+        if reason is not None:
+            out.append(_value_row(name, None, STATUS_UNAVAILABLE, reason))
             continue
-        a = metric.preprocess(img_a).unsqueeze(0)
-        b = metric.preprocess(img_b).unsqueeze(0)
-        value = float(metric.distance(a, b)[0])
-        rows.append(CompareRow(cfg.name, value, metric.lower_is_better, cfg.unit, cfg.kind, cfg.description))
-        _logger.debug("%s: %s", cfg.name, value)
-    return rows
+        try:
+            value = pair_distance(load(name), img_a, img_b)
+        except WeightsNotFound as e:
+            out.append(_value_row(name, None, STATUS_UNAVAILABLE, str(e).splitlines()[-1]))
+            continue
+        except (ValueError, TypeError, RuntimeError, OSError, ImportError) as e:
+            _logger.warning("metric %s failed on this pair: %s", name, e)
+            out.append(_value_row(name, None, STATUS_ERROR, f"{type(e).__name__}: {e}"))
+            continue
+        out.append(_value_row(name, value))
+    return out
