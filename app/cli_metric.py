@@ -102,13 +102,10 @@ def collect_info(weights: str | None = None) -> dict[str, object]:
 
 def run_info(args: argparse.Namespace) -> int:
     if args.index:
-        from lookalike.indexer import index_info
+        from lookalike.indexer import format_info, index_info
 
         info = index_info(Path(args.index))
-        if args.json:
-            print(json.dumps(info, indent=2, default=str))
-        else:
-            _print_tree(info)
+        print(json.dumps(info, indent=2, default=str) if args.json else format_info(info))
         return 0
     info = collect_info(args.weights)
     if args.json:
@@ -125,24 +122,6 @@ def run_info(args: argparse.Namespace) -> int:
     if missing:
         print(f"\nfetch missing weights with: lookalike weights download NAME   (e.g. {missing[0]})")
     return 0
-
-
-def _print_tree(d: object, indent: int = 0) -> None:
-    pad = "  " * indent
-    if isinstance(d, dict):
-        for k, v in d.items():
-            if isinstance(v, (dict, list)) and v:
-                print(f"{pad}{k}:")
-                _print_tree(v, indent + 1)
-            else:
-                print(f"{pad}{k}: {v}")
-    elif isinstance(d, list):
-        for item in d:
-            if isinstance(item, dict):
-                print(f"{pad}-")
-                _print_tree(item, indent + 1)
-            else:
-                print(f"{pad}- {item}")
 
 
 def _print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:

@@ -285,7 +285,10 @@ class VectorIndex:
         I = np.full((len(xq), k), -1, np.int64)  # noqa: E741
         step = max(1, NUMPY_BLOCK_BYTES // (4 * n))
         for s in range(0, len(xq), step):
-            scores = xq[s:s + step] @ xb.T  # (b, n): each query's scores contiguous for the partition
+            q = xq[s:s + step]
+            # (b, n), each query's scores contiguous for the partition; a few queries go through BLAS's
+            # matrix-vector path (xb @ q.T), which is faster than the transposed product for them
+            scores = np.ascontiguousarray((xb @ q.T).T) if len(q) <= 16 else q @ xb.T
             part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk] if kk < n else np.broadcast_to(
                 np.arange(n)[None, :], scores.shape)
             top = np.take_along_axis(scores, part, axis=1)

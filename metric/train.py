@@ -441,7 +441,7 @@ def train_metric(
             _logger.info("epoch %d: train loss %.4f, val 2AFC %.4f", epoch, history[-1]["train_loss"] or 0.0, v)
             if tc.keep_epochs:
                 save_adapter(model, out_dir / f"epoch_{epoch}", tc)
-            if v > best_val:
+            if v >= best_val:  # a tie goes to the later (more trained) epoch
                 best_epoch, best_val = epoch, v
                 save_adapter(model, out_dir / adapter, tc)
             epoch, step_in_epoch, running = epoch + 1, 0, []

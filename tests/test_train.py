@@ -166,11 +166,13 @@ def test_reference_package_loads_our_adapter(tmp_path: Path, monkeypatch: pytest
     ts = read_triplet_csv(csv_path)
     out = tmp_path / "run"
     train_metric("dreamsim_dino_vitb16", ts[:1], ts[1:], out, device="cpu",
-                 config=TrainConfig(epochs=1, batch_size=1, lr=1e-2, margin=1.0))
-    adapter = out / "dino_vitb16_single_lora"
+                 config=TrainConfig(epochs=1, batch_size=1, lr=1e-2, margin=1.0, keep_epochs=True))
+    # the epoch-1 adapter (the best one may be the untuned one on a single validation triplet)
+    adapter = tmp_path / "tuned" / "dino_vitb16_single_lora"
+    shutil.copytree(out / "epoch_1", adapter)
     assert read_adapter(adapter)[0]["lora_alpha"] == 32.0
 
-    ours = load_metric("dreamsim_dino_vitb16", weights=out, device="cpu")
+    ours = load_metric("dreamsim_dino_vitb16", weights=adapter.parent, device="cpu")
     root = tmp_path / "ref_cache"
     (root / "checkpoints").mkdir(parents=True)
     for rel in ("checkpoints/dino_vitbase16_pretrain.pth", "dino_vitb16_pretrain.pth"):
