@@ -54,23 +54,27 @@ def test_embed_and_distance_match_reference(name: str, cache: Path, images: list
     rand = torch.rand(3, 3, 224, 224)
     batches = {"fixtures[0:3]": x_ref[:3], "fixture[3]": x_ref[3:4], "fixture[4]": x_ref[4:5], "random": rand}
     with torch.no_grad():
+        embeds = {}
         for label, x in batches.items():
             e_ref = ref.embed(x)
             e_ours = _ours_embed(ours, x)
             assert e_ours.shape == e_ref.shape, label
             assert (e_ours - e_ref).abs().max().item() <= TOL, f"{name} embed {label}"
-        a, b = x_ref[[0, 0, 1]], x_ref[[1, 2, 2]]
-        d_ref = ref(a, b)
-        d_ours = ours.distance(a, b)
-        assert d_ours.shape == (3,)
-        assert (d_ours - d_ref).abs().max().item() <= TOL, name
+            embeds[label] = e_ref
+        # The reference forward (batch 1) against ours, image to image.
         d1_ref = ref(x_ref[:1], x_ref[2:3]).reshape(1)
         d1_ours = ours.distance(x_ref[:1], x_ref[2:3])
-        assert (d1_ours - d1_ref).abs().max().item() <= TOL
-        # Embedding distance = the reference distance, also for patch models ([CLS || mean patch], 1536-d).
-        ea, eb = ours.embed(a), ours.embed(b)
-        assert ea.shape == (3, ours.dim)
-        assert (ours.distance_embeddings(ea, eb) - d_ref).abs().max().item() <= TOL
+        assert d1_ours.shape == (1,)
+        assert (d1_ours - d1_ref).abs().max().item() <= TOL, name
+        # Batch 3, row by row: the reference's own distance formula on its embeddings (for patch models:
+        # 1 - cosine of [CLS || mean patch]) against our embedding distance (unit 1536-d vectors).
+        e = embeds["fixtures[0:3]"]
+        if ours.net.patch:
+            e = torch.cat([e[:, 0], e[:, 1:].mean(dim=1)], dim=-1)
+        d_ref = 1 - torch.nn.functional.cosine_similarity(e[[0, 0, 1]], e[[1, 2, 2]], dim=-1)
+        eo = ours.embed(x_ref[:3])
+        assert eo.shape == (3, ours.dim)
+        assert (ours.distance_embeddings(eo[[0, 0, 1]], eo[[1, 2, 2]]) - d_ref).abs().max().item() <= TOL
 
 
 @pytest.mark.parametrize("name", ["dino_vitb16", "clip_vitb32"])
@@ -115,6 +119,6 @@ def test_bf16_embeddings_stay_within_cosine_0999(name: str, cache: Path, images:
     """bf16 (autocast on the CPU) against fp32 on the fixtures, on the full-size ensemble."""
     m32 = load_metric(name, weights=cache, device="cpu")
     m16 = load_metric(name, weights=cache, device="cpu", dtype="bf16")
-    x = torch.stack([m32.preprocess(im) for im in images])
+    x = torch.stack([m32.preprocess(im) for im in images[:3]])
     cos = (m32.embed(x) * m16.embed(x)).sum(-1)
     assert cos.min().item() >= 0.999, cos
