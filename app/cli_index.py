@@ -53,6 +53,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="images between checkpoints (0 = every batch; default adaptive)")
     p.add_argument("--max-pixels", type=int, default=None, metavar="N",
                    help="decompression-bomb limit in pixels (default 178,956,970)")
+    p.add_argument("--dedup-threshold", type=float, default=None, metavar="T",
+                   help="store T as the default 'lookalike dedup --threshold' of this index and metric")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run_index)
@@ -71,7 +73,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               formatter_class=fmt)
     _add_catalog_flags(p, required_index=False)
     p.add_argument("--threshold", type=float, default=None,
-                   help="largest distance (1 - cosine) counted as a duplicate, e.g. 0.05")
+                   help="largest distance (1 - cosine) counted as a duplicate, e.g. 0.05 (default: the one stored "
+                        "with 'lookalike index --dedup-threshold')")
     p.add_argument("--group", choices=["components", "star"], default="components",
                    help="components: linked chains; star: files within the threshold of a keeper (default "
                         "components)")
@@ -95,6 +98,7 @@ def run_index(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, workers=args.workers, faiss=args.faiss, db_url=args.db,
         progress=not args.no_progress and not args.json, checkpoint_every=args.checkpoint_every,
         max_pixels=args.max_pixels if args.max_pixels is not None else DEFAULT_MAX_PIXELS,
+        dedup_threshold=args.dedup_threshold,
     )
     if args.json:
         print(json.dumps(summary.as_dict(), indent=1))

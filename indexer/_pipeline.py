@@ -457,6 +457,7 @@ def build_index(
     progress: bool = True,
     checkpoint_every: int | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    dedup_threshold: float | None = None,
     crash_at: str | None = None,
 ) -> IndexSummary:
     """Index image folders, or bring an existing index up to date.
@@ -481,6 +482,7 @@ def build_index(
         checkpoint_every: images between checkpoints (FAISS flush + catalog commit); 0 = every batch; default
             adaptive (every batch while flushing is cheap, keeping the flush time near 10 % of the run).
         max_pixels: decompression-bomb limit per image.
+        dedup_threshold: store a default distance threshold for ``find_duplicates`` with this metric's vectors.
         crash_at: test hook (see ``lookalike.indexer._crash``); also read from ``$LOOKALIKE_CRASH_AT``.
 
     Returns:
@@ -506,6 +508,8 @@ def build_index(
         abs_roots.append(a)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if dedup_threshold is not None and not 0.0 <= dedup_threshold <= 2.0:
+        raise ValueError(f"dedup_threshold {dedup_threshold} is outside [0, 2] (the distance is 1 - cosine)")
     index_path = Path(index_dir)
     index_path.mkdir(parents=True, exist_ok=True)
     with writer_lock(index_path):
@@ -522,6 +526,7 @@ def build_index(
         try:
             return _run(catalog, index_path, abs_roots, m, batch_size=batch_size,
                         workers=default_workers() if workers is None else workers, faiss_factory=faiss,
+                        dedup_threshold=dedup_threshold,
                         progress=progress, checkpoint_every=checkpoint_every, max_pixels=max_pixels, crash=crash,
                         t_start=t_start)
         finally:
@@ -529,9 +534,13 @@ def build_index(
 
 
 def _run(catalog: Catalog, index_dir: Path, roots: list[str], m: Metric, *, batch_size: int, workers: int,
-         faiss_factory: str | None, progress: bool, checkpoint_every: int | None, max_pixels: int | None,
-         crash: CrashHook, t_start: float) -> IndexSummary:
+         faiss_factory: str | None, dedup_threshold: float | None, progress: bool, checkpoint_every: int | None,
+         max_pixels: int | None, crash: CrashHook, t_start: float) -> IndexSummary:
     build = _open_build(catalog, index_dir, m, faiss_factory)
+    if dedup_threshold is not None:
+        with catalog.session() as s, s.begin():
+            s.execute(update(BuildRow).where(BuildRow.fingerprint == build.fingerprint)
+                      .values(dedup_threshold=float(dedup_threshold)))
     summary = IndexSummary(index_dir=str(index_dir), metric=m.name, fingerprint=m.fingerprint)
     path = vectors_file(index_dir, build.fingerprint)
     vi = _load_for_write(index_dir, catalog, build)

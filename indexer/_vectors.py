@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import re
+import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -25,6 +26,16 @@ AUTO_FLAT_MAX = 200_000
 NUMPY_BLOCK_BYTES = 256 << 20
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def gpu_count() -> int:
+    """GPUs faiss can use: 0 with faiss-cpu or without a visible GPU."""
+    if not hasattr(faiss, "StandardGpuResources"):
+        return 0
+    try:
+        return int(faiss.get_num_gpus())
+    except (AttributeError, RuntimeError):
+        return 0
 
 
 def vectors_file(index_dir: str | os.PathLike[str], fingerprint: str) -> Path:
@@ -80,6 +91,9 @@ class VectorIndex:
         self._keep: faiss.Index | None = None
         self._direct_map = False
         self._id_cache: np.ndarray | None = None
+        self._lock = threading.Lock()  # lazy state (direct map, GPU copy) built once under concurrent readers
+        self._gpu: faiss.Index | None = None
+        self._gpu_res: object | None = None
         self._ids: set[int] = set(self.ids().tolist())
 
     # ---- construction ---------------------------------------------------------------------------------------
@@ -192,7 +206,7 @@ class VectorIndex:
         if existing:
             self.remove(existing)
         self.index.add_with_ids(xb, ids_arr)
-        self._id_cache = None
+        self._id_cache = self._gpu = None
         self._ids.update(ids_arr.tolist())
         self.dirty = True
 
@@ -206,7 +220,7 @@ class VectorIndex:
         else:  # HNSW, refine wrappers...: no (safe) removal in faiss, rebuild without them
             n = self._rebuild_without(ids_arr)
         self._ids.difference_update(ids_arr.tolist())
-        self._id_cache = None
+        self._id_cache = self._gpu = None
         self.dirty = True
         return n
 
@@ -244,8 +258,10 @@ class VectorIndex:
             pos = order[np.searchsorted(all_ids, ids_arr, sorter=order)]
             return np.array(self._flat_xb()[pos])
         if self.is_ivf and not self._direct_map:
-            self.index.set_direct_map_type(faiss.DirectMap.Hashtable)
-            self._direct_map = True
+            with self._lock:
+                if not self._direct_map:
+                    self.index.set_direct_map_type(faiss.DirectMap.Hashtable)
+                    self._direct_map = True
         out = np.empty((len(ids_arr), self.dim), np.float32)
         for j, i in enumerate(ids_arr.tolist()):
             out[j] = self.index.reconstruct(i)
@@ -262,19 +278,39 @@ class VectorIndex:
                 yield ids, self.vectors(ids)
 
     def search(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """k nearest neighbours: (D, I), D = 1 - cosine (ascending: lower is more similar), I = ids (-1 padded)."""
+        """k nearest neighbours: (D, I), D = 1 - cosine (ascending: lower is more similar), I = ids (-1 padded).
+
+        Exact (Flat) indexes search with numpy matrix products, or on the GPU for batches of more than 16 queries
+        when faiss-gpu and a GPU are present; other types use faiss's own search.
+        """
         xq = self._check(xq, "xq")
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         n = self.ntotal
         if n == 0:
             return np.full((len(xq), k), np.inf, np.float32), np.full((len(xq), k), -1, np.int64)
-        if self.is_flat:
+        gpu = self._gpu_flat() if len(xq) > 16 else None
+        if gpu is not None:
+            D, pos = gpu.search(xq, k)
+            I = np.where(pos >= 0, self.ids()[np.maximum(pos, 0)], -1)  # noqa: E741
+        elif self.is_flat:
             D, I = self._numpy_knn(xq, k)  # noqa: E741
         else:
             D, I = self.index.search(xq, k)  # noqa: E741
         dist = np.where(I >= 0, 1.0 - D, np.inf).astype(np.float32)
         return dist, I
+
+    def _gpu_flat(self) -> faiss.Index | None:
+        """A GPU copy of a Flat index (rebuilt after changes), or None without faiss-gpu and a GPU."""
+        if not self.is_flat or self.ntotal == 0 or gpu_count() == 0:
+            return None
+        with self._lock:
+            if self._gpu is None:
+                if self._gpu_res is None:
+                    self._gpu_res = faiss.StandardGpuResources()
+                self._gpu = faiss.index_cpu_to_gpu(self._gpu_res, 0, self._inner)
+                _logger.info("searching %d vectors on the GPU", self.ntotal)
+            return self._gpu
 
     def _numpy_knn(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact k-NN by one matrix product per block of queries (score blocks capped at NUMPY_BLOCK_BYTES)."""
@@ -300,8 +336,30 @@ class VectorIndex:
     def range_search(self, xq: np.ndarray, max_distance: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """All neighbours within ``max_distance`` (1 - cosine): (lims, D, I) as faiss returns them."""
         xq = self._check(xq, "xq")
+        gpu = self._gpu_flat()
+        if gpu is not None:  # faiss has no GPU range search: k-NN there, CPU range search where k was too small
+            return self._gpu_range(gpu, xq, max_distance)
         lims, D, I = self.index.range_search(xq, float(1.0 - max_distance - 1e-6))  # noqa: E741
         return lims, (1.0 - D).astype(np.float32), I
+
+    def _gpu_range(self, gpu: faiss.Index, xq: np.ndarray, max_distance: float, k0: int = 64):
+        kk = min(k0, self.ntotal)
+        S, pos = gpu.search(xq, kk)
+        ids = self.ids()
+        lims, Ds, Is = [0], [], []
+        for q in range(len(xq)):
+            if kk < self.ntotal and 1.0 - S[q, -1] <= max_distance:  # maybe more beyond k0: ask the CPU
+                lim, d, i = self.index.range_search(xq[q:q + 1], float(1.0 - max_distance - 1e-6))
+                Ds.append(1.0 - d)
+                Is.append(i)
+            else:
+                keep = (pos[q] >= 0) & (1.0 - S[q] <= max_distance)
+                Ds.append(1.0 - S[q, keep])
+                Is.append(ids[pos[q, keep]])
+            lims.append(lims[-1] + len(Is[-1]))
+        D = np.concatenate(Ds).astype(np.float32) if Ds else np.zeros(0, np.float32)
+        I = np.concatenate(Is).astype(np.int64) if Is else np.zeros(0, np.int64)  # noqa: E741
+        return np.asarray(lims, np.int64), D, I
 
     # ---- persistence ----------------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike[str], *, before_replace: Callable[[], None] | None = None) -> None:

@@ -279,3 +279,29 @@ def test_flat_numpy_route_matches_faiss(monkeypatch: pytest.MonkeyPatch) -> None
     assert np.array_equal(I_b, I_np) and np.allclose(D_b, D_np)
     D_big, I_big = vi.search(xq[:1], 5000)
     assert (I_big[0] >= 0).sum() == 3000 and np.isinf(D_big[0, -1])
+
+
+def test_gpu_code_paths_with_a_cpu_stand_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The faiss-gpu branches (k-NN on the GPU, range search as GPU k-NN + CPU fallback), run on a CPU clone."""
+    import lookalike.indexer._vectors as vectors_mod
+
+    monkeypatch.setattr(vectors_mod, "gpu_count", lambda: 1)
+    monkeypatch.setattr(vectors_mod.faiss, "StandardGpuResources", lambda: object(), raising=False)
+    monkeypatch.setattr(vectors_mod.faiss, "index_cpu_to_gpu", lambda res, dev, index: faiss.clone_index(index),
+                        raising=False)
+    rng = np.random.default_rng(2)
+    xb = rng.standard_normal((300, 16)).astype(np.float32)
+    xb /= np.linalg.norm(xb, axis=1, keepdims=True)
+    vi = VectorIndex.create(16)
+    vi.add(xb, np.arange(300) + 50)
+    assert vi._gpu_flat() is not None
+    D, I = vi.search(xb[:40], 5)  # noqa: E741
+    D_np, I_np = vi._numpy_knn(xb[:40], 5)
+    assert np.array_equal(I, I_np) and np.allclose(D, 1.0 - D_np, atol=1e-5)
+    for thr in (0.3, 1.0):  # 1.0: most rows have > 64 neighbours -> CPU fallback
+        lims, d, i = vi.range_search(xb[:30], thr)
+        lims_c, d_c, i_c = vi.index.range_search(xb[:30], float(1.0 - thr - 1e-6))
+        for q in range(30):
+            assert set(i[lims[q]:lims[q + 1]].tolist()) == set(i_c[lims_c[q]:lims_c[q + 1]].tolist())
+    vi.remove([50])
+    assert vi._gpu is None and vi.search(xb[:20], 1)[1][0, 0] != 50

@@ -39,8 +39,11 @@ def test_index_search_dedup_in_process(tree: tuple[Path, Path], tmp_path: Path, 
     assert rc == 0
     s = json.loads(out)
     assert (s["scanned"], s["new"], s["embedded"], s["failed"]) == (7, 7, 7, 0)
-    rc, out, _ = _run(capsys, "index", str(root), "--index", str(idx), *common, "--no-progress")
+    rc, out, _ = _run(capsys, "index", str(root), "--index", str(idx), *common, "--no-progress",
+                      "--dedup-threshold", "0.0001")
     assert rc == 0 and "unchanged 7" in out and "embedded 0" in out
+    rc, out, _ = _run(capsys, "dedup", "--index", str(idx), "--json")  # the stored threshold
+    assert rc == 0 and json.loads(out)["threshold"] == 0.0001 and json.loads(out)["n_duplicates"] == 1
 
     first = sorted(os.listdir(root))[0]
     rc, out, _ = _run(capsys, "search", first, "--index", str(idx), "-k", "3", "--json")

@@ -118,7 +118,7 @@ def test_search_while_indexing(tmp_path: Path) -> None:
             assert all(os.path.exists(h.path) for h in hits)
             assert len(hits) <= n_committed
             seen.append(len(hits))
-            time.sleep(0.2)  # leave the (shared) CPU to the writer
+            time.sleep(0.1)  # leave the (shared) CPU to the writer
     finally:
         out, err = writer.communicate(timeout=240)
     assert writer.returncode == 0, err[-2000:]
