@@ -41,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               "removed ones and keep a FAISS + SQLite index up to date.")
     p.add_argument("roots", nargs="+", metavar="ROOT", help="image folders")
     _add_catalog_flags(p)
-    p.add_argument("--metric", default="dreamsim", help="embedding metric (see 'lookalike metrics'; default dreamsim)")
+    p.add_argument("--metric", default="dreamsim", help="embedding metric (see 'lookalike info'; default dreamsim)")
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
     p.add_argument("--dtype", default=None, choices=["fp32", "bf16", "fp16"], help="precision (default fp32)")
     p.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")

@@ -18,9 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-import torchvision
 from torch import nn
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from lookalike.metric._base import Metric, compute_fingerprint
 from lookalike.metric._hub import resolve_files
@@ -92,11 +90,15 @@ class PairwiseMetric(Metric):
 
 def _psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     # Per image (reduce over C, H, W only); +inf where the images are identical (zero MSE).
+    from torchmetrics.functional.image import peak_signal_noise_ratio  # imported on use: ~2 s at CLI start-up
+
     return peak_signal_noise_ratio(a, b, data_range=1.0, reduction="none", dim=(1, 2, 3))
 
 
 def _ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     # Gaussian window 11, sigma 1.5, k1 0.01, k2 0.03 (torchmetrics defaults); clamp float rounding past +-1.
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
     out = structural_similarity_index_measure(a, b, data_range=1.0, reduction="none")
     assert isinstance(out, torch.Tensor)
     return out.clamp(-1.0, 1.0)
@@ -222,19 +224,18 @@ class LpipsMetric(PairwiseMetric):
         return self.net(a, b)
 
 
-# cfg.options["trunk"] → torchvision constructor whose ``features`` is the LPIPS trunk
-_TRUNKS: dict[str, Callable[..., nn.Module]] = {
-    "alexnet": torchvision.models.alexnet,
-    "vgg16": torchvision.models.vgg16,
-}
+# cfg.options["trunk"] → name of the torchvision constructor whose ``features`` is the LPIPS trunk
+_TRUNKS = ("alexnet", "vgg16")
 
 
 def _empty_trunk(name: str) -> nn.Sequential:
     """The ``features`` of a torchvision classifier, allocated but not initialized (weights are loaded next)."""
     if name not in _TRUNKS:
         raise ValueError(f"unknown LPIPS trunk {name!r}; choose from {sorted(_TRUNKS)}")
+    import torchvision
+
     with torch.device("meta"):  # skip the random init of the (large) classifier head
-        model = _TRUNKS[name](weights=None)
+        model = getattr(torchvision.models, name)(weights=None)
     features = model.features
     assert isinstance(features, nn.Sequential)
     return features.to_empty(device="cpu")
