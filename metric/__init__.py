@@ -2,6 +2,7 @@
 
 from lookalike.metric._base import Metric as Metric
 from lookalike.metric._base import get_device as get_device
+from lookalike.metric._base import suggest_batch_size as suggest_batch_size
 from lookalike.metric._builders import required_files as required_files
 from lookalike.metric._factory import load_metric as load_metric
 from lookalike.metric._hub import WeightsNotFound as WeightsNotFound

@@ -137,6 +137,21 @@ class Metric(nn.Module):
         else:
             yield
 
+    def enable_compile(self, **kwargs: object) -> Metric:
+        """Compile the inner network with ``torch.compile``; returns self.
+
+        Opt-in: measured slower on a 2-core CPU (see README, Performance); meant for GPUs. Keyword arguments go to
+        ``torch.compile``.
+        """
+        for attr in ("net", "model"):
+            inner = getattr(self, attr, None)
+            if isinstance(inner, nn.Module):
+                inner.compile(**kwargs)
+                _logger.info("compiled %s.%s", self.name, attr)
+                return self
+        _logger.info("metric %s has no network to compile", self.name)
+        return self
+
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) in [0, 1] → (B, dim) float32 unit vectors. Only for kind == "embedding"."""
         raise TypeError(f"metric {self.name!r} is pairwise: it has no embed(); use distance(a, b)")
@@ -159,6 +174,41 @@ class Metric(nn.Module):
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, kind={self.kind!r}, dim={self.dim}, device={self.device}, dtype={self.dtype}"
+
+
+def fit_batch_size(per_image_bytes: float, free_bytes: float, *, fraction: float = 0.6, cap: int = 1024,
+                   floor: int = 1) -> int:
+    """The largest power of two ≤ ``cap`` whose activations (``per_image_bytes`` each) fit in ``fraction`` of
+    ``free_bytes`` (at least ``floor``)."""
+    if per_image_bytes <= 0:
+        return cap
+    n = int(fraction * free_bytes // per_image_bytes)
+    if n < floor:
+        return floor
+    return min(cap, 1 << (n.bit_length() - 1))
+
+
+def suggest_batch_size(metric: Metric, *, cap: int = 1024, cpu_default: int = 32) -> int:
+    """A batch size for ``metric.embed`` that fits the device.
+
+    CPU: ``cpu_default`` (throughput is flat beyond a few dozen images there). CUDA: a probe batch measures the peak
+    memory per image, then the largest power of two that fits 60 % of the free memory, at most ``cap``.
+    """
+    if metric.device.type != "cuda":
+        return cpu_default
+    probe = 8
+    x = torch.rand(probe, 3, metric.input_size, metric.input_size, device=metric.device)
+    torch.cuda.synchronize(metric.device)
+    torch.cuda.reset_peak_memory_stats(metric.device)
+    base = torch.cuda.memory_allocated(metric.device)
+    metric.embed(x)
+    torch.cuda.synchronize(metric.device)
+    per_image = (torch.cuda.max_memory_allocated(metric.device) - base) / probe
+    free, _total = torch.cuda.mem_get_info(metric.device)
+    size = fit_batch_size(per_image, free, cap=cap)
+    _logger.info("batch size %d for %s (%.1f MB activations per image, %.1f GB free)", size, metric.name,
+                 per_image / 1e6, free / 1e9)
+    return size
 
 
 def center_l2(x: torch.Tensor, *, center: bool = True) -> torch.Tensor:

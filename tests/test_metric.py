@@ -255,3 +255,22 @@ def test_imports_only_point_left() -> None:
                     if parts[0] == "lookalike" and len(parts) > 1 and parts[1] != area and parts[1] not in allowed:
                         problems.append(f"{py}: {area} must not import {mod}")
     assert not problems, "\n".join(problems)
+
+
+def test_enable_compile_is_opt_in_and_keeps_results() -> None:
+    m = load_metric("test_vit_tiny", device="cpu")
+    x = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    e0 = m.embed(x)
+    assert m.enable_compile(backend="eager") is m  # "eager" backend: exercises the wrapping without a C compiler
+    assert torch.allclose(m.embed(x), e0, atol=1e-5)
+
+
+def test_batch_size_fits_memory() -> None:
+    from lookalike.metric._base import fit_batch_size, suggest_batch_size
+
+    gb = 1 << 30
+    assert fit_batch_size(20e6, 70 * gb) == 1024  # H100-class: capped
+    assert fit_batch_size(20e6, 4 * gb) == 128  # 0.6 * 4 GiB / 20 MB = 128.8 -> the power of two below
+    assert fit_batch_size(20e6, 10e6) == 1  # never below the floor
+    assert fit_batch_size(0, gb, cap=256) == 256
+    assert suggest_batch_size(load_metric("test_vit_tiny", device="cpu")) == 32
