@@ -52,6 +52,17 @@ def _timeit_pair(fa, fb, x: torch.Tensor, repeats: int, device: str) -> tuple[fl
     return statistics.median(ta), statistics.median(tb)
 
 
+def _gflop_per_image(metric) -> float:
+    """Forward FLOPs of one image (matmuls, convolutions, attention), counted by torch's FlopCounterMode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.rand(1, 3, metric.input_size, metric.input_size)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        metric.embed(x)
+    return counter.get_total_flops() / 1e9
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=["dreamsim", "dreamsim_dino_vitb16"])
@@ -61,6 +72,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--cache", type=Path, help="reuse a folder of random official-format weights")
+    ap.add_argument("--peak-tflops", type=float, default=None,
+                    help="the device's peak dense TFLOP/s for the dtype (e.g. 989 for H100 bf16) to print MFU")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     tmp = None
@@ -79,7 +92,7 @@ def main() -> None:
             ours = load_metric(name, weights=args.cache, device=args.device, dtype=dt)
             dtype = ours.dtype
 
-            def ref_embed(inp: torch.Tensor, dtype: torch.dtype = dtype) -> torch.Tensor:
+            def ref_embed(inp: torch.Tensor, dtype: torch.dtype = dtype, ref=ref) -> torch.Tensor:
                 amp = (torch.autocast(args.device, dtype=dtype) if dtype != torch.float32
                        else contextlib.nullcontext())
                 with torch.inference_mode(), amp:
@@ -93,18 +106,23 @@ def main() -> None:
                 if dt != "fp32":
                     e32 = load_metric(name, weights=args.cache, device=args.device).embed(x)
                     cos = float((e32 * ours.embed(x)).sum(-1).min())
+            gflop = _gflop_per_image(ours)
             rows.append((name, dt, args.batch / t_ours, args.batch / t_ref, t_ref / t_ours,
-                         (ref_fp32 / t_ours) if ref_fp32 else None, cos))
+                         (ref_fp32 / t_ours) if ref_fp32 else None, cos, gflop))
             del ours
         del ref
     print(f"\ndevice {args.device}, {args.threads} threads, batch {args.batch}, median of {args.repeats}; "
           "reference = dreamsim 0.2.1 (bf16 via autocast)")
-    hdr = ("model", "dtype", "ours img/s", "ref img/s", "ours/ref", "ours/ref-fp32", "min cos vs fp32")
+    hdr = ("model", "dtype", "ours img/s", "ref img/s", "ours/ref", "ours/ref-fp32", "min cos vs fp32",
+           "GFLOP/img", "TFLOP/s", "MFU")
     print("| " + " | ".join(hdr) + " |")
     print("|" + "---|" * len(hdr))
-    for name, dt, o, r, ratio, ratio32, cos in rows:
+    for name, dt, o, r, ratio, ratio32, cos, gflop in rows:
+        tflops = o * gflop / 1000
+        mfu = f"{100 * tflops / args.peak_tflops:.1f} %" if args.peak_tflops else ""
         print(f"| {name} | {dt} | {o:.2f} | {r:.2f} | {ratio:.2f}x | "
-              f"{'' if ratio32 is None else f'{ratio32:.2f}x'} | {'' if cos is None else f'{cos:.5f}'} |")
+              f"{'' if ratio32 is None else f'{ratio32:.2f}x'} | {'' if cos is None else f'{cos:.5f}'} | "
+              f"{gflop:.1f} | {tflops:.3f} | {mfu} |")
     if tmp is not None:
         tmp.cleanup()
 
