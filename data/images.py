@@ -54,8 +54,8 @@ class DecodedImage:
     Attributes:
         image: the RGB PIL image (EXIF orientation applied, first frame, alpha dropped).
         format: the container format PIL detected ("JPEG", "PNG", ...), whatever the file suffix.
-        width: width after EXIF orientation.
-        height: height after EXIF orientation.
+        width: the file's full width after EXIF orientation (also when ``draft_size`` decoded it smaller).
+        height: the file's full height after EXIF orientation.
     """
 
     image: Image.Image
@@ -112,12 +112,17 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def decode_image(path: str | os.PathLike[str], *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> DecodedImage:
+def decode_image(
+    path: str | os.PathLike[str], *, max_pixels: int | None = DEFAULT_MAX_PIXELS, draft_size: int | None = None
+) -> DecodedImage:
     """Read an image file into RGB, with its format and size.
 
     Args:
         path: the file.
         max_pixels: largest width x height accepted, checked from the header before decoding (None: no limit).
+        draft_size: fast decode (not bit-exact): a JPEG at least twice this size on both sides is decoded at a
+            reduced DCT scale (1/2, 1/4 or 1/8, PIL ``Image.draft``), keeping both sides >= ``draft_size``. Other
+            formats are unaffected. None (default): full decode, identical to the DreamSim reference.
 
     Returns:
         A DecodedImage (RGB, EXIF orientation applied, first frame of an animation).
@@ -151,9 +156,16 @@ def decode_image(path: str | os.PathLike[str], *, max_pixels: int | None = DEFAU
                     )
                 if getattr(img, "n_frames", 1) > 1:
                     img.seek(0)
+                if draft_size is not None and fmt in ("JPEG", "MPO"):
+                    img.draft(img.mode, (draft_size, draft_size))  # picks the largest scale keeping both sides >=
                 img.load()
+                decoded_size = img.size
                 img = ImageOps.exif_transpose(img) or img
                 rgb = _to_rgb(img)
+                if decoded_size == (w, h) or draft_size is None:
+                    w, h = rgb.size
+                elif img.size != decoded_size:  # drafted, and orientation 5-8 swapped the axes
+                    w, h = h, w
     except ImageDecodeError:
         raise
     except PermissionError:
@@ -170,15 +182,18 @@ def decode_image(path: str | os.PathLike[str], *, max_pixels: int | None = DEFAU
         raise ImageDecodeError(p, f"truncated or corrupt: {e}") from None
     except (SyntaxError, ValueError, TypeError, EOFError, IndexError, KeyError, MemoryError) as e:
         raise ImageDecodeError(p, f"corrupt {type(e).__name__}: {e}") from None
-    return DecodedImage(image=rgb, format=fmt, width=rgb.width, height=rgb.height)
+    return DecodedImage(image=rgb, format=fmt, width=w, height=h)
 
 
-def open_image(path: str | os.PathLike[str] | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+def open_image(
+    path: str | os.PathLike[str] | Path, *, max_pixels: int | None = DEFAULT_MAX_PIXELS, draft_size: int | None = None
+) -> Image.Image:
     """Open an image file as RGB (EXIF orientation applied, first frame, alpha dropped like ``convert("RGB")``).
 
     Args:
         path: the file.
         max_pixels: largest width x height accepted, checked from the header before decoding (None: no limit).
+        draft_size: fast, not bit-exact decode of large JPEGs at a reduced scale (see ``decode_image``).
 
     Returns:
         An RGB PIL image, fully loaded (the file is closed).
@@ -186,4 +201,4 @@ def open_image(path: str | os.PathLike[str] | Path, *, max_pixels: int | None = 
     Raises:
         ImageDecodeError: (a ValueError) for any unreadable file, naming the path and the reason.
     """
-    return decode_image(path, max_pixels=max_pixels).image
+    return decode_image(path, max_pixels=max_pixels, draft_size=draft_size).image
