@@ -57,6 +57,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except ImportError as e:
+        if os.environ.get("LOOKALIKE_DEBUG"):
+            raise
+        missing = getattr(e, "name", None) or str(e)
+        hint = " (for a postgresql:// catalog: pip install 'psycopg[binary]')" if missing == "psycopg" else ""
+        print(f"error: a Python package this needs is not installed: {missing}{hint}", file=sys.stderr)
+        return 2
     except (CliError, KeyError, ValueError, FileNotFoundError, PermissionError, TypeError, OSError) as e:
         if os.environ.get("LOOKALIKE_DEBUG"):
             raise

@@ -29,6 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("info", help="metrics, devices and weights present; or describe an index",
                        epilog=_INFO_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--index", metavar="DIR", help="describe the index in DIR instead")
+    p.add_argument("--db", metavar="URL", help="catalog URL when it is not the SQLite file in --index")
     p.add_argument("--weights", metavar="DIR", help="also look for weight files in DIR")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run_info)
@@ -104,7 +105,7 @@ def run_info(args: argparse.Namespace) -> int:
     if args.index:
         from lookalike.indexer import format_info, index_info
 
-        info = index_info(Path(args.index))
+        info = index_info(Path(args.index), db_url=args.db)
         print(json.dumps(info, indent=2, default=str) if args.json else format_info(info))
         return 0
     info = collect_info(args.weights)

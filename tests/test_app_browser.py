@@ -2,7 +2,7 @@
 
 The index holds the 24 fixture photos plus an edited copy of one (a known duplicate), embedded with the real offline
 model ``efficientnet_lite0``. Screenshots go to ``test-output/screenshots/`` (git-ignored); look at them.
-Chromium comes from ``apt-get install chromium`` (``.ci/install-browser.sh``), never from ``playwright install``.
+Chromium comes from ``apt-get install chromium`` (``.ci/install-system.sh``), never from ``playwright install``.
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ pytestmark = pytest.mark.slow
 
 if not CHROMIUM.is_file():
     if os.environ.get("CI"):
-        raise RuntimeError(f"{CHROMIUM} is missing; CI must run .ci/install-browser.sh first")
-    pytest.skip(f"{CHROMIUM} not installed (run .ci/install-browser.sh)", allow_module_level=True)
+        raise RuntimeError(f"{CHROMIUM} is missing; CI must run .ci/install-system.sh first")
+    pytest.skip(f"{CHROMIUM} not installed (run .ci/install-system.sh)", allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api")
 
 
