@@ -1,7 +1,9 @@
-"""End-to-end indexing speed: images/s, peak RSS, and the share of time spent decoding vs embedding vs writing.
+"""End-to-end indexing speed: images/s, peak RSS, where the time goes (decode / transfer / model / write), and
+end-to-end images/s against embedding alone (the model on pre-decoded tensors).
 
     python bench/index.py                                   # ../shared/data/imagenet-samples, efficientnet_lite0
     python bench/index.py --folder ~/Pictures --metric dreamsim --workers 4 --batch-size 64
+    python bench/index.py --fast-decode                     # PIL draft (CPU) / GPU JPEG decode (CUDA); not bit-exact
 
 Prints one table row per worker count; each run indexes into a fresh temporary folder.
 """
@@ -17,9 +19,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 from lookalike.data.image_folder import scan_images
+from lookalike.data.images import open_image
 from lookalike.indexer import build_index
-from lookalike.metric import load_metric
+from lookalike.metric import Metric, load_metric
 
 DEFAULT_FOLDER = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-samples"
 
@@ -31,6 +36,29 @@ def _peak_rss_mb() -> tuple[float, float]:
     return own, children
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def model_only_images_per_s(metric: Metric, paths: list[str], batch_size: int, repeats: int = 3) -> float:
+    """Embedding alone: images/s of ``metric.embed`` on pre-decoded batches already on the device (median of
+    ``repeats`` passes after a warm-up batch)."""
+    xs = torch.stack([metric.preprocess(open_image(p)) for p in paths])
+    batches = [xs[i:i + batch_size].to(metric.device) for i in range(0, len(xs), batch_size)]
+    with torch.inference_mode():
+        metric.embed(batches[0])
+        _sync(metric.device)
+        rates = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            for b in batches:
+                metric.embed(b)
+            _sync(metric.device)
+            rates.append(len(xs) / (time.perf_counter() - t))
+    return sorted(rates)[len(rates) // 2]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--folder", type=Path, default=DEFAULT_FOLDER)
@@ -39,6 +67,10 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--workers", default="0,1", help="comma-separated worker counts to compare")
     ap.add_argument("--limit", type=int, default=0, help="use only the first N images (copied to a temp folder)")
+    ap.add_argument("--fast-decode", action="store_true",
+                    help="index with fast_decode=True (PIL draft on the CPU, GPU JPEG decode on CUDA; not bit-exact)")
+    ap.add_argument("--model-images", type=int, default=256,
+                    help="images pre-decoded for the model-only rate (default 256)")
     args = ap.parse_args()
 
     files = scan_images(args.folder).files
@@ -55,23 +87,35 @@ def main() -> None:
     sizes = sorted(f.size for f in files[:n])
     metric = load_metric(args.metric, device=args.device)
     print(f"{n} images from {args.folder} (median {sizes[len(sizes) // 2] / 1e3:.0f} kB), metric {metric.name} "
-          f"({metric.dim}-d) on {metric.device}, batch {args.batch_size}, {os.cpu_count()} CPUs")
-    print(f"{'workers':>7} {'img/s':>7} {'total s':>8} {'decode':>7} {'embed':>7} {'write':>7} {'scan+diff':>9} "
-          f"{'peak RSS MB (main / workers)':>29}")
+          f"({metric.dim}-d) on {metric.device}, batch {args.batch_size}, {os.cpu_count()} CPUs, "
+          f"{'fast' if args.fast_decode else 'exact'} decode")
+    model_paths = [f.path for f in files[: min(n, max(args.model_images, args.batch_size))]]
+    model_rate = model_only_images_per_s(metric, model_paths, args.batch_size)
+    print(f"model only (embed on {len(model_paths)} pre-decoded images): {model_rate:.1f} img/s")
+    print(f"{'workers':>7} {'decoder':>7} {'img/s':>7} {'vs model':>8} {'total s':>8} {'decode':>7} {'transfer':>8} "
+          f"{'model':>7} {'write':>7} {'scan+diff':>9} {'peak RSS MB (main / workers)':>29}")
     for w in [int(x) for x in args.workers.split(",")]:
         idx = tmp / f"idx-{w}"
         t = time.perf_counter()
-        s = build_index(folder, idx, metric=metric, batch_size=args.batch_size, workers=w, progress=False)
+        s = build_index(folder, idx, metric=metric, batch_size=args.batch_size, workers=w, progress=False,
+                        fast_decode=args.fast_decode)
         wall = time.perf_counter() - t
         sec = s.seconds
-        busy = sec["decode"] + sec["embed"] + sec["write"]
+        busy = sec["decode"] + sec["transfer"] + sec["model"] + sec["write"]
         own, children = _peak_rss_mb()
-        print(f"{w:>7} {s.embedded / wall:>7.1f} {wall:>8.1f} {sec['decode'] / busy:>7.0%} {sec['embed'] / busy:>7.0%} "
-              f"{sec['write'] / busy:>7.0%} {sec['scan'] + sec['diff']:>9.2f} {own:>14.0f} / {children:<14.0f}")
+        rate = s.embedded / wall
+        print(f"{w:>7} {s.decoder:>7} {rate:>7.1f} {rate / model_rate:>8.0%} {wall:>8.1f} {sec['decode'] / busy:>7.0%} "
+              f"{sec['transfer'] / busy:>8.0%} {sec['model'] / busy:>7.0%} {sec['write'] / busy:>7.0%} "
+              f"{sec['scan'] + sec['diff']:>9.2f} {own:>14.0f} / {children:<14.0f}")
     t = time.perf_counter()
-    s = build_index(folder, tmp / f"idx-{w}", metric=metric, batch_size=args.batch_size, workers=w, progress=False)
+    s = build_index(folder, tmp / f"idx-{w}", metric=metric, batch_size=args.batch_size, workers=w, progress=False,
+                    fast_decode=args.fast_decode)
     print(f"re-run on the unchanged tree: embedded {s.embedded}, {time.perf_counter() - t:.2f}s")
-    print("decode = time the main process waited for decoded batches (with workers, decoding overlaps embedding)")
+    print("img/s = embedded / wall time of build_index (scan, hashing and writes included); vs model = that rate over "
+          "the model-only rate")
+    print("decode = time the main process waited for decoded batches (with workers, decoding overlaps the model; on "
+          "CUDA with --fast-decode it includes the GPU JPEG decode); transfer = host -> device copy; shares are of "
+          "decode + transfer + model + write")
     shutil.rmtree(tmp, ignore_errors=True)
 
 
