@@ -45,7 +45,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--metric", default="dreamsim", help="embedding metric (see 'lookalike info'; default dreamsim)")
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
     p.add_argument("--dtype", default=None, choices=["fp32", "bf16", "fp16"], help="precision (default fp32)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per batch (default 32)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="images per batch (default: 32 on the CPU; on a GPU the largest power of two up to 1024 that "
+                        "fits in its free memory)")
     p.add_argument("--workers", type=int, default=None, help="decoding processes (default: CPUs - 1, at most 8)")
     p.add_argument("--fast-decode", action="store_true",
                    help="faster but NOT bit-exact decoding: large JPEGs are decoded at a reduced scale (PIL draft, "

@@ -486,7 +486,7 @@ def build_index(
     metric: str | Metric = "dreamsim",
     device: str | None = None,
     dtype: str | None = None,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     workers: int | None = None,
     faiss: str | None = None,
     db_url: str | None = None,
@@ -509,7 +509,8 @@ def build_index(
         metric: a metric name from ``list_metrics()`` (kind "embedding") or a loaded Metric.
         device: "cuda", "mps", "cpu" (default: cuda > mps > cpu).
         dtype: "fp32" (default), "bf16", "fp16".
-        batch_size: images per embedding batch.
+        batch_size: images per embedding batch (default: ``suggest_batch_size`` — 32 on the CPU, fitted to free
+            memory on a GPU).
         workers: decoding processes (default: CPUs - 1, at most 8; 0 decodes in this process).
         faiss: FAISS factory string ("Flat", "HNSW32", "IVF4096,Flat", "IVF4096,PQ64,RFlat"); default "auto": exact
             Flat up to 200k vectors, an inverted file beyond. Trained types are trained on a sample once enough
@@ -547,7 +548,7 @@ def build_index(
         if not os.path.isdir(a):
             raise ValueError(f"index roots must be folders, got a file: {display_path(a)}")
         abs_roots.append(a)
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if dedup_threshold is not None and not 0.0 <= dedup_threshold <= 2.0:
         raise ValueError(f"dedup_threshold {dedup_threshold} is outside [0, 2] (the distance is 1 - cosine)")
@@ -563,6 +564,10 @@ def build_index(
         if m.kind != "embedding" or not m.dim:
             raise ValueError(f"metric {m.name!r} is pairwise (it compares two images) and cannot be indexed; "
                              f"choose an embedding metric such as 'dreamsim' or 'efficientnet_lite0'")
+        if batch_size is None:
+            from lookalike.metric import suggest_batch_size
+
+            batch_size = suggest_batch_size(m)  # CPU: 32; CUDA: the largest power of two that fits
         catalog = Catalog(index_path, db_url=db_url, create=True)
         try:
             return _run(catalog, index_path, abs_roots, m, batch_size=batch_size,
