@@ -171,19 +171,6 @@ def run_eval_jnd(args: argparse.Namespace) -> int:
     return 0
 
 
-def store_dedup_threshold(index: str, metric: Any, threshold: float, *, db_url: str | None = None) -> str:
-    """Write ``threshold`` as the dedup default of ``metric``'s build in an index; returns the build fingerprint."""
-    from lookalike.indexer._catalog import BuildRow, Catalog
-    from lookalike.indexer._index import select_build
-
-    with Catalog(index, db_url=db_url) as cat:
-        build = select_build(cat.builds(), metric, index)
-        with cat.sessions.begin() as s:
-            row = s.get(BuildRow, build.fingerprint)
-            row.dedup_threshold = float(threshold)
-        return build.fingerprint
-
-
 def run_calibrate(args: argparse.Namespace) -> int:
     from lookalike.data.triplets import read_pairs_csv
     from lookalike.metric.calibrate import calibrate_threshold, plot_calibration
@@ -201,7 +188,9 @@ def run_calibrate(args: argparse.Namespace) -> int:
     plot_calibration(cal, plot)
     stored = None
     if args.index and cal.threshold is not None:
-        stored = store_dedup_threshold(args.index, metric, cal.threshold, db_url=args.db)
+        from lookalike.indexer import set_dedup_threshold
+
+        stored = set_dedup_threshold(args.index, cal.threshold, metric=metric, db_url=args.db)
     if args.json:
         print(json.dumps({**cal.to_dict(), "plot": str(plot), "index": args.index if stored else None,
                           "fingerprint": stored}, indent=1))

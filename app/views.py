@@ -82,19 +82,6 @@ def catalog_row(index: ImageIndex, path: str):  # -> ImageRow (a private type of
     return row
 
 
-def list_catalog_paths(index: ImageIndex, limit: int = 5000) -> list[str]:
-    """Relative paths of the first ``limit`` catalogued images that have a vector in ``index`` (id order)."""
-    # The indexer has no public listing yet; this is the only place the app reads the catalog tables directly.
-    from sqlalchemy import select
-
-    from lookalike.indexer._catalog import ImageRow, VectorRow
-
-    with index.catalog.session() as s:
-        q = (select(ImageRow.relpath).join(VectorRow, VectorRow.image_id == ImageRow.id)
-             .where(VectorRow.fingerprint == index.fingerprint).order_by(ImageRow.id).limit(limit))
-        return list(s.scalars(q))
-
-
 def encode_thumbnail(img: Image.Image, size: int = THUMB_SIZE) -> bytes:
     """A JPEG (quality 85) no larger than ``size`` on its long side."""
     im = img.convert("RGB")

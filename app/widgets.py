@@ -29,7 +29,6 @@ from lookalike.app.views import (
     index_stamp,
     index_state,
     is_under,
-    list_catalog_paths,
 )
 from lookalike.data.image_folder import scan_images
 from lookalike.data.images import ImageDecodeError, open_image
@@ -158,7 +157,7 @@ def indexed_path_ui(index: ImageIndex | None, *, key: str, label: str = "Indexed
     if index is None:
         st.info("No index yet: upload an image instead.")
         return PickedImage()
-    options = list_catalog_paths(index)
+    options = index.list_paths(limit=5000)
     current = st.session_state.get(key)
     if current and current not in options:
         options = [current, *options]

@@ -11,6 +11,7 @@ from lookalike.indexer._dedup import undo_moves as undo_moves
 from lookalike.indexer._dedup import write_report as write_report
 from lookalike.indexer._index import ImageIndex as ImageIndex
 from lookalike.indexer._index import open_index as open_index
+from lookalike.indexer._index import set_dedup_threshold as set_dedup_threshold
 from lookalike.indexer._info import format_info as format_info
 from lookalike.indexer._info import index_info as index_info
 from lookalike.indexer._pipeline import IndexSummary as IndexSummary

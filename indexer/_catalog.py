@@ -170,6 +170,16 @@ class Catalog:
         with self.sessions() as s:
             return list(s.scalars(select(BuildRow).order_by(BuildRow.created)))
 
+    def set_dedup_threshold(self, fingerprint: str, threshold: float) -> None:
+        """Store ``threshold`` as the default ``find_duplicates`` distance of one build (metric fingerprint)."""
+        if not 0.0 <= threshold <= 2.0:
+            raise ValueError(f"dedup threshold {threshold} is outside [0, 2] (the distance is 1 - cosine)")
+        with self.sessions.begin() as s:
+            row = s.get(BuildRow, fingerprint)
+            if row is None:
+                raise ValueError(f"no build {fingerprint!r} in index catalog {self.db_url}")
+            row.dedup_threshold = float(threshold)
+
     def close(self) -> None:
         self.engine.dispose()
 

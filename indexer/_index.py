@@ -156,6 +156,13 @@ class ImageIndex:
                     out[int(fid)] = row
         return out
 
+    def list_paths(self, limit: int | None = None) -> list[str]:
+        """Relative paths of the catalogued images that have a vector for this metric, in id order."""
+        q = (select(ImageRow.relpath).join(VectorRow, VectorRow.image_id == ImageRow.id)
+             .where(VectorRow.fingerprint == self.fingerprint).order_by(ImageRow.id).limit(limit))
+        with self.catalog.session() as s:
+            return list(s.scalars(q))
+
     def find_row(self, path: str | os.PathLike[str]) -> ImageRow | None:
         """The catalog row of an indexed file: an absolute path, or a path relative to an indexed root."""
         p = os.fspath(path)
@@ -214,3 +221,28 @@ def open_index(
         ValueError: no vectors for ``metric``, several metrics and none chosen, or a damaged / newer index.
     """
     return ImageIndex(index_dir, metric=metric, db_url=db_url, device=device, dtype=dtype)
+
+
+def set_dedup_threshold(index_dir: str | os.PathLike[str], threshold: float, *, metric: str | Metric | None = None,
+                        db_url: str | None = None) -> str:
+    """Store ``threshold`` as the index's default dedup distance for one metric's vectors.
+
+    ``lookalike dedup --index DIR`` (``find_duplicates`` with ``threshold=None``) then uses it.
+
+    Args:
+        index_dir: the index folder.
+        threshold: a distance (1 - cosine) in [0, 2].
+        metric: metric name, fingerprint or loaded Metric; None when the folder holds a single metric.
+        db_url: SQLAlchemy URL of the catalog if it is not the SQLite file in the folder.
+
+    Returns:
+        The fingerprint of the build that now carries the threshold.
+
+    Raises:
+        FileNotFoundError: no index there.
+        ValueError: threshold out of range, or no / several builds for ``metric``.
+    """
+    with Catalog(index_dir, db_url=db_url) as cat:
+        build = select_build(cat.builds(), metric, index_dir)
+        cat.set_dedup_threshold(build.fingerprint, threshold)
+        return build.fingerprint

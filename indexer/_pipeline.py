@@ -584,9 +584,7 @@ def _run(catalog: Catalog, index_dir: Path, roots: list[str], m: Metric, *, batc
          checkpoint_every: int | None, max_pixels: int | None, crash: CrashHook, t_start: float) -> IndexSummary:
     build = _open_build(catalog, index_dir, m, faiss_factory)
     if dedup_threshold is not None:
-        with catalog.session() as s, s.begin():
-            s.execute(update(BuildRow).where(BuildRow.fingerprint == build.fingerprint)
-                      .values(dedup_threshold=float(dedup_threshold)))
+        catalog.set_dedup_threshold(build.fingerprint, dedup_threshold)
     summary = IndexSummary(index_dir=str(index_dir), metric=m.name, fingerprint=m.fingerprint)
     path = vectors_file(index_dir, build.fingerprint)
     vi = _load_for_write(index_dir, catalog, build)

@@ -31,8 +31,10 @@ def required_files(cfg: MetricCfg) -> list[WeightFile]:
             files.append(wf)
     files.extend(cfg.adapter_files)
     files.extend(cfg.extra_files)
-    seen: set[str] = set()
-    return [wf for wf in files if not (wf.path in seen or seen.add(wf.path))]  # type: ignore[func-returns-value]
+    unique: dict[str, WeightFile] = {}
+    for wf in files:
+        unique.setdefault(wf.path, wf)  # a file shared by two branches is listed once
+    return list(unique.values())
 
 
 def load_state_dict_strict(module: nn.Module, sd: dict[str, torch.Tensor], source: Path | str) -> None:
@@ -93,8 +95,7 @@ def build_perceptual_net(cfg: MetricCfg, weights: str | Path | None = None, *, w
         (net in train mode with gradients enabled, {relative path: resolved file}).
     """
     bcfgs = [get_backbone_cfg(n) for n in cfg.backbones]
-    files = required_files(cfg) if with_adapter else [get_backbone_cfg(n).weights for n in cfg.backbones
-                                                       if get_backbone_cfg(n).weights is not None]
+    files = required_files(cfg) if with_adapter else [b.weights for b in bcfgs if b.weights is not None]
     paths = resolve_files(cfg.name, files, weights) if files else {}
     net = PerceptualNet(bcfgs, patch=cfg.patch)
     for k, (ext, b) in enumerate(zip(net.extractor_list, bcfgs, strict=True)):
