@@ -553,21 +553,22 @@ def build_index(
     if dedup_threshold is not None and not 0.0 <= dedup_threshold <= 2.0:
         raise ValueError(f"dedup_threshold {dedup_threshold} is outside [0, 2] (the distance is 1 - cosine)")
     index_path = Path(index_dir)
+    # The model loads before the folder is created: a missing weight file leaves nothing behind.
+    if is_metric(metric):
+        m = metric
+    else:
+        from lookalike.metric import load_metric
+
+        m = load_metric(metric, device=device, dtype=dtype)
+    if m.kind != "embedding" or not m.dim:
+        raise ValueError(f"metric {m.name!r} is pairwise (it compares two images) and cannot be indexed; "
+                         f"choose an embedding metric such as 'dreamsim' or 'efficientnet_lite0'")
+    if batch_size is None:
+        from lookalike.metric import suggest_batch_size
+
+        batch_size = suggest_batch_size(m)  # CPU: 32; CUDA: the largest power of two that fits
     index_path.mkdir(parents=True, exist_ok=True)
     with writer_lock(index_path):
-        if is_metric(metric):
-            m = metric
-        else:
-            from lookalike.metric import load_metric
-
-            m = load_metric(metric, device=device, dtype=dtype)
-        if m.kind != "embedding" or not m.dim:
-            raise ValueError(f"metric {m.name!r} is pairwise (it compares two images) and cannot be indexed; "
-                             f"choose an embedding metric such as 'dreamsim' or 'efficientnet_lite0'")
-        if batch_size is None:
-            from lookalike.metric import suggest_batch_size
-
-            batch_size = suggest_batch_size(m)  # CPU: 32; CUDA: the largest power of two that fits
         catalog = Catalog(index_path, db_url=db_url, create=True)
         try:
             return _run(catalog, index_path, abs_roots, m, batch_size=batch_size,
