@@ -142,16 +142,6 @@ def report_bytes(report: DedupReport, suffix: str) -> bytes:
         return write_report(report, Path(tmp) / f"duplicates{suffix}").read_bytes()
 
 
-def display_name(path: str, root: str | None = None) -> str:
-    """``path`` relative to ``root`` when it lies under it, else the path itself."""
-    if root:
-        try:
-            return Path(path).relative_to(root).as_posix()
-        except ValueError:
-            pass
-    return path
-
-
 def reader_available(module: str) -> bool:
     """True when a dataset reader module (e.g. "lookalike.data.nights") is installed."""
     import importlib.util

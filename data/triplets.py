@@ -13,6 +13,7 @@ Conventions shared by every reader here and by ``lookalike.metric.eval``:
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
 import math
 import os
@@ -65,8 +66,28 @@ class Pair:
     id: str = ""
 
 
+class _Judgements(Sequence):
+    """Sequence behaviour shared by TripletSet and PairSet: they differ only in the field holding the items."""
+
+    _items_field: str
+
+    def _items(self) -> tuple:
+        return getattr(self, self._items_field)
+
+    def __len__(self) -> int:
+        return len(self._items())
+
+    def __getitem__(self, i):  # type: ignore[no-untyped-def, override]
+        if isinstance(i, slice):
+            return dataclasses.replace(self, **{self._items_field: self._items()[i]})
+        return self._items()[i]
+
+    def __iter__(self) -> Iterator:
+        return iter(self._items())
+
+
 @dataclass(frozen=True)
-class TripletSet(Sequence[Triplet]):
+class TripletSet(_Judgements, Sequence[Triplet]):
     """An ordered collection of triplets from one source and split.
 
     Attributes:
@@ -76,21 +97,12 @@ class TripletSet(Sequence[Triplet]):
         triplets: the judgements.
     """
 
+    _items_field = "triplets"
+
     name: str
     split: str
     source: str
     triplets: tuple[Triplet, ...] = field(repr=False)
-
-    def __len__(self) -> int:
-        return len(self.triplets)
-
-    def __getitem__(self, i):  # type: ignore[no-untyped-def, override]
-        if isinstance(i, slice):
-            return TripletSet(self.name, self.split, self.source, self.triplets[i])
-        return self.triplets[i]
-
-    def __iter__(self) -> Iterator[Triplet]:
-        return iter(self.triplets)
 
     def images(self) -> list[str]:
         """Every distinct image path, in order of first appearance."""
@@ -98,24 +110,15 @@ class TripletSet(Sequence[Triplet]):
 
 
 @dataclass(frozen=True)
-class PairSet(Sequence[Pair]):
+class PairSet(_Judgements, Sequence[Pair]):
     """An ordered collection of same/different pairs (see :class:`TripletSet` for the attributes)."""
+
+    _items_field = "pairs"
 
     name: str
     split: str
     source: str
     pairs: tuple[Pair, ...] = field(repr=False)
-
-    def __len__(self) -> int:
-        return len(self.pairs)
-
-    def __getitem__(self, i):  # type: ignore[no-untyped-def, override]
-        if isinstance(i, slice):
-            return PairSet(self.name, self.split, self.source, self.pairs[i])
-        return self.pairs[i]
-
-    def __iter__(self) -> Iterator[Pair]:
-        return iter(self.pairs)
 
     def images(self) -> list[str]:
         """Every distinct image path, in order of first appearance."""

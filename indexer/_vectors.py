@@ -349,7 +349,7 @@ class VectorIndex:
         lims, Ds, Is = [0], [], []
         for q in range(len(xq)):
             if kk < self.ntotal and 1.0 - S[q, -1] <= max_distance:  # maybe more beyond k0: ask the CPU
-                lim, d, i = self.index.range_search(xq[q:q + 1], float(1.0 - max_distance - 1e-6))
+                _, d, i = self.index.range_search(xq[q:q + 1], float(1.0 - max_distance - 1e-6))
                 Ds.append(1.0 - d)
                 Is.append(i)
             else:
