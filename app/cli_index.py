@@ -17,7 +17,10 @@ The run can be interrupted (Ctrl-C, kill) at any moment and resumed by running i
 _SEARCH_EPILOG = """examples:
   lookalike search query.jpg --index idx -k 5
   lookalike search holidays/IMG_0042.jpg --index idx --json     (an indexed path, relative to its root)
-Distances are 1 - cosine of the embeddings: lower = more similar (0 = same embedding)."""
+  lookalike search query.jpg --index idx --rerank lpips_vgg --rerank-k 50
+  lookalike search query.jpg --index idx --rerank diffsim --rerank-weights ~/models/stable-diffusion-v1-5
+Distances are 1 - cosine of the embeddings: lower = more similar (0 = same embedding). With --rerank the top
+--rerank-k results are re-scored pairwise by that metric and re-ordered by it (its own direction)."""
 
 _DEDUP_EPILOG = """examples:
   lookalike dedup --index idx --threshold 0.05 --out dups.csv
@@ -74,7 +77,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_catalog_flags(p)
     p.add_argument("-k", type=int, default=10, help="number of results (default 10)")
     p.add_argument("--metric", default=None, help="which metric's vectors, when the index holds several")
-    p.add_argument("--device", default=None, help="device for embedding the query")
+    p.add_argument("--device", default=None, help="device for embedding the query (and for the re-ranker)")
+    p.add_argument("--rerank", default=None, metavar="METRIC",
+                   help="re-score the top --rerank-k results with this pairwise metric (e.g. diffsim, lpips_vgg, "
+                        "ssim; 'lookalike info' lists them) and re-order them by it")
+    p.add_argument("--rerank-k", type=int, default=50, metavar="K", help="results the re-ranker scores (default 50)")
+    p.add_argument("--rerank-weights", default=None, metavar="DIR", help="folder searched first for the "
+                   "re-ranker's weight files (e.g. a diffusers Stable Diffusion 1.5 folder for diffsim)")
     p.add_argument("--json", action="store_true", help="print results as JSON")
     p.set_defaults(func=run_search)
 
@@ -120,9 +129,16 @@ def run_search(args: argparse.Namespace) -> int:
     from lookalike.data.image_folder import display_path
     from lookalike.indexer import search
 
-    hits = search(args.index, args.query, k=args.k, metric=args.metric, db_url=args.db, device=args.device)
+    hits = search(args.index, args.query, k=args.k, metric=args.metric, db_url=args.db, device=args.device,
+                  rerank=args.rerank, rerank_k=args.rerank_k, rerank_weights=args.rerank_weights)
     if args.json:
         print(json.dumps([h.as_dict() for h in hits], indent=1))
+        return 0
+    if args.rerank and hits:
+        way = "lower" if hits[0].lower_is_better else "higher"
+        print(f"re-ranked by {hits[0].scored_by} ({way} = more similar); index distance in the second column")
+        for n, h in enumerate(hits, 1):
+            print(f"{n:3d}  {h.distance:.4f}  {h.score:.4f}  {display_path(h.path)}")
         return 0
     for n, h in enumerate(hits, 1):
         print(f"{n:3d}  {h.distance:.4f}  {display_path(h.path)}")

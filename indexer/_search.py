@@ -27,10 +27,14 @@ class Hit:
 
     Attributes:
         path: absolute path of the indexed file.
-        distance: 1 - cosine of the embeddings, in [0, 2]; lower means more similar.
+        distance: 1 - cosine of the index metric's embeddings, in [0, 2]; lower means more similar.
         relpath: path relative to its indexed root (POSIX).
         root: the indexed root folder.
         image_id: catalog id.
+        scored_by: the metric that ordered the results: the index metric, or the re-ranker after
+            ``search(..., rerank=NAME)``; "" when unknown.
+        score: the value under ``scored_by`` (equal to ``distance`` without a re-ranker), in that metric's unit.
+        lower_is_better: the direction of ``score`` (False for similarities such as DiffSim, SSIM, PSNR).
     """
 
     path: str
@@ -38,6 +42,13 @@ class Hit:
     relpath: str = ""
     root: str = ""
     image_id: int = -1
+    scored_by: str = ""
+    score: float | None = None
+    lower_is_better: bool = True
+
+    def __post_init__(self) -> None:
+        if self.score is None:
+            object.__setattr__(self, "score", self.distance)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -97,13 +108,41 @@ def search_vectors(index: ImageIndex, xq: np.ndarray, k: int) -> list[list[Hit]]
                 if row is None:  # a vector a running writer has flushed but not committed yet
                     continue
                 hits.append(Hit(path=row.path, distance=float(max(d, 0.0)), relpath=row.relpath, root=row.root,
-                                image_id=row.id))
+                                image_id=row.id, scored_by=index.build.metric))
             if len(hits) < k and kk < index.vectors.ntotal:
                 short = True
             out.append(hits[:k])
         if not short:
             return out
         kk *= 2
+
+
+def query_image(index: ImageIndex, query: str | os.PathLike[str] | Image.Image) -> Image.Image:
+    """The query's pixels (RGB): the PIL image itself, the image file, or the file of an indexed path."""
+    if isinstance(query, Image.Image):
+        return query.convert("RGB")
+    p = os.fspath(query)
+    if os.path.isfile(p):
+        return open_image(p)
+    row = index.find_row(p)
+    if row is None:
+        raise FileNotFoundError(f"query {p!r} is neither an image file nor a path in index {index.index_dir}")
+    return open_image(row.path)
+
+
+def _search_open(index: ImageIndex, query: str | os.PathLike[str] | Image.Image, k: int, rerank: str | Metric | None,
+                 rerank_k: int, rerank_weights: str | os.PathLike[str] | None, device: str | None) -> list[Hit]:
+    if rerank is None:
+        return search_vectors(index, query_vector(index, query)[None], k)[0]
+    from lookalike.indexer._rerank import load_reranker, rerank_hits
+
+    if rerank_k < 1:
+        raise ValueError(f"rerank_k must be >= 1, got {rerank_k}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    reranker = load_reranker(rerank, device=device, weights=rerank_weights)  # fails fast, before any search work
+    hits = search_vectors(index, query_vector(index, query)[None], max(k, rerank_k))[0]
+    return rerank_hits(reranker, query_image(index, query), hits)[:k]
 
 
 def search(
@@ -114,8 +153,11 @@ def search(
     metric: str | Metric | None = None,
     db_url: str | None = None,
     device: str | None = None,
+    rerank: str | Metric | None = None,
+    rerank_k: int = 50,
+    rerank_weights: str | os.PathLike[str] | None = None,
 ) -> list[Hit]:
-    """The ``k`` indexed images most similar to ``query``.
+    """The ``k`` indexed images most similar to ``query``, optionally re-scored by a pairwise metric.
 
     Args:
         index: an index folder or an ImageIndex from ``open_index``.
@@ -123,16 +165,26 @@ def search(
         k: how many results.
         metric: which metric's vectors to search when the folder holds several (name or fingerprint).
         db_url: catalog URL when it is not the SQLite file in the folder.
-        device: device for embedding an image query.
+        device: device for embedding an image query (and for the re-ranker).
+        rerank: a metric name from ``lookalike.metric.list_rerankers()`` (e.g. "diffsim", "lpips_vgg", "ssim") or a
+            loaded Metric: the index's top ``max(k, rerank_k)`` are re-scored with it, one query-candidate pair at a
+            time, and re-ordered by its value (in its own direction). Candidate files that cannot be read any more
+            are left out (logged).
+        rerank_k: how many index results the re-ranker scores.
+        rerank_weights: folder searched first for the re-ranker's weight files.
 
     Returns:
-        Hits sorted by distance (1 - cosine, lower = more similar). An indexed query finds itself first.
+        Hits, most similar first: by ``distance`` (1 - cosine, lower = more similar) without a re-ranker, else by the
+        re-ranker's ``score`` (each Hit names it in ``scored_by``; ``distance`` keeps the index value). An indexed
+        query finds itself first.
 
     Raises:
         FileNotFoundError: no index, or a query that is neither a file nor an indexed path.
+        KeyError: an unknown re-ranker name.
+        WeightsNotFound: the re-ranker's weight files are missing.
         ValueError: an unreadable query image, or an index of another metric / dimension.
     """
     if isinstance(index, (str, os.PathLike, Path)):
         with open_index(index, metric=metric, db_url=db_url, device=device) as idx:
-            return search_vectors(idx, query_vector(idx, query)[None], k)[0]
-    return search_vectors(index, query_vector(index, query)[None], k)[0]
+            return _search_open(idx, query, k, rerank, rerank_k, rerank_weights, device)
+    return _search_open(index, query, k, rerank, rerank_k, rerank_weights, device)

@@ -12,3 +12,4 @@ from lookalike.metric._registry import get_metric_cfg as get_metric_cfg
 from lookalike.metric._registry import is_metric as is_metric
 from lookalike.metric._registry import list_metrics as list_metrics
 from lookalike.metric._registry import register_metric as register_metric
+from lookalike.metric.rerank import list_rerankers as list_rerankers
