@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
 import torch
 
@@ -19,6 +20,7 @@ def load_metric(
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     weights: str | os.PathLike[str] | None = None,
+    **options: Any,
 ) -> Metric:
     """Build a registered metric, ready for inference (``eval()``, no grad, LoRA merged into the weights).
 
@@ -30,6 +32,8 @@ def load_metric(
         weights: a folder holding the metric's weight files (e.g. an existing dreamsim cache folder, or an adapter
             folder written by ``lookalike train``). Files not found there are looked up in ``$LOOKALIKE_HOME``
             (default ``~/.cache/lookalike``).
+        **options: metric options, for the metrics that take any (e.g. ``load_metric("diffsim", target_step=900,
+            prompt="An image of a dog")``); each metric validates its own, and a metric that takes none refuses them.
 
     Returns:
         A Metric. ``distance(a, b)`` is higher for more different images when ``lower_is_better`` is True.
@@ -42,6 +46,13 @@ def load_metric(
     cfg = get_metric_cfg(name)
     dev = get_device(device)
     dt = get_dtype(dtype)
-    metric = get_builder(cfg.builder)(cfg, device=dev, dtype=dt, weights=weights)
+    builder = get_builder(cfg.builder)
+    if options:
+        option_type = getattr(builder, "option_type", None)
+        if option_type is None:
+            raise ValueError(f"metric {name!r} takes no options, got {sorted(options)}")
+        metric = builder(cfg, device=dev, dtype=dt, weights=weights, **options)
+    else:
+        metric = builder(cfg, device=dev, dtype=dt, weights=weights)
     _logger.info("loaded metric %s on %s (%s), fingerprint %s", name, dev, dt, metric.fingerprint)
     return metric

@@ -1,0 +1,538 @@
+"""DiffSim (Song, Liu, Shou: "DiffSim: Taming Diffusion Models for Evaluating Visual Similarity"): a pairwise metric.
+
+A pretrained Stable Diffusion 1.5 UNet (diffusers) sees each image once, noised to one timestep; the query, key and
+value of one self-attention layer are captured, and two images are similar when each one's queries, attending to
+the *other* image's keys and values, give what they give on their own image ("aligned attention score"):
+
+    score(A, B) = 1/2 [cos(vec SDPA(Q_A, K_B, V_B), vec SDPA(Q_A, K_A, V_A))
+                       + cos(vec SDPA(Q_B, K_A, V_A), vec SDPA(Q_B, K_B, V_B))]
+
+``vec`` flattens the whole captured batch (classifier-free guidance: unconditional + conditional rows, every head).
+Higher means more similar; identical images under the same noise score 1.0.
+
+The facts follow the reference code (showlab/DiffSim ``diffsim/diffsim.py``, ``diffsim/diffsim_pipeline.py``):
+RGB resized to ``image_size`` square with Lanczos (aspect not kept) and scaled to [-1, 1]; VAE ``latent_dist``
+sampled, times ``vae.config.scaling_factor``; ``scheduler.set_timesteps(1000)`` and ``t = timesteps[target_step]``;
+``scheduler.add_noise``; one UNet forward with the batch (unconditional "" + conditional prompt); the tensors are
+captured at the input of ``attn1`` of the last transformer block of the last attention module of ``up_blocks[1]``.
+
+Noise. ``noise="reference"`` reproduces the reference protocol for one pair: a ``torch.Generator`` on the metric's
+device seeded with ``seed`` draws, in order, the VAE sample of A, of B, the timestep noise of A, of B (so numbers can
+be compared with the reference code on the same device). The default ``noise="per_image"`` seeds a CPU generator
+from ``seed`` and the image's own pixels, so an image's captured tensors do not depend on what it is compared with:
+they are computed once and cached (the re-ranker scores k candidates with k UNet passes, and a candidate seen before
+costs none), and the same image always gets the same noise, whatever the device.
+
+The UNet stops right after the tensors are captured (the layers after ``up_blocks[1]`` cannot change them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lookalike.metric._base import Metric, compute_fingerprint
+from lookalike.metric._hub import resolve_files
+from lookalike.metric._pretrained import MetricCfg, PreprocessCfg, WeightFile
+from lookalike.metric._registry import register_builder, register_metric
+from lookalike.metric.rerank import FeaturePairwise
+
+_logger = logging.getLogger(__name__)
+
+#: The maintained Hugging Face mirror of Stable Diffusion 1.5 (the runwayml repo is gone).
+SD15_REPO = "sd-legacy/stable-diffusion-v1-5"
+SD15_REVISION = "main"
+_HF = f"https://huggingface.co/{SD15_REPO}/resolve/{SD15_REVISION}"
+
+#: The files of a diffusers SD 1.5 folder DiffSim reads (no safety checker, no feature extractor).
+SD15_FILES = (
+    "model_index.json",
+    "scheduler/scheduler_config.json",
+    "text_encoder/config.json",
+    "text_encoder/model.safetensors",
+    "tokenizer/merges.txt",
+    "tokenizer/special_tokens_map.json",
+    "tokenizer/tokenizer_config.json",
+    "tokenizer/vocab.json",
+    "unet/config.json",
+    "unet/diffusion_pytorch_model.safetensors",
+    "vae/config.json",
+    "vae/diffusion_pytorch_model.safetensors",
+)
+
+#: Timestep presets of the paper's scripts (index into the 1000 scheduler timesteps).
+TARGET_STEP_PRESETS = {"nights": 500, "cute": 600, "dreambench": 750, "ip": 750, "sref": 900, "instantstyle": 900,
+                       "tid2013": 900}
+
+NOISE_MODES = ("per_image", "reference")
+_SCHEDULERS = ("PNDMScheduler", "DDIMScheduler", "DDPMScheduler", "EulerDiscreteScheduler",
+               "LMSDiscreteScheduler", "DPMSolverMultistepScheduler")
+_NUM_TIMESTEPS = 1000
+
+
+@dataclass(frozen=True)
+class DiffSimOptions:
+    """Options of ``load_metric("diffsim", ...)`` (keyword arguments; a misspelt one is an error).
+
+    Attributes:
+        target_step: index into the 1000 scheduler timesteps (paper presets: NIGHTS 500, CUTE 600,
+            DreamBench++ / IP 750, Sref / InstantStyle / TID2013 900; see ``TARGET_STEP_PRESETS``).
+        prompt: the conditional text ("High quality image"; the paper's NIGHTS script uses "An image of a {prompt}").
+        seed: the generator seed (2334 in the reference scripts).
+        noise: "per_image" (default: noise from the seed and the image's pixels, features cacheable) or
+            "reference" (one generator per pair, as the reference code draws it).
+        image_size: square input side in pixels (512; a multiple of 64).
+        guidance_scale: classifier-free guidance scale; > 1 puts the unconditional row in the batch (7.5).
+        target_block: "up_blocks.N", "down_blocks.N" or "mid_block": where the captured layer is (the last
+            transformer block of that block's last attention module).
+        cache_images: how many images' captured tensors are kept (per_image noise only; 0 = none).
+    """
+
+    target_step: int = 500
+    prompt: str = "High quality image"
+    seed: int = 2334
+    noise: str = "per_image"
+    image_size: int = 512
+    guidance_scale: float = 7.5
+    target_block: str = "up_blocks.1"
+    cache_images: int = 128
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.target_step, int) or not 0 <= self.target_step < _NUM_TIMESTEPS:
+            raise ValueError(f"diffsim target_step must be an int in [0, {_NUM_TIMESTEPS}), got {self.target_step!r}"
+                             f" (paper presets: {TARGET_STEP_PRESETS})")
+        if self.noise not in NOISE_MODES:
+            raise ValueError(f"diffsim noise must be one of {NOISE_MODES}, got {self.noise!r}")
+        if not isinstance(self.image_size, int) or self.image_size < 64 or self.image_size % 64:
+            raise ValueError(f"diffsim image_size must be a multiple of 64, >= 64; got {self.image_size!r}")
+        if not isinstance(self.prompt, str):
+            raise ValueError(f"diffsim prompt must be a string, got {type(self.prompt).__name__}")
+        if not isinstance(self.seed, int):
+            raise ValueError(f"diffsim seed must be an int, got {self.seed!r}")
+        if self.cache_images < 0:
+            raise ValueError(f"diffsim cache_images must be >= 0, got {self.cache_images}")
+        _parse_block(self.target_block)
+
+    @classmethod
+    def from_mapping(cls, options: dict[str, Any]) -> DiffSimOptions:
+        """Build from keyword options; an unknown key is a ValueError naming the valid ones."""
+        valid = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(options) - set(valid))
+        if unknown:
+            raise ValueError(f"unknown diffsim option(s) {unknown}; valid options: {valid}")
+        return cls(**options)
+
+
+def _parse_block(spec: str) -> tuple[str, int | None]:
+    if spec == "mid_block":
+        return spec, None
+    kind, _, num = spec.partition(".")
+    if kind not in ("up_blocks", "down_blocks") or not num.isdigit():
+        raise ValueError(f"diffsim target_block must be 'up_blocks.N', 'down_blocks.N' or 'mid_block', got {spec!r}")
+    return kind, int(num)
+
+
+def target_attention(unet: nn.Module, spec: str) -> nn.Module:
+    """The self-attention (``attn1``) of the last transformer block of the last attention module of ``spec``."""
+    kind, num = _parse_block(spec)
+    try:
+        block = unet.mid_block if num is None else getattr(unet, kind)[num]
+        return block.attentions[-1].transformer_blocks[-1].attn1
+    except (AttributeError, IndexError, TypeError):
+        raise ValueError(f"diffsim target_block {spec!r}: this UNet has no attention module there") from None
+
+
+class _Captured(Exception):
+    """Raised by the capture hook to stop the UNet once the tensors are taken."""
+
+
+@dataclass
+class DiffSimFeatures:
+    """One image's captured attention tensors, each (R, heads, tokens, head_dim); R = rows of the CFG batch.
+
+    ``o`` is SDPA(q, k, v), the image attending to itself (kept: every score needs it).
+    """
+
+    q: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    o: torch.Tensor
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.q, self.k, self.v, self.o))
+
+
+def _cosine_flat(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cosine of the flattened rows of a batch: (n, ...) and (n, ...) → (n,) float32."""
+    x = x.flatten(1).float()
+    y = y.flatten(1).float()
+    return F.cosine_similarity(x, y, dim=1, eps=1e-8)
+
+
+def aligned_scores(fa: DiffSimFeatures, fbs: Sequence[DiffSimFeatures]) -> torch.Tensor:
+    """The aligned attention score of image A against each image B: (n,) float32, in [-1, 1], higher = closer."""
+    if not fbs:
+        return torch.empty(0, dtype=torch.float32)
+    n = len(fbs)
+    kb = torch.stack([f.k for f in fbs])  # (n, R, h, T, d)
+    vb = torch.stack([f.v for f in fbs])
+    qb = torch.stack([f.q for f in fbs])
+    ob = torch.stack([f.o for f in fbs])
+    shape = (n * kb.shape[1], *kb.shape[2:])
+    qa = fa.q.unsqueeze(0).expand_as(qb).reshape(shape)
+    a_on_b = F.scaled_dot_product_attention(qa, kb.reshape(shape), vb.reshape(shape)).view_as(kb)
+    b_on_a = F.scaled_dot_product_attention(
+        qb.reshape(shape), fa.k.unsqueeze(0).expand_as(kb).reshape(shape),
+        fa.v.unsqueeze(0).expand_as(vb).reshape(shape)).view_as(kb)
+    s_ab = _cosine_flat(a_on_b, fa.o.unsqueeze(0).expand_as(ob))
+    s_ba = _cosine_flat(b_on_a, ob)
+    return (s_ab + s_ba) / 2
+
+
+def token_agreement(fa: DiffSimFeatures, fb: DiffSimFeatures) -> torch.Tensor:
+    """Per token of A: cosine over (rows, heads, head_dim) of SDPA(Q_A, K_B, V_B) and SDPA(Q_A, K_A, V_A) → (T,)."""
+    a_on_b = F.scaled_dot_product_attention(fa.q, fb.k, fb.v).float()  # (R, h, T, d)
+    own = fa.o.float()
+    t = a_on_b.shape[2]
+    x = a_on_b.permute(2, 0, 1, 3).reshape(t, -1)
+    y = own.permute(2, 0, 1, 3).reshape(t, -1)
+    return F.cosine_similarity(x, y, dim=1, eps=1e-8)
+
+
+class DiffSimMetric(FeaturePairwise, Metric):
+    """DiffSim on a diffusers Stable Diffusion 1.5 pipeline; pairwise, higher = more similar (1.0 = same).
+
+    Built by ``load_metric("diffsim", weights=SD15_FOLDER, **options)``; see :class:`DiffSimOptions`.
+    """
+
+    def __init__(self, cfg: MetricCfg, *, vae: nn.Module, unet: nn.Module, text_encoder: nn.Module, tokenizer: Any,
+                 scheduler: Any, opts: DiffSimOptions, **kw: Any):
+        super().__init__(cfg, **kw)
+        self.opts = opts
+        self.vae = vae
+        self.unet = unet
+        self.text_encoder = text_encoder
+        self.tokenizer = tokenizer
+        self.scheduler = scheduler
+        scheduler.set_timesteps(_NUM_TIMESTEPS)
+        self.timestep = scheduler.timesteps[opts.target_step]
+        attn = target_attention(unet, opts.target_block)
+        self._capture: list[torch.Tensor] | None = None
+        self._hook = attn.register_forward_pre_hook(self._capture_hook, with_kwargs=True)
+        self._prompt_embeds: torch.Tensor | None = None
+        self._cache: OrderedDict[str, DiffSimFeatures] = OrderedDict()
+        self._lock = threading.Lock()
+        self.unet_passes = 0  # images sent through the UNet (for tests and benchmarks)
+
+    @property
+    def features_cacheable(self) -> bool:
+        return self.opts.noise == "per_image"
+
+    @property
+    def model_dtype(self) -> torch.dtype:
+        return next(self.unet.parameters()).dtype
+
+    # -- capture -----------------------------------------------------------------------------------------------
+    def _capture_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if self._capture is None:
+            return
+        hidden = args[0] if args else kwargs["hidden_states"]
+        self._capture.extend(project_qkv(module, hidden))
+        raise _Captured
+
+    def _prompt(self) -> torch.Tensor:
+        """(R, L, C): the text embeddings of the batch rows, unconditional ("") first when guidance is on."""
+        if self._prompt_embeds is None:
+            tok = self.tokenizer
+            ids = tok(self.opts.prompt, padding="max_length", max_length=tok.model_max_length, truncation=True,
+                      return_tensors="pt")
+            rows = [ids]
+            if self.opts.guidance_scale > 1.0:
+                rows.insert(0, tok([""], padding="max_length", max_length=ids.input_ids.shape[-1], truncation=True,
+                                   return_tensors="pt"))
+            use_mask = bool(getattr(self.text_encoder.config, "use_attention_mask", False))
+            embeds = []
+            with torch.inference_mode():
+                for r in rows:
+                    mask = r.attention_mask.to(self.device) if use_mask else None
+                    embeds.append(self.text_encoder(r.input_ids.to(self.device), attention_mask=mask)[0])
+            self._prompt_embeds = torch.cat(embeds).to(self.model_dtype)
+        return self._prompt_embeds
+
+    def _posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 3, S, S) in [0, 1] → the VAE posterior's (mean, std), each (B, 4, S/8, S/8)."""
+        dist = self.vae.encode((x * 2.0 - 1.0).to(self.model_dtype)).latent_dist
+        return dist.mean, dist.std
+
+    def _unet_capture(self, noisy: torch.Tensor) -> list[DiffSimFeatures]:
+        """Noisy latents (B, 4, h, w) → each image's captured (q, k, v, o) over the CFG rows."""
+        embeds = self._prompt()
+        rows = embeds.shape[0]
+        b = noisy.shape[0]
+        latent_in = self.scheduler.scale_model_input(torch.cat([noisy] * rows), self.timestep)
+        text = embeds.repeat_interleave(b, dim=0)  # rows-major: [uncond x B, cond x B], as the reference batches
+        self._capture = []
+        try:
+            self.unet(latent_in, self.timestep, encoder_hidden_states=text, return_dict=False)
+        except _Captured:
+            pass
+        finally:
+            captured, self._capture = self._capture, None
+        if len(captured) != 3:
+            raise RuntimeError(f"diffsim: the target attention layer {self.opts.target_block} did not run")
+        self.unet_passes += b
+        q, k, v = (t.view(rows, b, *t.shape[1:]).transpose(0, 1) for t in captured)  # (B, R, h, T, d)
+        out = []
+        for i in range(b):
+            o = F.scaled_dot_product_attention(q[i], k[i], v[i])
+            out.append(DiffSimFeatures(q[i].contiguous(), k[i].contiguous(), v[i].contiguous(), o))
+        return out
+
+    def _noisy(self, mean: torch.Tensor, std: torch.Tensor, gen_latent: Any, gen_noise: Any) -> torch.Tensor:
+        from diffusers.utils.torch_utils import randn_tensor
+
+        eps = randn_tensor(mean.shape, generator=gen_latent, device=mean.device, dtype=mean.dtype)
+        latents = (mean + std * eps) * self.vae.config.scaling_factor
+        noise = randn_tensor(latents.shape, generator=gen_noise, device=latents.device, dtype=latents.dtype)
+        return self.scheduler.add_noise(latents, noise, self.timestep.reshape(1))
+
+    # -- per-image features (default noise) --------------------------------------------------------------------
+    def _image_key(self, x: torch.Tensor) -> str:
+        h = hashlib.blake2b(digest_size=16)
+        h.update(repr((self.opts.seed, tuple(x.shape))).encode())
+        h.update(x.detach().float().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+    def _image_seed(self, key: str) -> int:
+        return int(key[:15], 16)  # 60 bits of the image's key (which includes the seed)
+
+    def pair_features(self, x: torch.Tensor) -> list[DiffSimFeatures]:
+        """Captured tensors of each image of a preprocessed batch (per-image noise; cached by pixel content).
+
+        Raises:
+            ValueError: with ``noise="reference"``, where features depend on the pair (use ``distance``).
+        """
+        if not self.features_cacheable:
+            raise ValueError("diffsim with noise='reference' draws noise per pair; per-image features need "
+                             "noise='per_image'")
+        x = self.check_batch(x)
+        keys = [self._image_key(xi) for xi in x]
+        with self._lock:
+            first: dict[str, int] = {}
+            for i, key in enumerate(keys):
+                if key not in self._cache:
+                    first.setdefault(key, i)  # an image twice in the batch goes through the UNet once
+            todo = list(first.values())
+            fresh: dict[str, DiffSimFeatures] = {}
+            if todo:
+                with torch.inference_mode(), self._precision():
+                    xs = x[todo]
+                    mean, std = self._posterior(xs)
+                    gens_l = [torch.Generator("cpu").manual_seed(self._image_seed(keys[i])) for i in todo]
+                    # one generator per image, drawn in the reference order: latent sample, then timestep noise
+                    noisy = self._noisy(mean, std, gens_l, gens_l)
+                    for i, f in zip(todo, self._unet_capture(noisy), strict=True):
+                        fresh[keys[i]] = f
+            out = [self._cache[k] if k in self._cache else fresh[k] for k in keys]
+            if self.opts.cache_images:
+                for k, f in fresh.items():
+                    self._cache[k] = f
+                for k in keys:
+                    if k in self._cache:
+                        self._cache.move_to_end(k)
+                while len(self._cache) > self.opts.cache_images:
+                    self._cache.popitem(last=False)
+        return out
+
+    def pair_scores(self, fa: DiffSimFeatures, fbs: Sequence[DiffSimFeatures]) -> torch.Tensor:
+        return aligned_scores(fa, fbs).cpu()
+
+    def clear_cache(self) -> None:
+        with self._lock:
+            self._cache.clear()
+
+    # -- reference noise ---------------------------------------------------------------------------------------
+    def reference_features(self, a: torch.Tensor, b: torch.Tensor) -> tuple[DiffSimFeatures, DiffSimFeatures]:
+        """One pair's features with the reference protocol: one generator on the metric's device seeded with
+        ``seed`` draws the VAE sample of A, of B, then the timestep noise of A, of B."""
+        from diffusers.utils.torch_utils import randn_tensor
+
+        with torch.inference_mode(), self._precision():
+            mean, std = self._posterior(torch.stack([a, b]))
+            g = torch.Generator(self.device).manual_seed(self.opts.seed)
+            lat = []
+            for i in range(2):
+                eps = randn_tensor(mean[i:i + 1].shape, generator=g, device=mean.device, dtype=mean.dtype)
+                lat.append((mean[i:i + 1] + std[i:i + 1] * eps) * self.vae.config.scaling_factor)
+            noisy = [self.scheduler.add_noise(z, randn_tensor(z.shape, generator=g, device=z.device, dtype=z.dtype),
+                                              self.timestep.reshape(1)) for z in lat]
+            fa, fb = self._unet_capture(torch.cat(noisy))
+        return fa, fb
+
+    def _pairs(self, a: torch.Tensor, b: torch.Tensor) -> list[tuple[DiffSimFeatures, DiffSimFeatures]]:
+        if self.features_cacheable:
+            fa, fb = self.pair_features(a), self.pair_features(b)
+            return list(zip(fa, fb, strict=True))
+        return [self.reference_features(a[i], b[i]) for i in range(a.shape[0])]
+
+    # -- the Metric API ----------------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def distance(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """DiffSim score of each pair: (B,) float32 on the CPU, in [-1, 1], higher = more similar (1 = same).
+
+        Args:
+            a: (B, 3, S, S) in [0, 1] (stacked ``metric.preprocess`` outputs); b: the same shape.
+        """
+        a = self.check_batch(a, "a")
+        b = self.check_batch(b, "b")
+        if a.shape[0] != b.shape[0]:
+            raise ValueError(f"a and b must have the same batch size, got {a.shape[0]} and {b.shape[0]}")
+        if a.shape[0] == 0:
+            return torch.empty(0, dtype=torch.float32)
+        return torch.cat([aligned_scores(fa, [fb]) for fa, fb in self._pairs(a, b)]).float().cpu()
+
+    @torch.inference_mode()
+    def distance_map(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Where A disagrees with B: 1 - per-token agreement of the aligned attention, (B, side, side) float32.
+
+        Token t of A is 0 where A's query at t finds in B what it finds in A, up to 2 where it finds the opposite.
+        """
+        a = self.check_batch(a, "a")
+        b = self.check_batch(b, "b")
+        maps = []
+        for fa, fb in self._pairs(a, b):
+            agree = token_agreement(fa, fb)
+            side = int(round(agree.numel() ** 0.5))
+            maps.append((1.0 - agree).view(side, side))
+        return torch.stack(maps).float().cpu()
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", opts={self.opts}"
+
+
+def project_qkv(attn: nn.Module, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The query, key and value a diffusers self-attention computes from its input, split into heads.
+
+    Follows the module's own steps (spatial / group norm when it has them, ``to_q``/``to_k``/``to_v``, q/k norms).
+
+    Returns:
+        (q, k, v), each (batch, heads, tokens, head_dim).
+    """
+    h = hidden
+    if getattr(attn, "spatial_norm", None) is not None:
+        raise ValueError("diffsim: attention layers with a spatial norm are not supported")
+    if h.ndim == 4:
+        bsz, c, hh, ww = h.shape
+        h = h.view(bsz, c, hh * ww).transpose(1, 2)
+    if getattr(attn, "group_norm", None) is not None:
+        h = attn.group_norm(h.transpose(1, 2)).transpose(1, 2)
+    bsz = h.shape[0]
+    q, k, v = attn.to_q(h), attn.to_k(h), attn.to_v(h)
+    heads = attn.heads
+    d = k.shape[-1] // heads
+    q, k, v = (t.view(bsz, -1, heads, d).transpose(1, 2) for t in (q, k, v))
+    if getattr(attn, "norm_q", None) is not None:
+        q = attn.norm_q(q)
+    if getattr(attn, "norm_k", None) is not None:
+        k = attn.norm_k(k)
+    return q, k, v
+
+
+def sd15_weight_files() -> tuple[WeightFile, ...]:
+    """The SD 1.5 files, each from the Hugging Face mirror, cached under ``$LOOKALIKE_HOME/diffsim/sd15``."""
+    return tuple(WeightFile(path=p, url=f"{_HF}/{p}", cache_subdir="diffsim/stable-diffusion-v1-5")
+                 for p in SD15_FILES)
+
+
+register_metric(MetricCfg(
+    name="diffsim",
+    builder="diffsim",
+    kind="pairwise",
+    lower_is_better=False,
+    family="diffusion",
+    unit="DiffSim",
+    description=("DiffSim (Song et al.): aligned self-attention score of a Stable Diffusion 1.5 UNet (up_blocks[1], "
+                 "one noised timestep); in [-1, 1], higher = more similar, 1 for identical images; pairwise only "
+                 "(re-ranks search results); weights: the diffusers folder of " + SD15_REPO),
+    preprocess=PreprocessCfg(size=512, interpolation="lanczos"),
+    extra_files=sd15_weight_files(),
+), overwrite=True)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not a readable JSON file ({e}); is the Stable Diffusion folder complete?") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} does not hold a JSON object; is it a diffusers config?")
+    return data
+
+
+def _load_components(paths: dict[str, Path], dtype: torch.dtype, device: torch.device) -> dict[str, Any]:
+    import diffusers
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    sched_cfg = _read_json(paths["scheduler/scheduler_config.json"])
+    cls_name = sched_cfg.get("_class_name")
+    if cls_name not in _SCHEDULERS:
+        raise ValueError(f"{paths['scheduler/scheduler_config.json']}: scheduler {cls_name!r} is not one of "
+                         f"{_SCHEDULERS}")
+    index = _read_json(paths["model_index.json"])
+    if "unet" not in index or "vae" not in index:
+        raise ValueError(f"{paths['model_index.json']} does not describe a Stable Diffusion pipeline (no unet/vae)")
+    folder = {name: paths[f"{name}/config.json"].parent for name in ("unet", "vae", "text_encoder")}
+    kw: dict[str, Any] = {"local_files_only": True}
+    try:
+        scheduler = getattr(diffusers, cls_name).from_config(sched_cfg)
+        unet = diffusers.UNet2DConditionModel.from_pretrained(folder["unet"], torch_dtype=dtype, **kw)
+        vae = diffusers.AutoencoderKL.from_pretrained(folder["vae"], torch_dtype=dtype, **kw)
+        text_encoder = CLIPTextModel.from_pretrained(folder["text_encoder"], torch_dtype=dtype, **kw)
+        tokenizer = CLIPTokenizer.from_pretrained(paths["tokenizer/vocab.json"].parent, **kw)
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        raise ValueError(f"the Stable Diffusion folder {paths['model_index.json'].parent} could not be loaded: "
+                         f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+    for m in (unet, vae, text_encoder):
+        m.eval().requires_grad_(False).to(device)
+    return {"unet": unet, "vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer, "scheduler": scheduler}
+
+
+@register_builder("diffsim")
+def build_diffsim(cfg: MetricCfg, *, device: torch.device, dtype: torch.dtype, weights: str | Path | None,
+                  **options: Any) -> Metric:
+    """DiffSim from a diffusers SD 1.5 folder (``weights``, else ``$LOOKALIKE_HOME/diffsim/...``, else download).
+
+    ``options`` are :class:`DiffSimOptions` fields. Weights run in ``dtype`` on accelerators (fp16 / bf16); on the
+    CPU they stay fp32 (reduced precision there is autocast).
+
+    Raises:
+        WeightsNotFound: files of the folder are missing (the message lists them and their URLs).
+        ValueError: a bad option, or a folder that is not a Stable Diffusion pipeline.
+    """
+    opts = DiffSimOptions.from_mapping({**cfg.options, **options})
+    cfg = cfg.replace(preprocess=dataclasses.replace(cfg.preprocess, size=opts.image_size),
+                      options=dataclasses.asdict(opts))
+    paths = resolve_files(cfg.name, cfg.extra_files, weights)
+    weight_dtype = dtype if device.type != "cpu" else torch.float32
+    parts = _load_components(paths, weight_dtype, device)
+    # Every option that changes a value is part of the fingerprint (cache_images does not).
+    tag = json.dumps({k: v for k, v in dataclasses.asdict(opts).items() if k != "cache_images"}, sort_keys=True)
+    fingerprint = compute_fingerprint(cfg.replace(name=f"{cfg.name}:{tag}"), paths)
+    fingerprint = f"{cfg.name}-{fingerprint.rsplit('-', 1)[-1]}"
+    return DiffSimMetric(cfg, device=device, dtype=dtype, fingerprint=fingerprint, opts=opts, **parts)
+
+
+build_diffsim.option_type = DiffSimOptions  # type: ignore[attr-defined]
