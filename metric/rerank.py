@@ -28,8 +28,13 @@ class FeaturePairwise:
 
     ``pair_features(x)`` maps a preprocessed batch to one opaque feature object per image (the metric may cache
     them); ``pair_scores(fa, fbs)`` gives the metric's value of image ``fa`` against each of ``fbs`` in the same
-    unit and direction as ``distance``.
+    unit and direction as ``distance``. ``features_cacheable`` is False when a metric's per-image work depends on
+    the pair after all (DiffSim with reference noise); such a metric is scored with ``distance``.
     """
+
+    @property
+    def features_cacheable(self) -> bool:
+        return True
 
     def pair_features(self, x: torch.Tensor) -> list[Any]:
         raise NotImplementedError
@@ -80,7 +85,7 @@ def score_candidates(metric: Metric, query: torch.Tensor, candidates: torch.Tens
     n = candidates.shape[0]
     if n == 0:
         return torch.empty(0, dtype=torch.float32)
-    if isinstance(metric, FeaturePairwise):
+    if isinstance(metric, FeaturePairwise) and metric.features_cacheable:
         fq = metric.pair_features(q)[0]
         return metric.pair_scores(fq, metric.pair_features(candidates)).float().cpu()
     return metric.distance(q.expand(n, -1, -1, -1), candidates).float().cpu()
