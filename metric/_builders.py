@@ -11,6 +11,7 @@ from torch import nn
 import lookalike.metric._readers  # noqa: F401  (registers the state-dict readers)
 import lookalike.metric.backbones  # noqa: F401  (registers the backbones)
 import lookalike.metric.baselines  # noqa: F401  (registers the pixel and LPIPS builders)
+import lookalike.metric.classical  # noqa: F401  (registers DISTS, L1, MS-SSIM)
 import lookalike.metric.diffsim  # noqa: F401  (registers DiffSim: metric and builder)
 import lookalike.metric.unisim  # noqa: F401  (registers the open_clip builder for UniSim)
 from lookalike.metric._base import Metric, center_l2, compute_fingerprint

@@ -483,8 +483,12 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _load_components(paths: dict[str, Path], dtype: torch.dtype, device: torch.device) -> dict[str, Any]:
-    import diffusers
-    from transformers import CLIPTextModel, CLIPTokenizer
+    try:
+        import diffusers
+        from transformers import CLIPTextModel, CLIPTokenizer
+    except ImportError as e:
+        raise ImportError(f"diffsim needs diffusers and transformers ({e}); install them with: "
+                          f"pip install 'lookalike[diffsim]'") from e
 
     sched_cfg = _read_json(paths["scheduler/scheduler_config.json"])
     cls_name = sched_cfg.get("_class_name")

@@ -8,12 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from sd_tiny import write_tiny_sd
 
 from lookalike.data.images import open_image
 from lookalike.indexer import build_index, search
 from lookalike.metric import WeightsNotFound, load_metric
 from lookalike.metric.diffsim import project_qkv, target_attention
-from sd_tiny import write_tiny_sd
+
+pytest.importorskip("diffusers", reason="diffusers (test / diffsim extra) not installed")
+pytest.importorskip("transformers", reason="transformers (test / diffsim extra) not installed")
 
 PHOTOS = Path(__file__).parent / "fixtures" / "photos"
 SIZE = 128  # latents 16 x 16; up_blocks[1] sees 4 x 4 tokens
