@@ -19,9 +19,12 @@ _COMPARE_EPILOG = """examples:
   lookalike compare a.jpg b.jpg --metric efficientnet_lite0 --metric psnr
   lookalike compare a.jpg b.jpg --all                      every metric that can run here
   lookalike compare a.jpg b.jpg --all --json
+  lookalike compare a.jpg b.jpg -m lpips_vgg --map where.png   heat map of where A differs, drawn over A
+  lookalike compare a.jpg b.jpg -m diffsim --weights ~/models/stable-diffusion-v1-5
 
 Each row says its direction: for distances lower = more similar; PSNR and SSIM are similarities
-(higher = more similar). Metrics whose weights are not present are listed with the command that fetches them.
+(higher = more similar), and so is DiffSim. With --all, metrics whose weights are not present are listed on one
+line with the command that fetches them.
 """
 
 
@@ -43,6 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="cuda, mps or cpu (default: best available)")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="precision (default fp32)")
     p.add_argument("--weights", metavar="DIR", help="folder searched first for weight files")
+    p.add_argument("--map", metavar="PNG", help="write a heat map of where A differs from B, drawn over A (one "
+                   "metric with a map: lpips_*, diffsim, DreamSim patch variants, single-branch ViT backbones)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run_compare)
 
@@ -135,24 +140,43 @@ def _print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
 def run_compare(args: argparse.Namespace) -> int:
     from lookalike.data.images import open_image
     from lookalike.metric import load_metric
-    from lookalike.metric.compare import STATUS_OK, compare_all, list_compare_metrics
+    from lookalike.metric.compare import STATUS_OK, STATUS_UNAVAILABLE, compare_all, list_compare_metrics
 
     if args.all and args.metric:
         raise ValueError("give either --all or --metric NAME, not both")
     names = list_compare_metrics() if args.all else (args.metric or ["dreamsim"])
+    if args.map and len(names) != 1:
+        raise ValueError(f"--map draws one metric's map; give exactly one --metric NAME (got {len(names)} metrics)")
     img_a, img_b = open_image(Path(args.a)), open_image(Path(args.b))
+    loaded: dict[str, object] = {}
 
     def load(name: str):
-        return load_metric(name, device=args.device, dtype=args.dtype, weights=args.weights)
+        if name not in loaded:
+            loaded[name] = load_metric(name, device=args.device, dtype=args.dtype, weights=args.weights)
+        return loaded[name]
 
     # Named metrics may download their weights (with a progress bar); --all only uses what is on disk.
     rows = compare_all(img_a, img_b, metrics=names, load=load, weights=args.weights, download=not args.all)
     if args.json:
         print(json.dumps({"a": args.a, "b": args.b, "rows": [r.as_dict() for r in rows]}, indent=2))
     else:
+        shown = [r for r in rows if not (args.all and r.status == STATUS_UNAVAILABLE)]
         table = [(r.metric, "-" if r.value is None else f"{r.value:.4f}", r.unit, r.direction, r.reason)
-                 for r in rows]
-        _print_table(("metric", "value", "unit", "direction", "note"), table)
+                 for r in shown]
+        if table:
+            _print_table(("metric", "value", "unit", "direction", "note"), table)
+        missing = [r.metric for r in rows if args.all and r.status == STATUS_UNAVAILABLE]
+        if missing:
+            print(f"not run, weights not present ({len(missing)}): {', '.join(missing)}; fetch with: "
+                  f"lookalike weights download NAME")
+    if args.map and rows and rows[0].status == STATUS_OK:
+        from lookalike.metric.maps import pair_distance_map, save_heatmap
+
+        dmap = pair_distance_map(load(names[0]), img_a, img_b)  # type: ignore[arg-type]
+        save_heatmap(args.map, img_a, dmap)
+        if not args.json:
+            print(f"map of {names[0]} ({dmap.values.shape[0]}x{dmap.values.shape[1]}, {dmap.lo:.3g} dark to "
+                  f"{dmap.hi:.3g} bright) over {args.a} written to {args.map}")
     if not any(r.status == STATUS_OK for r in rows):
         why = "; ".join(f"{r.metric}: {r.reason}" for r in rows[:3])
         print(f"error: no metric could run here ({why})", file=sys.stderr)

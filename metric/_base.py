@@ -172,6 +172,20 @@ class Metric(nn.Module):
             raise ValueError(f"a and b must have the same batch size, got {a.shape[0]} and {b.shape[0]}")
         return self.distance_embeddings(self.embed(a), self.embed(b)).float().cpu()
 
+    @property
+    def has_distance_map(self) -> bool:
+        """True when ``distance_map`` can say where two images differ (LPIPS, single-branch ViTs, DiffSim)."""
+        return type(self).distance_map is not Metric.distance_map
+
+    def distance_map(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Where A differs from B: (B, h, w) float32 on the CPU, higher = more different, on A's grid.
+
+        Raises:
+            TypeError: this metric has no spatial map (``has_distance_map`` is False).
+        """
+        raise TypeError(f"metric {self.name!r} cannot say where two images differ (no distance map); maps exist for "
+                        f"LPIPS, DiffSim, DreamSim patch variants and single-branch ViT backbones")
+
     def extra_repr(self) -> str:
         return f"name={self.name!r}, kind={self.kind!r}, dim={self.dim}, device={self.device}, dtype={self.dtype}"
 

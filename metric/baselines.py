@@ -205,6 +205,16 @@ class LpipsNet(nn.Module):
                 out.append(_unit_channels(x))
         return out
 
+    def spatial(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """LPIPS's spatial map: each tap's weighted squared difference, upsampled bilinearly to the input size and
+        summed over taps → (B, H, W); its mean is close to (not exactly) the distance."""
+        size = a.shape[-2:]
+        total = torch.zeros(a.shape[0], 1, *size, dtype=torch.float32, device=a.device)
+        for lin, fa, fb in zip(self.lins, self.features(a), self.features(b), strict=True):
+            m = lin((fa - fb).square())
+            total = total + nn.functional.interpolate(m, size=size, mode="bilinear", align_corners=False)
+        return total[:, 0]
+
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) and (B, 3, H, W) in [0, 1] → (B,) LPIPS distance, >= 0, higher means more different."""
         total = torch.zeros(a.shape[0], 1, 1, 1, dtype=torch.float32, device=a.device)
@@ -222,6 +232,12 @@ class LpipsMetric(PairwiseMetric):
 
     def compare(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return self.net(a, b)
+
+    @torch.inference_mode()
+    def distance_map(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """LPIPS's spatial map (``spatial=True`` in the reference package): (B, S, S), higher = more different."""
+        a, b = self.check_pair(a, b)
+        return self.net.spatial(a, b).float().cpu()
 
 
 # cfg.options["trunk"] → name of the torchvision constructor whose ``features`` is the LPIPS trunk

@@ -94,3 +94,32 @@ class PerceptualMetric(Metric):
                 feats = torch.cat([tok[:, 0], tok[:, 1:].mean(dim=1)], dim=-1)
                 return center_l2(feats, center=False)
             return center_l2(feats, center=self.center)
+
+    @property
+    def has_distance_map(self) -> bool:
+        return len(self.net.extractor_list) == 1  # one token grid; ensembles mix grids of different patch sizes
+
+    @torch.inference_mode()
+    def distance_map(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Per-patch cosine distance of the last block's patch tokens: (B, grid, grid), in [0, 2].
+
+        Tokens are centred (where the metric centres) and L2-normalized one by one, as the patch models' embedding
+        is. Single-branch metrics only (DreamSim patch variants, single-branch DreamSim, raw ViT backbones).
+
+        Raises:
+            TypeError: an ensemble of several branches (their token grids differ).
+        """
+        if not self.has_distance_map:
+            raise TypeError(f"metric {self.name!r} is an ensemble of {len(self.net.extractor_list)} ViTs with "
+                            f"different token grids; use one of its single-branch metrics for a map")
+        a, b = self.check_batch(a, "a"), self.check_batch(b, "b")
+        if a.shape[0] != b.shape[0]:
+            raise ValueError(f"a and b must have the same batch size, got {a.shape[0]} and {b.shape[0]}")
+        ext = self.net.extractor_list[0]
+        with self._precision():
+            ta, tb = (ext.model.forward_tokens(((x - ext.mean) / ext.std).to(ext.model.patch_embed.proj.weight.dtype))
+                      for x in (a, b))
+        ta, tb = center_l2(ta[:, 1:], center=self.center), center_l2(tb[:, 1:], center=self.center)
+        dist = 1.0 - (ta * tb).sum(dim=-1)
+        p = ext.model.cfg.patch_size
+        return dist.view(a.shape[0], a.shape[-2] // p, a.shape[-1] // p).float().cpu()
