@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import streamlit as st
+from PIL import Image
 
 from lookalike.app import resources, widgets
 from lookalike.app.views import AppSettings, index_state, load_settings, neighbour_overlap
 from lookalike.indexer import search
 from lookalike.metric.compare import STATUS_OK, compare_all, list_compare_metrics, missing_weights_reason
+from lookalike.metric.maps import overlay_heatmap, pair_distance_map
 
 
 def neighbours_ui(settings: AppSettings, metrics: list[str], picked: widgets.PickedImage) -> None:
@@ -39,10 +41,25 @@ def neighbours_ui(settings: AppSettings, metrics: list[str], picked: widgets.Pic
     st.table(neighbour_overlap(columns))
 
 
+def distance_map_ui(metrics: list[str], img_a: Image.Image, img_b: Image.Image) -> None:
+    """Where A differs from B under one metric: its distance map as a heat map over image A."""
+    name = st.selectbox("Where A differs from B", metrics, key="cmp_map_metric",
+                        help="metrics that can say where: LPIPS, DiffSim, DreamSim patch variants, single-branch ViTs")
+    try:
+        dmap = pair_distance_map(resources.get_metric(name), img_a, img_b)
+    except (TypeError, ValueError, RuntimeError) as e:
+        widgets.error_ui(e, f"map of {name}")
+        return
+    st.image(overlay_heatmap(img_a, dmap), width="stretch",
+             caption=f"{name}: dark = alike, bright = different ({dmap.lo:.3g} to {dmap.hi:.3g}, "
+                     f"{dmap.values.shape[0]}x{dmap.values.shape[1]} grid)")
+
+
 def main() -> None:
     settings = load_settings()
     st.title("Compare metrics")
-    st.caption("Two images under every registered metric; each row says which direction means more similar.")
+    st.caption("Two images under every registered metric (DiffSim and DISTS included when their weights are present); "
+               "each row says which direction means more similar, and metrics that can say where show a heat map.")
     metrics = widgets.indexed_metrics(settings)
     index = resources.get_fresh_index(settings.index_dir, metrics[0]) if metrics else None
     if index_state(settings.index_dir) != "ok":
@@ -68,9 +85,14 @@ def main() -> None:
             wanted = [n for n in names if n in chosen or n not in runnable]
             rows = compare_all(img_a, img_b, metrics=wanted, load=resources.get_metric)
         ok = [r for r in rows if r.status == STATUS_OK and r.metric in chosen]
-        with st.container(key="compare-table"):
+        mappable = [r.metric for r in ok if resources.get_metric(r.metric).has_distance_map]
+        col_table, col_map = st.columns([3, 2]) if mappable else (st.container(), None)
+        with col_table, st.container(key="compare-table"):
             st.table([{"metric": r.metric, "value": round(r.value, 4), "unit": r.unit, "direction": r.direction,
                        "kind": r.kind} for r in ok])
+        if col_map is not None:
+            with col_map:
+                distance_map_ui(mappable, img_a, img_b)
         skipped = [r for r in rows if r.status != STATUS_OK]
         if skipped:
             with st.expander(f"{len(skipped)} metrics cannot run here", expanded=not ok):

@@ -1,0 +1,60 @@
+"""The app's Compare page draws a metric's distance map beside the table (LPIPS files the test writes)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+from lookalike.app.settings import ENV_INDEX
+
+st_testing = pytest.importorskip("streamlit.testing.v1")
+APP = Path(__file__).resolve().parents[1] / "app" / "streamlit_app.py"
+PHOTOS = Path(__file__).parent / "fixtures" / "photos"
+
+
+def _write_random_lpips_alex(folder: Path) -> None:
+    """Random AlexNet (torchvision file format) + random LPIPS linear layers (official alex.pth keys)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    torch.save(torchvision.models.alexnet(weights=None).state_dict(), folder / "alexnet-owt-7be5be79.pth")
+    widths = (64, 192, 384, 256, 256)
+    torch.save({f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1) for i, c in enumerate(widths)}, folder / "alex.pth")
+
+
+def test_compare_shows_a_heat_map_beside_the_table(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import streamlit as st
+
+    from lookalike.indexer import build_index
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("LOOKALIKE_HOME", str(home))
+    _write_random_lpips_alex(home / "lpips")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    names = [p.name for p in sorted(PHOTOS.glob("*.jpg"))[:3]]
+    for n in names:
+        shutil.copy(PHOTOS / n, photos / n)
+    build_index(photos, tmp_path / "index", metric="efficientnet_lite0", workers=0, progress=False)
+    st.cache_resource.clear()
+    monkeypatch.setenv(ENV_INDEX, str(tmp_path / "index"))
+    at = st_testing.AppTest.from_file(str(APP), default_timeout=180).run()
+    at.switch_page("app_pages/compare.py").run()
+    at.multiselect(key="cmp_metrics").set_value(["efficientnet_lite0", "lpips_alex", "ssim"]).run()
+    for side, name in (("cmp_a", names[0]), ("cmp_b", names[1])):
+        at.radio(key=f"{side}_source").set_value("Pick an indexed image").run()
+        at.selectbox(key=f"{side}_path").set_value(name).run()
+    assert not at.exception, [e.message for e in at.exception]
+    table = at.table[0].value.set_index("metric")
+    assert {"efficientnet_lite0", "lpips_alex", "ssim"} <= set(table.index)
+    choice = at.selectbox(key="cmp_map_metric")
+    assert choice.options == ["lpips_alex"]  # the one chosen metric that can say where
+    captions = [str(img.proto) for img in at.get("image")]
+    assert len(captions) == 3  # A, B and the map
+    assert re.search(r'caption: "lpips_alex: dark = alike, bright = different \(0 to [0-9.]+, 256x256 grid\)"',
+                     captions[2])
+    st.cache_resource.clear()
