@@ -205,7 +205,9 @@ def hit_grid_ui(index: ImageIndex, hits: list[Hit], *, columns: int = 4, key: st
         for col, (rank, hit) in zip(cols, enumerate(hits[start:start + columns], start=start + 1), strict=False):
             with col, st.container(border=True, key=f"{key}-{rank}"):
                 catalog_image_ui(index, hit.path)
-                st.markdown(f"**#{rank}** &nbsp; `{hit.distance:.4f}`  \n{hit.relpath or hit.path}")
+                value = (f"`{hit.distance:.4f}`" if hit.score == hit.distance else  # re-ranked: its score first
+                         f"`{hit.score:.4f}` {hit.scored_by} &nbsp; `{hit.distance:.4f}`")
+                st.markdown(f"**#{rank}** &nbsp; {value}  \n{hit.relpath or hit.path}")
                 if on_pick is not None:
                     st.button("Search with this", key=f"{key}-pick-{rank}", on_click=on_pick,
                               args=(hit.relpath or hit.path,))

@@ -58,3 +58,32 @@ def test_compare_shows_a_heat_map_beside_the_table(monkeypatch: pytest.MonkeyPat
     assert re.search(r'caption: "lpips_alex: dark = alike, bright = different \(0 to [0-9.]+, 256x256 grid\)"',
                      captions[2])
     st.cache_resource.clear()
+
+
+def test_search_page_rerank(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import streamlit as st
+
+    from lookalike.indexer import build_index, search
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    names = [p.name for p in sorted(PHOTOS.glob("*.jpg"))[:5]]
+    for n in names:
+        shutil.copy(PHOTOS / n, photos / n)
+    build_index(photos, tmp_path / "index", metric="efficientnet_lite0", workers=0, progress=False)
+    st.cache_resource.clear()
+    monkeypatch.setenv(ENV_INDEX, str(tmp_path / "index"))
+    at = st_testing.AppTest.from_file(str(APP), default_timeout=180).run()
+    at.switch_page("app_pages/search.py").run()
+    assert {"(none)", "ssim", "psnr", "l1"} <= set(at.selectbox(key="search_rerank").options)
+    assert "diffsim" not in at.selectbox(key="search_rerank").options  # no SD 1.5 folder here
+    at.selectbox(key="search_rerank").set_value("ssim").run()
+    at.query_params["q"] = names[1]
+    at.run()
+    assert not at.exception, [e.message for e in at.exception]
+    assert any("re-ranked by ssim (higher = more similar)" in h.value for h in at.subheader)
+    hits = [m.value for m in at.markdown if m.value.startswith("**#")]
+    want = search(tmp_path / "index", photos / names[1], k=len(hits), rerank="ssim", rerank_k=50)
+    assert [h.split("\n")[-1] for h in hits] == [h.relpath for h in want]
+    assert " ssim " in hits[0] and hits[0].endswith(names[1])
+    st.cache_resource.clear()
