@@ -182,3 +182,45 @@ def test_not_a_pipeline_folder_is_a_clear_error(sd_dir: Path, tmp_path: Path) ->
     (bad / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"garbage")
     with pytest.raises(ValueError, match="could not be loaded"):
         load_metric("diffsim", weights=bad, device="cpu", image_size=SIZE)
+
+
+def test_eval_2afc_and_compare_cli(sd_dir: Path, tmp_path: Path, capsys) -> None:
+    import json
+
+    from lookalike.app.cli import main
+
+    photos = [str(p) for p in sorted(PHOTOS.glob("*.jpg"))[:4]]
+    csv = tmp_path / "triplets.csv"
+    csv.write_text("ref,left,right,p\n" + f"{photos[0]},{photos[0]},{photos[1]},0.0\n"
+                   + f"{photos[2]},{photos[3]},{photos[2]},1.0\n")
+    assert main(["eval", "2afc", "--dataset", "triplets", "--root", str(csv), "--metric", "diffsim",
+                 "--weights", str(sd_dir), "--device", "cpu", "--json", "--bootstrap", "10"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    text = json.dumps(out)
+    assert "diffsim" in text
+    # each triplet has the reference itself on the side people chose: DiffSim (1.0 for identical) agrees
+    scores = [v for v in _find(out, "score")]
+    assert scores and all(s == pytest.approx(1.0) for s in scores)
+    assert main(["compare", photos[0], photos[1], "-m", "diffsim", "--weights", str(sd_dir), "--device", "cpu",
+                 "--map", str(tmp_path / "m.png")]) == 0
+    text = capsys.readouterr().out
+    assert "higher = more similar" in text and (tmp_path / "m.png").is_file()
+
+
+def _find(obj, key: str):
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if k == key and isinstance(v, (int, float)):
+                yield v
+            else:
+                yield from _find(v, key)
+    elif isinstance(obj, list):
+        for v in obj:
+            yield from _find(v, key)
+
+
+def test_reduced_precision_on_the_cpu_is_autocast(sd_dir: Path, images) -> None:
+    m = load_metric("diffsim", weights=sd_dir, device="cpu", dtype="bf16", image_size=SIZE)
+    assert m.model_dtype == torch.float32 and m.autocast  # weights stay fp32 on the CPU
+    d = m.distance(images[:2], images[[0, 2]])
+    assert d[0] == pytest.approx(1.0, abs=1e-3) and d.dtype == torch.float32
