@@ -8,7 +8,7 @@ from PIL import Image
 from lookalike.app import resources, widgets
 from lookalike.app.views import AppSettings, index_state, load_settings, neighbour_overlap
 from lookalike.indexer import search
-from lookalike.metric.compare import STATUS_OK, compare_all, list_compare_metrics, missing_weights_reason
+from lookalike.judge.compare import STATUS_OK, compare_all, list_compare_metrics, missing_weights_reason
 from lookalike.metric.maps import overlay_heatmap, pair_distance_map
 
 
