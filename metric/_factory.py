@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from lookalike.metric._base import Metric, get_device, get_dtype
-from lookalike.metric._registry import get_builder, get_metric_cfg
+from lookalike.metric._registry import get_builder, get_metric_cfg, with_options
 
 _logger = logging.getLogger(__name__)
 
@@ -32,8 +32,8 @@ def load_metric(
         weights: a folder holding the metric's weight files (e.g. an existing dreamsim cache folder, or an adapter
             folder written by ``lookalike train``). Files not found there are looked up in ``$LOOKALIKE_HOME``
             (default ``~/.cache/lookalike``).
-        **options: metric options, for the metrics that take any (e.g. ``load_metric("diffsim", target_step=900,
-            prompt="An image of a dog")``); each metric validates its own, and a metric that takes none refuses them.
+        **options: overrides of the builder's options for this load (e.g. ``center=False`` for the perceptual
+            metrics); a name the builder does not have is an error.
 
     Returns:
         A Metric. ``distance(a, b)`` is higher for more different images when ``lower_is_better`` is True.
@@ -42,17 +42,13 @@ def load_metric(
         KeyError: unknown name (the message suggests close matches).
         WeightsNotFound: weight files missing; the message lists them, their URLs and the download command.
         ValueError: a weight file that does not fit the model, or a bad device / dtype.
+        ConfigError: an option the metric's builder does not have.
     """
     cfg = get_metric_cfg(name)
+    if options:
+        cfg = with_options(cfg, options)
     dev = get_device(device)
     dt = get_dtype(dtype)
-    builder = get_builder(cfg.builder)
-    if options:
-        option_type = getattr(builder, "option_type", None)
-        if option_type is None:
-            raise ValueError(f"metric {name!r} takes no options, got {sorted(options)}")
-        metric = builder(cfg, device=dev, dtype=dt, weights=weights, **options)
-    else:
-        metric = builder(cfg, device=dev, dtype=dt, weights=weights)
+    metric = get_builder(cfg.builder)(cfg, device=dev, dtype=dt, weights=weights)
     _logger.info("loaded metric %s on %s (%s), fingerprint %s", name, dev, dt, metric.fingerprint)
     return metric

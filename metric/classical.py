@@ -24,23 +24,20 @@ from torch import nn
 
 from lookalike.metric._base import Metric, compute_fingerprint
 from lookalike.metric._hub import resolve_files
-from lookalike.metric._pretrained import IMAGENET_MEAN, IMAGENET_STD, MetricCfg, PreprocessCfg, WeightFile
+from lookalike.metric._pretrained import IMAGENET_MEAN, IMAGENET_STD, MetricCfg, PreprocessCfg
 from lookalike.metric._registry import register_builder, register_metric
 from lookalike.metric.baselines import (
     _PIXEL_MEASURES,
     PairwiseMetric,
+    PixelOptions,
     _check_direction,
     _empty_trunk,
     _fp32_only,
     read_torchvision_features,
 )
+from lookalike.metric.releases import release_file
 
 _logger = logging.getLogger(__name__)
-
-DISTS_URL = "https://github.com/dingkeyan93/DISTS/raw/master/DISTS_pytorch/weights.pt"
-DISTS_SHA256 = "f5e65c96230b7f6ca995691647d482237e4cab8a50c5c4a5784f219ef0748218"  # as installed by DISTS-pytorch 0.1
-DISTS_SIZE = 12288
-VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
 
 #: VGG16 ``features`` indices: the max-pools DISTS replaces with L2 pooling, and the last layer of each stage.
 _VGG_POOLS = (4, 9, 16, 23)
@@ -181,19 +178,15 @@ register_metric(MetricCfg(
     name="l1", builder="pixel", kind="pairwise", lower_is_better=True, family="baseline", unit="MAE",
     description=f"mean absolute error on RGB pixels in [0, 1]; in [0, 1], lower = more similar, 0 for identical "
                 f"images; pairwise only; {_SQUASH}",
-    preprocess=PreprocessCfg(size=256), options={"measure": "mae"}), overwrite=True)
+    preprocess=PreprocessCfg(size=256), options=PixelOptions(measure="mae")), overwrite=True)
 register_metric(MetricCfg(
     name="ms_ssim", builder="pixel", kind="pairwise", lower_is_better=False, family="baseline", unit="MS-SSIM",
     description=f"multi-scale SSIM (5 scales, Gaussian window 11, sigma 1.5; torchmetrics) on RGB pixels in [0, 1]; "
                 f"higher = more similar, 1 for identical images; pairwise only; {_SQUASH}",
-    preprocess=PreprocessCfg(size=256), options={"measure": "ms_ssim"}), overwrite=True)
+    preprocess=PreprocessCfg(size=256), options=PixelOptions(measure="ms_ssim")), overwrite=True)
 register_metric(MetricCfg(
     name="dists", builder="dists", kind="pairwise", lower_is_better=True, family="baseline", unit="DISTS",
     description=f"DISTS (Ding et al. 2020): structure and texture similarity of VGG16 features with learned "
                 f"weights; >= 0, lower = more similar, 0 for identical images; pairwise only; {_SQUASH}",
     preprocess=PreprocessCfg(size=256),
-    extra_files=(
-        WeightFile(path="vgg16-397923af.pth", url=VGG16_URL, cache_subdir="lpips"),
-        WeightFile(path="weights.pt", url=DISTS_URL, sha256=DISTS_SHA256, size=DISTS_SIZE,
-                   cache_subdir="dists"),
-    )), overwrite=True)
+    extra_files=(release_file("vgg16-397923af.pth"), release_file("weights.pt"))), overwrite=True)

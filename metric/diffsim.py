@@ -45,32 +45,12 @@ from torch import nn
 
 from lookalike.metric._base import Metric, compute_fingerprint
 from lookalike.metric._hub import resolve_files
-from lookalike.metric._pretrained import MetricCfg, PreprocessCfg, WeightFile
+from lookalike.metric._pretrained import MetricCfg, PreprocessCfg
 from lookalike.metric._registry import register_builder, register_metric
+from lookalike.metric.releases import SD15_FILES, SD15_REPO, release_file
 from lookalike.metric.rerank import FeaturePairwise
 
 _logger = logging.getLogger(__name__)
-
-#: The maintained Hugging Face mirror of Stable Diffusion 1.5 (the runwayml repo is gone).
-SD15_REPO = "sd-legacy/stable-diffusion-v1-5"
-SD15_REVISION = "main"
-_HF = f"https://huggingface.co/{SD15_REPO}/resolve/{SD15_REVISION}"
-
-#: The files of a diffusers SD 1.5 folder DiffSim reads (no safety checker, no feature extractor).
-SD15_FILES = (
-    "model_index.json",
-    "scheduler/scheduler_config.json",
-    "text_encoder/config.json",
-    "text_encoder/model.safetensors",
-    "tokenizer/merges.txt",
-    "tokenizer/special_tokens_map.json",
-    "tokenizer/tokenizer_config.json",
-    "tokenizer/vocab.json",
-    "unet/config.json",
-    "unet/diffusion_pytorch_model.safetensors",
-    "vae/config.json",
-    "vae/diffusion_pytorch_model.safetensors",
-)
 
 #: Timestep presets of the paper's scripts (index into the 1000 scheduler timesteps).
 TARGET_STEP_PRESETS = {"nights": 500, "cute": 600, "dreambench": 750, "ip": 750, "sref": 900, "instantstyle": 900,
@@ -124,15 +104,6 @@ class DiffSimOptions:
         if self.cache_images < 0:
             raise ValueError(f"diffsim cache_images must be >= 0, got {self.cache_images}")
         _parse_block(self.target_block)
-
-    @classmethod
-    def from_mapping(cls, options: dict[str, Any]) -> DiffSimOptions:
-        """Build from keyword options; an unknown key is a ValueError naming the valid ones."""
-        valid = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(options) - set(valid))
-        if unknown:
-            raise ValueError(f"unknown diffsim option(s) {unknown}; valid options: {valid}")
-        return cls(**options)
 
 
 def _parse_block(spec: str) -> tuple[str, int | None]:
@@ -451,25 +422,6 @@ def project_qkv(attn: nn.Module, hidden: torch.Tensor) -> tuple[torch.Tensor, to
     return q, k, v
 
 
-def sd15_weight_files() -> tuple[WeightFile, ...]:
-    """The SD 1.5 files, each from the Hugging Face mirror, cached under ``$LOOKALIKE_HOME/diffsim/sd15``."""
-    return tuple(WeightFile(path=p, url=f"{_HF}/{p}", cache_subdir="diffsim/stable-diffusion-v1-5")
-                 for p in SD15_FILES)
-
-
-register_metric(MetricCfg(
-    name="diffsim",
-    builder="diffsim",
-    kind="pairwise",
-    lower_is_better=False,
-    family="diffusion",
-    unit="DiffSim",
-    description=("DiffSim (Song et al.): aligned self-attention score of a Stable Diffusion 1.5 UNet (up_blocks[1], "
-                 "one noised timestep); in [-1, 1], higher = more similar, 1 for identical images; pairwise only "
-                 "(re-ranks search results); weights: the diffusers folder of " + SD15_REPO),
-    preprocess=PreprocessCfg(size=512, interpolation="lanczos"),
-    extra_files=sd15_weight_files(),
-), overwrite=True)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -514,21 +466,19 @@ def _load_components(paths: dict[str, Path], dtype: torch.dtype, device: torch.d
     return {"unet": unet, "vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer, "scheduler": scheduler}
 
 
-@register_builder("diffsim")
-def build_diffsim(cfg: MetricCfg, *, device: torch.device, dtype: torch.dtype, weights: str | Path | None,
-                  **options: Any) -> Metric:
+@register_builder("diffsim", options=DiffSimOptions)
+def build_diffsim(cfg: MetricCfg, *, device: torch.device, dtype: torch.dtype, weights: str | Path | None) -> Metric:
     """DiffSim from a diffusers SD 1.5 folder (``weights``, else ``$LOOKALIKE_HOME/diffsim/...``, else download).
 
-    ``options`` are :class:`DiffSimOptions` fields. Weights run in ``dtype`` on accelerators (fp16 / bf16); on the
-    CPU they stay fp32 (reduced precision there is autocast).
+    ``cfg.options`` is a :class:`DiffSimOptions` (``load_metric`` keyword options override it). Weights run in
+    ``dtype`` on accelerators (fp16 / bf16); on the CPU they stay fp32 (reduced precision there is autocast).
 
     Raises:
         WeightsNotFound: files of the folder are missing (the message lists them and their URLs).
         ValueError: a bad option, or a folder that is not a Stable Diffusion pipeline.
     """
-    opts = DiffSimOptions.from_mapping({**cfg.options, **options})
-    cfg = cfg.replace(preprocess=dataclasses.replace(cfg.preprocess, size=opts.image_size),
-                      options=dataclasses.asdict(opts))
+    opts: DiffSimOptions = cfg.options
+    cfg = cfg.replace(preprocess=dataclasses.replace(cfg.preprocess, size=opts.image_size))
     paths = resolve_files(cfg.name, cfg.extra_files, weights)
     weight_dtype = dtype if device.type != "cpu" else torch.float32
     parts = _load_components(paths, weight_dtype, device)
@@ -539,4 +489,17 @@ def build_diffsim(cfg: MetricCfg, *, device: torch.device, dtype: torch.dtype, w
     return DiffSimMetric(cfg, device=device, dtype=dtype, fingerprint=fingerprint, opts=opts, **parts)
 
 
-build_diffsim.option_type = DiffSimOptions  # type: ignore[attr-defined]
+register_metric(MetricCfg(
+    name="diffsim",
+    builder="diffsim",
+    kind="pairwise",
+    lower_is_better=False,
+    family="diffusion",
+    unit="DiffSim",
+    description=("DiffSim (Song et al.): aligned self-attention score of a Stable Diffusion 1.5 UNet (up_blocks[1], "
+                 "one noised timestep); in [-1, 1], higher = more similar, 1 for identical images; pairwise only "
+                 "(re-ranks search results); weights: the diffusers folder of " + SD15_REPO),
+    preprocess=PreprocessCfg(size=512, interpolation="lanczos"),
+    options=DiffSimOptions(),
+    extra_files=tuple(release_file(p) for p in SD15_FILES),
+), overwrite=True)

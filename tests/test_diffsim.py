@@ -150,7 +150,7 @@ def test_distance_map(diffsim, images) -> None:
 
 
 def test_options_are_validated(sd_dir: Path) -> None:
-    with pytest.raises(ValueError, match="unknown diffsim option.*valid options"):
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['target_stp'\].*valid"):
         load_metric("diffsim", weights=sd_dir, device="cpu", target_stp=5)
     with pytest.raises(ValueError, match="target_step"):
         load_metric("diffsim", weights=sd_dir, device="cpu", target_step=1000)
@@ -158,7 +158,7 @@ def test_options_are_validated(sd_dir: Path) -> None:
         load_metric("diffsim", weights=sd_dir, device="cpu", noise="shared")
     with pytest.raises(ValueError, match="image_size"):
         load_metric("diffsim", weights=sd_dir, device="cpu", image_size=100)
-    with pytest.raises(ValueError, match="takes no options"):
+    with pytest.raises(ValueError, match="unknown option"):
         load_metric("ssim", device="cpu", target_step=3)
 
 

@@ -20,9 +20,21 @@ from lookalike.metric.maps import colorize, overlay_heatmap, pair_distance_map, 
 
 PHOTOS = Path(__file__).parent / "fixtures" / "photos"
 
-register_metric(MetricCfg(name="test_vit_tiny_patch", builder="perceptual", backbones=("test_vit_tiny",), patch=True,
-                          family="test", description="random single-branch patch model; for tests",
-                          options={"seed": 0}), overwrite=True)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def patch_model():  # type: ignore[no-untyped-def]
+    """A random single-branch patch model, registered for this module only (the registry is put back after)."""
+    from lookalike.metric import _registry
+
+    state = _registry.snapshot()
+    register_metric(MetricCfg(name="test_vit_tiny_patch", builder="perceptual", backbones=("test_vit_tiny",),
+                              patch=True, family="test", description="random single-branch patch model; for tests",
+                              options={"seed": 0}))
+    try:
+        yield
+    finally:
+        _registry.restore(state)
 
 
 @pytest.fixture(scope="module")
