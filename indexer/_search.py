@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -51,7 +52,11 @@ class Hit:
             object.__setattr__(self, "score", self.distance)
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """JSON-ready (a non-finite score, e.g. PSNR +inf for an identical image, becomes a string such as "inf")."""
+        d = asdict(self)
+        if d["score"] is not None and not math.isfinite(d["score"]):
+            d["score"] = str(d["score"])
+        return d
 
 
 def embed_images(metric: Metric, images: list[Image.Image]) -> np.ndarray:

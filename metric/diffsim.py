@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lookalike.common.errors import ConfigError, WeightFileError
 from lookalike.metric._base import Metric, compute_fingerprint
 from lookalike.metric._hub import resolve_files
 from lookalike.metric._pretrained import MetricCfg, PreprocessCfg
@@ -91,18 +92,19 @@ class DiffSimOptions:
 
     def __post_init__(self) -> None:
         if not isinstance(self.target_step, int) or not 0 <= self.target_step < _NUM_TIMESTEPS:
-            raise ValueError(f"diffsim target_step must be an int in [0, {_NUM_TIMESTEPS}), got {self.target_step!r}"
-                             f" (paper presets: {TARGET_STEP_PRESETS})")
+            raise ConfigError(f"diffsim target_step must be an int in [0, {_NUM_TIMESTEPS}), got {self.target_step!r}",
+                              hint=f"the paper's presets: {TARGET_STEP_PRESETS}")
         if self.noise not in NOISE_MODES:
-            raise ValueError(f"diffsim noise must be one of {NOISE_MODES}, got {self.noise!r}")
+            raise ConfigError(f"diffsim noise must be one of {NOISE_MODES}, got {self.noise!r}")
         if not isinstance(self.image_size, int) or self.image_size < 64 or self.image_size % 64:
-            raise ValueError(f"diffsim image_size must be a multiple of 64, >= 64; got {self.image_size!r}")
+            raise ConfigError(f"diffsim image_size must be a multiple of 64, >= 64; got {self.image_size!r}",
+                              hint="512 is what Stable Diffusion 1.5 and the paper use")
         if not isinstance(self.prompt, str):
-            raise ValueError(f"diffsim prompt must be a string, got {type(self.prompt).__name__}")
+            raise ConfigError(f"diffsim prompt must be a string, got {type(self.prompt).__name__}")
         if not isinstance(self.seed, int):
-            raise ValueError(f"diffsim seed must be an int, got {self.seed!r}")
-        if self.cache_images < 0:
-            raise ValueError(f"diffsim cache_images must be >= 0, got {self.cache_images}")
+            raise ConfigError(f"diffsim seed must be an int, got {self.seed!r}")
+        if not isinstance(self.cache_images, int) or self.cache_images < 0:
+            raise ConfigError(f"diffsim cache_images must be an int >= 0, got {self.cache_images!r}")
         _parse_block(self.target_block)
 
 
@@ -111,7 +113,7 @@ def _parse_block(spec: str) -> tuple[str, int | None]:
         return spec, None
     kind, _, num = spec.partition(".")
     if kind not in ("up_blocks", "down_blocks") or not num.isdigit():
-        raise ValueError(f"diffsim target_block must be 'up_blocks.N', 'down_blocks.N' or 'mid_block', got {spec!r}")
+        raise ConfigError(f"diffsim target_block must be 'up_blocks.N', 'down_blocks.N' or 'mid_block', got {spec!r}")
     return kind, int(num)
 
 
@@ -122,7 +124,7 @@ def target_attention(unet: nn.Module, spec: str) -> nn.Module:
         block = unet.mid_block if num is None else getattr(unet, kind)[num]
         return block.attentions[-1].transformer_blocks[-1].attn1
     except (AttributeError, IndexError, TypeError):
-        raise ValueError(f"diffsim target_block {spec!r}: this UNet has no attention module there") from None
+        raise ConfigError(f"diffsim target_block {spec!r}: this UNet has no attention module there") from None
 
 
 class _Captured(Exception):
@@ -428,9 +430,10 @@ def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path} is not a readable JSON file ({e}); is the Stable Diffusion folder complete?") from e
+        raise WeightFileError(f"{path} is not a readable JSON file ({e})",
+                              hint="is the Stable Diffusion folder complete? 'lookalike weights verify diffsim'") from e
     if not isinstance(data, dict):
-        raise ValueError(f"{path} does not hold a JSON object; is it a diffusers config?")
+        raise WeightFileError(f"{path} does not hold a JSON object; is it a diffusers config?")
     return data
 
 
@@ -445,11 +448,12 @@ def _load_components(paths: dict[str, Path], dtype: torch.dtype, device: torch.d
     sched_cfg = _read_json(paths["scheduler/scheduler_config.json"])
     cls_name = sched_cfg.get("_class_name")
     if cls_name not in _SCHEDULERS:
-        raise ValueError(f"{paths['scheduler/scheduler_config.json']}: scheduler {cls_name!r} is not one of "
-                         f"{_SCHEDULERS}")
+        raise WeightFileError(f"{paths['scheduler/scheduler_config.json']}: scheduler {cls_name!r} is not one of "
+                              f"{_SCHEDULERS}")
     index = _read_json(paths["model_index.json"])
     if "unet" not in index or "vae" not in index:
-        raise ValueError(f"{paths['model_index.json']} does not describe a Stable Diffusion pipeline (no unet/vae)")
+        raise WeightFileError(f"{paths['model_index.json']} does not describe a Stable Diffusion pipeline "
+                              f"(no unet / vae)")
     folder = {name: paths[f"{name}/config.json"].parent for name in ("unet", "vae", "text_encoder")}
     kw: dict[str, Any] = {"local_files_only": True}
     try:
@@ -459,8 +463,9 @@ def _load_components(paths: dict[str, Path], dtype: torch.dtype, device: torch.d
         text_encoder = CLIPTextModel.from_pretrained(folder["text_encoder"], torch_dtype=dtype, **kw)
         tokenizer = CLIPTokenizer.from_pretrained(paths["tokenizer/vocab.json"].parent, **kw)
     except (OSError, ValueError, KeyError, RuntimeError) as e:
-        raise ValueError(f"the Stable Diffusion folder {paths['model_index.json'].parent} could not be loaded: "
-                         f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+        raise WeightFileError(f"the Stable Diffusion folder {paths['model_index.json'].parent} could not be loaded: "
+                              f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+                              hint="re-fetch damaged files with 'lookalike weights download diffsim'") from e
     for m in (unet, vae, text_encoder):
         m.eval().requires_grad_(False).to(device)
     return {"unet": unet, "vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer, "scheduler": scheduler}

@@ -127,3 +127,12 @@ def test_score_candidates_matches_distance() -> None:
     c = torch.rand(4, 3, 256, 256, generator=g)
     assert torch.allclose(score_candidates(m, q, c), m.distance(q[None].expand(4, -1, -1, -1), c))
     assert score_candidates(m, q, c[:0]).shape == (0,)
+
+
+def test_json_of_an_infinite_score(index_tree, capsys) -> None:
+    tmp, root = index_tree
+    query = sorted(root.iterdir())[5]
+    assert main(["search", str(query), "--index", str(tmp / "idx"), "-k", "2", "--rerank", "psnr", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+    assert rows[0]["score"] == "inf" and rows[0]["path"] == str(query)
+    assert isinstance(rows[1]["score"], float)
