@@ -60,10 +60,10 @@ def main() -> None:
         return
     if rerank:
         way = "higher" if hits and not hits[0].lower_is_better else "lower"
-        st.subheader(f"{len(hits)} nearest under {index.build.metric}, re-ranked by {rerank} "
+        st.subheader(f"{len(hits)} nearest under {index.info.metric}, re-ranked by {rerank} "
                      f"({way} = more similar)")
     else:
-        st.subheader(f"{len(hits)} nearest under {index.build.metric} (1 - cosine, lower = more similar)")
+        st.subheader(f"{len(hits)} nearest under {index.info.metric} (1 - cosine, lower = more similar)")
     widgets.hit_grid_ui(index, hits, columns=opts.columns, key="hit", on_pick=use_as_query)
 
 
