@@ -142,7 +142,7 @@ def run_compare(args: argparse.Namespace) -> int:
         raise CliError("give either --all or --metric NAME, not both")
     names = list_compare_metrics() if args.all else (args.metric or ["dreamsim"])
     if args.map and len(names) != 1:
-        raise ValueError(f"--map draws one metric's map; give exactly one --metric NAME (got {len(names)} metrics)")
+        raise CliError(f"--map draws one metric's map; give exactly one --metric NAME (got {len(names)} metrics)")
     img_a, img_b = open_image(Path(args.a)), open_image(Path(args.b))
     loaded: dict[str, object] = {}
 

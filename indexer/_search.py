@@ -143,9 +143,9 @@ def _search_open(index: ImageIndex, query: str | os.PathLike[str] | Image.Image,
     from lookalike.indexer._rerank import load_reranker, rerank_hits
 
     if rerank_k < 1:
-        raise ValueError(f"rerank_k must be >= 1, got {rerank_k}")
+        raise InvalidArgument(f"rerank_k must be >= 1, got {rerank_k}")
     if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
+        raise InvalidArgument(f"k must be >= 1, got {k}")
     reranker = load_reranker(rerank, device=device, weights=rerank_weights)  # fails fast, before any search work
     hits = search_vectors(index, query_vector(index, query)[None], max(k, rerank_k))[0]
     return rerank_hits(reranker, query_image(index, query), hits)[:k]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from lookalike.common.errors import InvalidArgument
 from lookalike.metric._base import Metric
 
 # Anchor colours of a perceptually ordered dark-to-bright map (black, purple, red, orange, pale yellow).
@@ -41,11 +42,11 @@ def pair_distance_map(metric: Metric, img_a: Image.Image, img_b: Image.Image) ->
     """``metric``'s distance map of two PIL images (converted to RGB, preprocessed as the metric wants).
 
     Raises:
-        TypeError: the metric has no distance map (``metric.has_distance_map`` is False).
+        InvalidArgument: the metric has no distance map (``metric.has_distance_map`` is False).
     """
     if not metric.has_distance_map:
-        raise TypeError(f"metric {metric.name!r} cannot say where two images differ (no distance map); maps exist "
-                        f"for LPIPS, DiffSim, DreamSim patch variants and single-branch ViT backbones")
+        raise InvalidArgument(f"metric {metric.name!r} cannot say where two images differ (no distance map); maps "
+                              f"exist for LPIPS, DiffSim, DreamSim patch variants and single-branch ViT backbones")
     xa = metric.preprocess(img_a.convert("RGB"))[None]
     xb = metric.preprocess(img_b.convert("RGB"))[None]
     values = metric.distance_map(xa, xb)[0].float().numpy()
@@ -67,7 +68,7 @@ def colorize(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
 def overlay_heatmap(img_a: Image.Image, dmap: DistanceMap, *, alpha: float = 0.55) -> Image.Image:
     """The map coloured and blended over ``img_a`` at A's size (bilinear upsampling of the metric's grid)."""
     if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        raise InvalidArgument(f"alpha must be in [0, 1], got {alpha}")
     base = img_a.convert("RGB")
     heat = Image.fromarray(colorize(dmap.values, dmap.lo, dmap.hi)).resize(base.size, Image.Resampling.BILINEAR)
     return Image.blend(base, heat, alpha)
@@ -84,4 +85,5 @@ def save_heatmap(path: str | os.PathLike[str], img_a: Image.Image, dmap: Distanc
     try:
         out.save(os.fspath(path))
     except (KeyError, ValueError):  # PIL: unknown extension (KeyError in old releases)
-        raise ValueError(f"cannot write an image to {os.fspath(path)!r}: unknown extension; use .png or .jpg") from None
+        raise InvalidArgument(f"cannot write an image to {os.fspath(path)!r}: unknown extension; "
+                              "use .png or .jpg") from None

@@ -14,6 +14,7 @@ import torchvision
 from PIL import Image
 
 from lookalike.app.cli import main
+from lookalike.common.errors import InvalidArgument
 from lookalike.data.images import open_image
 from lookalike.metric import MetricCfg, load_metric, register_metric
 from lookalike.metric.maps import colorize, overlay_heatmap, pair_distance_map, save_heatmap
@@ -103,7 +104,7 @@ def test_ensembles_and_pixel_metrics_have_no_map(photos) -> None:
     for name in ("test_vit_tiny", "ssim"):
         m = load_metric(name, device="cpu")
         assert not m.has_distance_map
-        with pytest.raises(TypeError, match="distance map|token grids"):
+        with pytest.raises(InvalidArgument, match="distance map|token grids"):
             pair_distance_map(m, *photos)
 
 
