@@ -62,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         missing = getattr(e, "name", None) or str(e)
         hint = " (for a postgresql:// catalog: pip install 'psycopg[binary]')" if missing == "psycopg" else ""
+        if getattr(e, "hint", None):
+            hint = f" ({e.hint})"
         print(f"error: a Python package this needs is not installed: {missing}{hint}", file=sys.stderr)
         return 2
     except (CliError, KeyError, ValueError, FileNotFoundError, PermissionError, TypeError, OSError) as e:

@@ -11,6 +11,8 @@ _INDEX_EPILOG = """examples:
   lookalike index photos/ scans/ --index idx --metric efficientnet_lite0 --batch-size 64 --workers 4
   lookalike index ~/Pictures --index idx --faiss HNSW32 --json
   lookalike index ~/Pictures --index idx --fast-decode        (faster on large JPEGs; not bit-exact)
+  lookalike index /data/crawl --index idx --ray                (decode + embed on Ray; pip install "lookalike[ray]")
+  lookalike index /data/crawl --index idx --ray=HEAD:6379      (a running Ray cluster)
 Re-running on the same folders only embeds what is new or changed; moved files are relinked by content hash.
 The run can be interrupted (Ctrl-C, kill) at any moment and resumed by running it again."""
 
@@ -55,6 +57,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "Embeddings differ slightly from the default exact decode (cosine ~0.998 on "
                         "efficientnet_lite0), outside the 1e-5 parity tolerance with the DreamSim reference, "
                         "hence opt-in (default: exact PIL decode + PIL bicubic resize)")
+    p.add_argument("--ray", nargs="?", const="auto", default=None, metavar="ADDRESS",
+                   help="decode and embed on a Ray cluster, this process writing the index: 'auto' (the default "
+                        "when the flag is given: the running cluster, else a local one for this run) or an address "
+                        "(HOST:6379, ray://HOST:10001). Needs pip install \"lookalike[ray]\"")
     p.add_argument("--faiss", default=None, metavar="FACTORY",
                    help="FAISS factory string: Flat, HNSW32, IVF4096,Flat, IVF4096,PQ64,RFlat... "
                         "(default auto: exact up to 200k images, IVF beyond)")
@@ -107,7 +113,7 @@ def run_index(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, workers=args.workers, faiss=args.faiss, db_url=args.db,
         progress=not args.no_progress and not args.json, checkpoint_every=args.checkpoint_every,
         max_pixels=args.max_pixels if args.max_pixels is not None else DEFAULT_MAX_PIXELS,
-        dedup_threshold=args.dedup_threshold, fast_decode=args.fast_decode,
+        dedup_threshold=args.dedup_threshold, fast_decode=args.fast_decode, ray=args.ray,
     )
     if args.json:
         print(json.dumps(summary.as_dict(), indent=1))

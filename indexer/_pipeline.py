@@ -41,6 +41,7 @@ from lookalike.indexer._catalog import (
 )
 from lookalike.indexer._crash import CrashHook
 from lookalike.indexer._index import is_metric
+from lookalike.indexer._ray import import_ray, parse_ray_address, run_on_ray, split_crash_spec
 from lookalike.indexer._vectors import AUTO_FLAT_MAX, VectorIndex, choose_factory, min_train_size, vectors_file
 
 if TYPE_CHECKING:
@@ -495,6 +496,7 @@ def build_index(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     dedup_threshold: float | None = None,
     fast_decode: bool = False,
+    ray: bool | str | None = None,
     crash_at: str | None = None,
 ) -> IndexSummary:
     """Index image folders, or bring an existing index up to date.
@@ -525,6 +527,9 @@ def build_index(
             least twice the metric's input size), or on CUDA decoded and resized on the GPU (``decode_jpeg`` +
             antialiased bicubic). Embeddings then differ slightly from the exact path (cosine ~0.998 measured on
             efficientnet_lite0), beyond the 1e-5 parity tolerance; vectors stay comparable for search and dedup.
+        ray: decode and embed on a Ray cluster (``pip install "lookalike[ray]"``): "auto" / True (the running
+            cluster, else a local one for this run) or an address ("HOST:6379", "ray://HOST:10001"). This process
+            stays the single writer; vectors equal the local path's. See ``lookalike.indexer._ray``.
         crash_at: test hook (see ``lookalike.indexer._crash``); also read from ``$LOOKALIKE_CRASH_AT``.
 
     Returns:
@@ -536,6 +541,11 @@ def build_index(
         OSError: the FAISS file could not be written (disk full...); the previous index stays intact.
     """
     t_start = time.perf_counter()
+    ray_address = parse_ray_address(ray)
+    worker_crash = None
+    if ray_address is not None:
+        import_ray()  # before any work: without Ray, say how to get it
+        crash_at, worker_crash = split_crash_spec(crash_at)
     crash = CrashHook(crash_at)
     root_list = [roots] if isinstance(roots, (str, os.PathLike)) else list(roots)
     if not root_list:
@@ -559,11 +569,12 @@ def build_index(
     else:
         from lookalike.metric import load_metric
 
-        m = load_metric(metric, device=device, dtype=dtype)
+        # With Ray the driver only needs the metric's facts (dim, fingerprint, preprocessing): the actors embed.
+        m = load_metric(metric, device="cpu" if ray_address is not None else device, dtype=dtype)
     if m.kind != "embedding" or not m.dim:
         raise ValueError(f"metric {m.name!r} is pairwise (it compares two images) and cannot be indexed; "
                          f"choose an embedding metric such as 'dreamsim' or 'efficientnet_lite0'")
-    if batch_size is None:
+    if batch_size is None and ray_address is None:  # with Ray: fitted on a worker's GPU (see _ray)
         from lookalike.metric import suggest_batch_size
 
         batch_size = suggest_batch_size(m)  # CPU: 32; CUDA: the largest power of two that fits
@@ -575,14 +586,15 @@ def build_index(
                         workers=default_workers() if workers is None else workers, faiss_factory=faiss,
                         dedup_threshold=dedup_threshold, fast_decode=fast_decode,
                         progress=progress, checkpoint_every=checkpoint_every, max_pixels=max_pixels, crash=crash,
-                        t_start=t_start)
+                        t_start=t_start, ray_address=ray_address, worker_crash=worker_crash)
         finally:
             catalog.close()
 
 
-def _run(catalog: Catalog, index_dir: Path, roots: list[str], m: Metric, *, batch_size: int, workers: int,
+def _run(catalog: Catalog, index_dir: Path, roots: list[str], m: Metric, *, batch_size: int | None, workers: int,
          faiss_factory: str | None, dedup_threshold: float | None, fast_decode: bool, progress: bool,
-         checkpoint_every: int | None, max_pixels: int | None, crash: CrashHook, t_start: float) -> IndexSummary:
+         checkpoint_every: int | None, max_pixels: int | None, crash: CrashHook, t_start: float,
+         ray_address: str | None = None, worker_crash: str | None = None) -> IndexSummary:
     build = _open_build(catalog, index_dir, m, faiss_factory)
     if dedup_threshold is not None:
         catalog.set_dedup_threshold(build.fingerprint, dedup_threshold)
@@ -610,7 +622,12 @@ def _run(catalog: Catalog, index_dir: Path, roots: list[str], m: Metric, *, batc
     draft_size = 2 * m.input_size if fast_decode else None
     device_decode = _device_decode(m, fast_decode)
     summary.decoder = "device" if device_decode else "draft" if fast_decode else "exact"
-    if queue:
+    if queue and ray_address is not None:  # decode + embed on Ray; this process stays the single writer
+        summary.decoder = "ray, " + ("draft" if fast_decode else "exact")
+        run_on_ray(queue, m, writer, summary, address=ray_address, batch_size=batch_size, max_pixels=max_pixels,
+                   draft_size=draft_size, progress=progress, crash=crash, worker_crash=worker_crash)
+    elif queue:
+        assert batch_size is not None
         dataset = ImageFileDataset(queue, m.preprocess, max_pixels=max_pixels, draft_size=draft_size,
                                    raw_jpeg=device_decode)
         loader = create_loader(dataset, batch_size=batch_size, workers=min(workers, max(0, len(queue) // batch_size)),
