@@ -22,8 +22,10 @@ an import killed at any moment loses at most the chunk in flight; re-running it 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import posixpath
 import re
 import time
 from collections.abc import Iterator
@@ -32,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, select, update
 
 from lookalike.data.image_folder import display_path, natural_key
 from lookalike.indexer._catalog import STATUS_FAILED, STATUS_OK, BuildRow, Catalog, ImageRow, VectorRow, utcnow
@@ -53,6 +55,7 @@ VECTOR_COLUMNS = ("vector", "embedding", "emb", "embeddings")
 NORM_TOLERANCE = 1e-3
 DEFAULT_CHUNK_ROWS = 65_536
 _IN_CHUNK = 500  # parameters per IN (...) query
+_IMAGES = ImageRow.__table__
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,100}$")
 
 
@@ -370,6 +373,10 @@ def check_rows(xb: np.ndarray, dim: int, *, normalize: bool, where: str, offset:
 
 def _split_path(p: str, root: str | None, base: str) -> tuple[str, str, str]:
     """(catalog root, relpath, absolute path) of an imported path."""
+    if root is not None and not os.path.isabs(p):
+        rel = posixpath.normpath(p.replace(os.sep, "/"))
+        if not rel.startswith("../") and rel not in ("..", "."):
+            return root, rel, os.path.join(root, rel)
     a = os.path.normpath(p if os.path.isabs(p) else os.path.join(root or base, p))
     if root is not None:
         rel = os.path.relpath(a, root)
@@ -506,6 +513,8 @@ def import_embeddings(
                                      f"{dim}-d vectors; use another --index folder")
                 dim = build.dim
             clean_orphans(catalog, fp)
+            with catalog.session() as s:
+                seen = _Seen(prior_rows=s.scalar(select(ImageRow.id).limit(1)) is not None)
             writer: ShardWriter | None = None
             files: set[str] = set()
             t = time.perf_counter()
@@ -520,14 +529,14 @@ def import_embeddings(
                 if writer is None:
                     writer = ShardWriter(catalog, fp, dim, storage=storage)
                 _land(catalog, writer, chunk, dim, fp, summary, root=root_abs, base=base, normalize=normalize,
-                      check_files=check_files)
+                      check_files=check_files, seen=seen)
                 bar.update(len(chunk.paths))
                 t = time.perf_counter()
             summary.files = len(files)
             summary.dim = int(dim or 0)
             if build is not None:
                 with catalog.session() as s, s.begin():
-                    n = s.scalar(select(_count()).where(VectorRow.fingerprint == fp)) or 0
+                    n = s.scalar(select(func.count()).where(VectorRow.fingerprint == fp)) or 0
                     s.execute(update(BuildRow).where(BuildRow.fingerprint == fp).values(count=n, updated=utcnow()))
                 summary.total_vectors = int(n)
         finally:
@@ -536,12 +545,6 @@ def import_embeddings(
     summary.seconds["total"] = time.perf_counter() - t0
     _logger.info("imported: %s", summary.format_text().replace("\n", " | "))
     return summary
-
-
-def _count() -> Any:
-    from sqlalchemy import func
-
-    return func.count()
 
 
 def _create_build(catalog: Catalog, fp: str, name: str, dim: int, storage: str | None) -> BuildRow:
@@ -568,13 +571,45 @@ def _set_storage(catalog: Catalog, fp: str, storage: str) -> None:
             row.storage = storage_dtype(storage)
 
 
+def _text(s: str) -> str:
+    return s if s.isascii() else display_path(s)
+
+
+class _Seen:
+    """Hashes of the (root, relpath) keys this run inserted (8 bytes each), to skip look-ups of paths that cannot be
+    catalogued yet; a hash collision only costs a look-up."""
+
+    def __init__(self, prior_rows: bool):
+        self.prior_rows = prior_rows
+        self.parts: list[np.ndarray] = []
+        self.sorted = np.zeros(0, np.int64)
+
+    @staticmethod
+    def _hash(keys: list[tuple[str, str]]) -> np.ndarray:
+        return np.fromiter((int.from_bytes(hashlib.blake2b(f"{r}\0{rel}".encode("utf-8", "surrogateescape"),
+                                                           digest_size=8).digest(), "little", signed=True)
+                            for r, rel in keys), dtype=np.int64, count=len(keys))
+
+    def add(self, keys: list[tuple[str, str]]) -> None:
+        if keys:
+            self.sorted = np.union1d(self.sorted, self._hash(keys))
+
+    def maybe(self, key: tuple[str, str]) -> bool:
+        if not len(self.sorted):
+            return False
+        h = self._hash([key])[0]
+        i = int(np.searchsorted(self.sorted, h))
+        return i < len(self.sorted) and int(self.sorted[i]) == int(h)
+
+
 def _land(catalog: Catalog, writer: ShardWriter, chunk: Chunk, dim: int, fp: str, summary: ImportSummary, *,
-          root: str | None, base: str, normalize: bool, check_files: bool) -> None:
+          root: str | None, base: str, normalize: bool, check_files: bool, seen: _Seen) -> None:
     """Check one chunk and commit it: image rows + one shard, in one transaction (shard files first)."""
     t = time.perf_counter()
     checked = check_rows(chunk.xb, dim, normalize=normalize, where=chunk.source, offset=chunk.offset)
     summary.normalized += checked.normalized
     keyed: dict[tuple[str, str], int] = {}
+    key_of: dict[int, tuple[str, str]] = {}
     abs_paths: list[str] = []
     for j, p in enumerate(chunk.paths):
         if not p:
@@ -582,14 +617,21 @@ def _land(catalog: Catalog, writer: ShardWriter, chunk: Chunk, dim: int, fp: str
             checked.usable[j] = False
         r, rel, a = _split_path(p or f"<row {chunk.offset + j}>", root, base)
         abs_paths.append(a)
-        if (r, rel) in keyed:
+        key = (_text(r), _text(rel))  # as the catalog stores them
+        if key in keyed:
             summary.duplicates += 1
             continue
-        keyed[(r, rel)] = j
+        keyed[key] = j
+        key_of[j] = key
     summary.seconds["check"] += time.perf_counter() - t
     t = time.perf_counter()
     with catalog.session() as s, s.begin():
-        known = _existing(s, list(keyed), fp)
+        # Only paths that may be catalogued already are looked up: all of them when the catalog held rows before
+        # this run (a resumed or repeated import), else those whose hash an earlier chunk of this run inserted.
+        maybe = list(keyed) if seen.prior_rows else [k for k in keyed if seen.maybe(k)]
+        known = _existing(s, maybe, fp) if maybe else {}
+        max_before = int(s.scalar(select(func.max(ImageRow.id))) or 0)
+        now = utcnow()
         new_rows: list[dict] = []
         new_rows_j: list[int] = []
         vec_ids: list[int] = []
@@ -616,17 +658,21 @@ def _land(catalog: Catalog, writer: ShardWriter, chunk: Chunk, dim: int, fp: str
                     vec_ids.append(hit[0])
                     vec_j.append(j)
                 continue
-            new_rows.append({"root": display_path(key[0]), "relpath": display_path(key[1]),
-                             "path_raw": os.fsencode(abs_paths[j]), "sha256": None, "added": utcnow(), **values})
+            new_rows.append({"root": key[0], "relpath": key[1],
+                             "path_raw": os.fsencode(abs_paths[j]), "sha256": None, "added": now, **values})
             new_rows_j.append(j)
         if status_updates:
             s.execute(update(ImageRow), status_updates)
-        for start in range(0, len(new_rows), 5000):
-            part = new_rows[start:start + 5000]
-            ids = s.execute(insert(ImageRow).returning(ImageRow.id, sort_by_parameter_order=True), part).scalars()
-            for i, j in zip(ids.all(), new_rows_j[start:start + 5000], strict=True):
+        if new_rows:
+            # Core executemany (not ORM, no per-row RETURNING): then one indexed look-up per 500 paths for the ids
+            for start in range(0, len(new_rows), 5000):
+                s.connection().execute(_IMAGES.insert(), new_rows[start:start + 5000])
+            got = {(r, rel): int(i) for i, r, rel in s.execute(
+                select(ImageRow.id, ImageRow.root, ImageRow.relpath).where(ImageRow.id > max_before))}
+            seen.add([key_of[j] for j in new_rows_j])
+            for j in new_rows_j:
                 if checked.usable[j]:
-                    vec_ids.append(int(i))
+                    vec_ids.append(got[key_of[j]])
                     vec_j.append(j)
         if vec_ids:
             pending = writer.write(np.asarray(vec_ids, dtype=np.int64), checked.xb[np.asarray(vec_j)])
