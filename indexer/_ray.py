@@ -232,11 +232,17 @@ class _Embedder:
         fingerprint: the driver's weight fingerprint; a worker that resolves other weight files refuses to embed.
         as_uint8: pixels arrive as uint8 (divide by 255 as the local transform does) or as float32.
         crash: the worker crash hook (tests).
+        cpu_threads: torch threads of a CPU actor (0: leave Ray's setting, one thread per CPU it holds).
     """
 
-    def __init__(self, name: str, dtype: torch.dtype, fingerprint: str, as_uint8: bool, crash: WorkerCrash):
+    def __init__(self, name: str, dtype: torch.dtype, fingerprint: str, as_uint8: bool, crash: WorkerCrash,
+                 cpu_threads: int = 0):
         from lookalike.metric import load_metric
 
+        if cpu_threads > 0 and not torch.cuda.is_available():
+            # Ray sets OMP_NUM_THREADS to the actor's 1 CPU; a CPU actor alone on its node may use the node's cores,
+            # as the local path's model does (decode tasks are a small share of the work).
+            torch.set_num_threads(max(1, min(cpu_threads, os.cpu_count() or 1)))
         self.metric = load_metric(name, dtype=dtype)
         if self.metric.fingerprint != fingerprint:
             raise ValueError(
@@ -280,6 +286,11 @@ def _cluster_gpus(ray: Any) -> float:
     return float(ray.cluster_resources().get("GPU", 0))
 
 
+def _node_cpus(ray: Any) -> float:
+    """CPUs of the largest node of the cluster."""
+    return max((float(n.get("Resources", {}).get("CPU", 0)) for n in ray.nodes() if n.get("Alive")), default=1.0)
+
+
 def _probe_batch_size(ray: Any, name: str, dtype: torch.dtype) -> int:
     """``suggest_batch_size`` measured on a GPU of the cluster (one remote task holding one GPU)."""
 
@@ -300,7 +311,7 @@ def embed_on_ray(
     actors: int | None = None,
     max_pixels: int | None,
     draft_size: int | None = None,
-    block_rows: int = DEFAULT_BLOCK_ROWS,
+    block_rows: int | None = None,
     crash_spec: str | None = None,
 ) -> Iterator[RayBatch]:
     """Decode and embed ``items`` on the connected Ray cluster; yields results as they arrive, in no fixed order.
@@ -318,7 +329,8 @@ def embed_on_ray(
         actors: embedding actors; default one per GPU of the cluster, or 1 on a CPU-only cluster.
         max_pixels: decompression-bomb limit for decoding.
         draft_size: reduced-scale JPEG decode (``fast_decode``); None: exact decode.
-        block_rows: work items per decode task.
+        block_rows: work items per decode task (default: the batch size, within 16..256, so that the first batches
+            reach the actors early).
         crash_spec: worker crash points (tests; see ``WorkerCrash``).
 
     Yields:
@@ -334,6 +346,7 @@ def embed_on_ray(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     n_actors = actors or (max(1, int(gpus)) if gpus >= 1 else 1)
+    cpu_threads = 0 if gpus >= 1 else max(1, int(_node_cpus(ray)) // max(1, n_actors))
     transform = metric_transform(m)
     size = m.input_size
     as_uint8 = transform_is_uint8(transform, size)
@@ -341,6 +354,7 @@ def embed_on_ray(
     ctx.enable_progress_bars = False
     with tempfile.TemporaryDirectory(prefix="lookalike-ray-") as tmp:
         crash = WorkerCrash(crash_spec, (os.environ.get(WORKER_CRASH_DIR_ENV) or tmp) if crash_spec else None)
+        block_rows = block_rows or min(DEFAULT_BLOCK_ROWS, max(16, batch_size))
         block_rows = max(1, min(block_rows, -(-len(items) // 2)))
         ids = np.fromiter((i for i, _ in items), dtype=np.int64, count=len(items))
         paths = [p for _, p in items]
@@ -357,7 +371,7 @@ def embed_on_ray(
         ds = ds.map_batches(
             _Embedder, batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=n_actors),
             fn_constructor_kwargs={"name": m.name, "dtype": m.dtype, "fingerprint": m.fingerprint,
-                                   "as_uint8": as_uint8, "crash": crash},
+                                   "as_uint8": as_uint8, "crash": crash, "cpu_threads": cpu_threads},
             **actor_args)
         _logger.info("Ray: %d work items in %d decode blocks, %d embedding actor(s) (%s), batch %d, pixels as %s",
                      len(items), len(tables), n_actors, "GPU" if gpus >= 1 else "CPU", batch_size,
