@@ -41,6 +41,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--normalize", action="store_true", help="normalise rows that are not unit vectors (default: "
                    "such rows are an error)")
     p.add_argument("--fp16", action="store_true", help="store the vectors as float16 (half the disk and RAM)")
+    p.add_argument("--max-memory", default=None, metavar="SIZE",
+                   help="memory budget of the search structure (e.g. 4G): exact search while the vectors fit, an "
+                        "inverted file beyond (as 'lookalike index --max-memory')")
+    p.add_argument("--faiss", default=None, metavar="FACTORY", help="FAISS factory string of a new build "
+                   "(default auto)")
     p.add_argument("--chunk-rows", type=int, default=65_536, metavar="N", help="rows per shard (default 65536)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -53,7 +58,8 @@ def run_import(args: argparse.Namespace) -> int:
     summary = import_embeddings(
         args.embeddings, args.index, metric=args.metric, format=args.format, paths=args.paths,
         path_column=args.path_column, vector_column=args.vector_column, root=args.root, normalize=args.normalize,
-        storage="fp16" if args.fp16 else None, chunk_rows=args.chunk_rows, db_url=args.db,
+        storage="fp16" if args.fp16 else None, max_memory=args.max_memory, faiss=args.faiss,
+        chunk_rows=args.chunk_rows, db_url=args.db,
         progress=not args.no_progress and not args.json,
     )
     print(json.dumps(summary.as_dict(), indent=1) if args.json else summary.format_text())

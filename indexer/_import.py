@@ -37,8 +37,20 @@ import numpy as np
 from sqlalchemy import func, select, update
 
 from lookalike.data.image_folder import display_path, natural_key
-from lookalike.indexer._catalog import STATUS_FAILED, STATUS_OK, BuildRow, Catalog, ImageRow, VectorRow, utcnow
-from lookalike.indexer._shards import ShardWriter, clean_orphans
+from lookalike.indexer._catalog import (
+    STATUS_FAILED,
+    STATUS_OK,
+    BuildRow,
+    Catalog,
+    ImageRow,
+    StoreRow,
+    VectorRow,
+    utcnow,
+)
+from lookalike.indexer._migrate import migrate_if_needed
+from lookalike.indexer._shards import ShardWriter, clean_orphans, writer_lock
+from lookalike.indexer._store import parse_memory
+from lookalike.indexer._upkeep import update_structure
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -84,6 +96,8 @@ class ImportSummary:
         normalized: rows that were not unit vectors and were normalised (``normalize=True``).
         shards: shards written.
         total_vectors: live vectors of this build after the run.
+        structure: the search structure derived from the shards ("exact" or a FAISS factory string).
+        seconds: read (input files), check (row checks), write (shards + catalog), derive (search structure), total.
     """
 
     index_dir: str
@@ -101,7 +115,9 @@ class ImportSummary:
     normalized: int = 0
     shards: int = 0
     total_vectors: int = 0
-    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(("read", "check", "write", "total"), 0.0))
+    structure: str = ""
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
+        ("read", "check", "write", "derive", "total"), 0.0))
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -115,8 +131,9 @@ class ImportSummary:
                 f"files {self.files}  rows {self.rows}  imported {self.imported}  skipped {self.skipped}  duplicates "
                 f"{self.duplicates}  missing files {self.missing}  rejected {self.rejected}  normalized "
                 f"{self.normalized}\n"
-                f"shards {self.shards}  vectors {self.total_vectors}  in {s['total']:.1f}s ({rate:,.0f} vectors/s; "
-                f"read {s['read']:.1f}s  check {s['check']:.1f}s  write {s['write']:.1f}s)")
+                f"shards {self.shards}  vectors {self.total_vectors}  search structure {self.structure}  in "
+                f"{s['total']:.1f}s ({rate:,.0f} vectors/s; read {s['read']:.1f}s  check {s['check']:.1f}s  write "
+                f"{s['write']:.1f}s  derive {s['derive']:.1f}s)")
 
 
 # --------------------------------------------------------------------------------------------------- readers
@@ -451,6 +468,8 @@ def import_embeddings(
     normalize: bool = False,
     check_files: bool = True,
     storage: str | None = None,
+    max_memory: str | int | None = None,
+    faiss: str | None = None,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     db_url: str | None = None,
     progress: bool = False,
@@ -473,6 +492,8 @@ def import_embeddings(
         check_files: stat each image file (missing ones get status "missing"); False records them all as missing
             without touching the disk (for synthetic benchmarks).
         storage: "fp32" (default) or "fp16" for a new build.
+        max_memory: memory budget of the search structure ("4G", bytes), as ``build_index(max_memory=...)``.
+        faiss: FAISS factory string of a new build (default "auto": chosen from the size and the budget).
         chunk_rows: rows per shard (and per read).
         db_url: SQLAlchemy URL of the catalog (default: ``catalog.sqlite`` in ``index_dir``).
         progress: show a tqdm bar.
@@ -487,9 +508,8 @@ def import_embeddings(
     """
     from tqdm.auto import tqdm
 
-    from lookalike.indexer._pipeline import writer_lock
-
     t0 = time.perf_counter()
+    budget = parse_memory(max_memory)
     name, fingerprint, dim = _resolve_metric(metric)
     fmt, chunks = read_embeddings(source, format=format, paths=paths, path_column=path_column,
                                   vector_column=vector_column, chunk_rows=chunk_rows)
@@ -505,6 +525,7 @@ def import_embeddings(
     with writer_lock(index_path):
         catalog = Catalog(index_path, db_url=db_url, create=True)
         try:
+            migrate_if_needed(catalog)
             with catalog.session() as s:
                 build = s.get(BuildRow, fp)
             if build is not None:
@@ -525,7 +546,7 @@ def import_embeddings(
                 if dim is None:
                     dim = int(chunk.xb.shape[1]) if chunk.xb.ndim == 2 else 0
                 if build is None:
-                    build = _create_build(catalog, fp, name, dim, storage)
+                    build = _create_build(catalog, fp, name, dim, storage, budget, faiss)
                 if writer is None:
                     writer = ShardWriter(catalog, fp, dim, storage=storage)
                 _land(catalog, writer, chunk, dim, fp, summary, root=root_abs, base=base, normalize=normalize,
@@ -535,9 +556,18 @@ def import_embeddings(
             summary.files = len(files)
             summary.dim = int(dim or 0)
             if build is not None:
+                t = time.perf_counter()
                 with catalog.session() as s, s.begin():
                     n = s.scalar(select(func.count()).where(VectorRow.fingerprint == fp)) or 0
                     s.execute(update(BuildRow).where(BuildRow.fingerprint == fp).values(count=n, updated=utcnow()))
+                    if budget is not None:
+                        s.execute(update(StoreRow).where(StoreRow.fingerprint == fp).values(max_memory=budget))
+                with catalog.session() as s:
+                    build = s.get(BuildRow, fp)
+                assert build is not None
+                upkeep = update_structure(catalog, build)  # the derived search structure, from the shards
+                summary.structure = upkeep.factory
+                summary.seconds["derive"] = time.perf_counter() - t
                 summary.total_vectors = int(n)
         finally:
             bar.close()
@@ -547,28 +577,22 @@ def import_embeddings(
     return summary
 
 
-def _create_build(catalog: Catalog, fp: str, name: str, dim: int, storage: str | None) -> BuildRow:
-    if dim < 1:
-        raise ValueError("the embeddings have no columns")
-    with catalog.session() as s, s.begin():
-        b = BuildRow(fingerprint=fp, metric=name, dim=dim, factory="auto", current_factory="Flat",
-                     search_params=None, count=0)
-        s.add(b)
-    if storage is not None:
-        _set_storage(catalog, fp, storage)
-    return b
-
-
-def _set_storage(catalog: Catalog, fp: str, storage: str) -> None:
+def _create_build(catalog: Catalog, fp: str, name: str, dim: int, storage: str | None, max_memory: int | None,
+                  factory: str | None) -> BuildRow:
     from lookalike.indexer._catalog import StoreRow
     from lookalike.indexer._shards import storage_dtype
+    from lookalike.indexer._store import validate_factory
 
+    if dim < 1:
+        raise ValueError("the embeddings have no columns")
+    target = (factory or "auto").strip()
+    validate_factory(dim, target)
     with catalog.session() as s, s.begin():
-        row = s.get(StoreRow, fp)
-        if row is None:
-            s.add(StoreRow(fingerprint=fp, storage=storage_dtype(storage)))
-        else:
-            row.storage = storage_dtype(storage)
+        b = BuildRow(fingerprint=fp, metric=name, dim=dim, factory=target, current_factory="Flat",
+                     search_params=None, count=0)
+        s.add(b)
+        s.add(StoreRow(fingerprint=fp, storage=storage_dtype(storage), max_memory=max_memory, structure="exact"))
+    return b
 
 
 def _text(s: str) -> str:

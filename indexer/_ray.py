@@ -424,40 +424,37 @@ def run_on_ray(
     batch_size: int | None,
     max_pixels: int | None,
     draft_size: int | None,
-    progress: bool,
+    report: Callable[[str, int, int], None],
     crash: Callable[[str], None],
     worker_crash: str | None,
 ) -> None:
     """The driver's side of a ``build_index(..., ray=...)`` run: stream Ray's results into the index's writer.
 
-    The writer is the local path's own (``push`` buffers, checkpoints commit), so the crash-safety rules and the
-    driver crash points ("decode" / "embed" fire once per received batch) are the same. The seconds the driver
-    waits for results are counted as ``model`` time (decode + embed run remotely).
+    The writer is the local path's own (``push`` buffers, checkpoints commit a shard), so the crash-safety rules
+    and the driver crash points ("decode" / "embed" fire once per received batch) are the same; ``report`` is the
+    run's progress ("embed", done, total). The seconds the driver waits for results are counted as ``model`` time
+    (decode + embed run remotely).
     """
-    from tqdm.auto import tqdm
-
     from lookalike.data.image_folder import display_path
 
     paths = dict(queue)
-    bar = tqdm(total=len(queue), unit="img", desc=f"index {m.name} (ray)", disable=not progress, dynamic_ncols=True)
-    try:
-        with ray_session(address) as ray:
-            it = embed_on_ray(queue, m, ray, batch_size=batch_size, max_pixels=max_pixels, draft_size=draft_size,
-                              crash_spec=worker_crash)
-            while True:
-                t = time.perf_counter()
-                b = next(it, None)
-                summary.seconds["model"] += time.perf_counter() - t
-                if b is None:
-                    break
-                if not len(b):
-                    continue
-                crash("decode")
-                crash("embed")
-                for i, reason in b.failures:
-                    summary.failed += 1
-                    summary.failures.append((display_path(paths[i]), reason))
-                writer.push(b.ids, b.vectors, b.ok, b.failed)
-                bar.update(len(b))
-    finally:
-        bar.close()
+    done = 0
+    with ray_session(address) as ray:
+        it = embed_on_ray(queue, m, ray, batch_size=batch_size, max_pixels=max_pixels, draft_size=draft_size,
+                          crash_spec=worker_crash)
+        while True:
+            t = time.perf_counter()
+            b = next(it, None)
+            summary.seconds["model"] += time.perf_counter() - t
+            if b is None:
+                break
+            if not len(b):
+                continue
+            crash("decode")
+            crash("embed")
+            for i, reason in b.failures:
+                summary.failed += 1
+                summary.failures.append((display_path(paths[i]), reason))
+            writer.push(b.ids, b.vectors, b.ok, b.failed)
+            done += len(b)
+            report("embed", done, len(queue))

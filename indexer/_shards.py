@@ -54,11 +54,36 @@ from lookalike.indexer._catalog import Catalog, IndexDamaged, ShardRow, StoreRow
 _logger = logging.getLogger(__name__)
 
 SHARD_ROOT = "vectors"
+LOCK_FILE = "writer.lock"
 #: Storage dtypes a build may use ("fp32" / "fp16" are accepted as aliases).
 STORAGE_DTYPES = ("float32", "float16")
 _ALIASES = {"fp32": "float32", "fp16": "float16", "float32": "float32", "float16": "float16"}
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _SHARD_RE = re.compile(r"^shard-(\d+)\.(?:ids\.)?npy$")
+
+
+@contextlib.contextmanager
+def writer_lock(index_dir: str | os.PathLike[str], *, wait: bool = False) -> Iterator[None]:
+    """One writer per index folder (an advisory ``flock`` on ``writer.lock``; readers never take it).
+
+    Raises:
+        ValueError: another process holds it (unless ``wait``).
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; single-writer use is the caller's business
+        yield
+        return
+    index_dir = Path(index_dir)
+    fd = os.open(index_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise ValueError(f"another 'lookalike index' run is writing {index_dir}; wait for it to finish") from None
+        yield
+    finally:
+        os.close(fd)
 
 
 def storage_dtype(name: str | None) -> str:
@@ -345,6 +370,9 @@ def _open_npy(index_dir: Path, rel: str, *, rows: int, dim: int | None, dtype: s
     except (ValueError, OSError, EOFError) as e:
         raise IndexDamaged(path, f"not a readable .npy file ({str(e).splitlines()[0][:120]})", index_dir) from None
     want = (rows, dim) if dim is not None else (rows,)
+    if dim is not None and arr.ndim == 2 and arr.shape[1] != dim:
+        raise IndexDamaged(path, f"holds {arr.shape[1]}-d vectors but the catalog says this build is {dim}-d",
+                           index_dir)
     if arr.shape != want or arr.dtype != np.dtype(dtype):
         raise IndexDamaged(path, f"holds {arr.dtype}{list(arr.shape)}, the catalog recorded {dtype}{list(want)}",
                            index_dir)

@@ -98,13 +98,13 @@ def test_parquet_rows_are_checked(tmp_path: Path, photos: Path, embedded) -> Non
         import_embeddings(f, idx, metric="an-outside-model")
     s = import_embeddings(f, idx, metric="an-outside-model", normalize=True)
     assert s.fingerprint == "an-outside-model-import" and s.dim == xb.shape[1]
-    assert (s.rows, s.imported, s.rejected, s.normalized, s.skipped) == (8, 5, 3, 1, 0)  # one chunk: nothing landed before
+    assert (s.rows, s.imported, s.rejected, s.normalized, s.skipped) == (8, 5, 3, 1, 0)  # one chunk: none landed
     cat = catalog(idx)
-    assert cat[names[4]].error is None and cat[names[4]].status == "ok"
-    assert "not finite" in cat[names[5]].error and "all zeros" in cat[names[6]].error
+    assert cat[names[6]].error is None and cat[names[6]].status == "ok"
+    assert "not finite" in cat[names[4]].error and "all zeros" in cat[names[5]].error
     assert cat["null.jpg"].status == "failed"
     vecs = stored_vectors(idx, s.fingerprint, s.dim)
-    assert np.abs(vecs[cat[names[4]].id] - xb[4]).max() < 1e-5  # normalised on the way in
+    assert np.abs(vecs[cat[names[6]].id] - xb[4]).max() < 1e-5  # 3 x xb[4], normalised on the way in
     # other dimension: refused, naming the file
     g = tmp_path / "wide.parquet"
     pq.write_table(pa.table({"path": ["a.jpg"], "vector": [[1.0, 0.0]]}), g)
