@@ -40,6 +40,56 @@ def vectors(idx: Path) -> dict[str, np.ndarray]:
     return out
 
 
+def commit_rate(n: int, dim: int, batch: int) -> tuple[float, dict[str, float]]:
+    """The driver alone: ``n`` results of ``batch`` rows as Ray hands them over (numpy columns), turned into catalog
+    rows (``_to_batch``) and pushed through the run's writer (shards + catalog commits). Returns vectors/s and the
+    seconds per part."""
+    from types import SimpleNamespace
+
+    from lookalike.indexer._catalog import STATUS_PENDING, Catalog, ImageRow
+    from lookalike.indexer._crash import CrashHook
+    from lookalike.indexer._pipeline import IndexSummary, _open_build, _Writer
+    from lookalike.indexer._ray import _to_batch
+    from lookalike.indexer._shards import ShardWriter
+
+    rng = np.random.default_rng(0)
+    xb = rng.standard_normal((batch, dim)).astype(np.float32)
+    xb /= np.linalg.norm(xb, axis=1, keepdims=True)
+    with tempfile.TemporaryDirectory(prefix="lookalike-commit-") as tmp:
+        cat = Catalog(Path(tmp), create=True)
+        try:
+            with cat.session() as s, s.begin():
+                for a in range(1, n + 1, 50_000):
+                    s.connection().execute(ImageRow.__table__.insert(), [
+                        {"id": i, "root": "/bench", "relpath": f"{i}.jpg", "path_raw": f"/bench/{i}.jpg".encode(),
+                         "size": 1, "mtime_ns": 1, "status": STATUS_PENDING} for i in range(a, min(n + 1, a + 50_000))])
+            m = SimpleNamespace(fingerprint="bench-commit", name="bench", dim=dim)
+            build = _open_build(cat, Path(tmp), m, None)  # type: ignore[arg-type]
+            summary = IndexSummary(index_dir=tmp, metric="bench", fingerprint=m.fingerprint)
+            writer = _Writer(cat, ShardWriter(cat, build.fingerprint, dim), build.fingerprint, CrashHook(None),
+                             summary, None)
+            wanted, seen = set(range(1, n + 1)), set()
+            t_conv = 0.0
+            t0 = time.perf_counter()
+            for a in range(1, n + 1, batch):
+                ids = np.arange(a, min(n + 1, a + batch), dtype=np.int64)
+                k = len(ids)
+                out = {"id": ids, "ok": np.ones(k, bool), "width": np.full(k, 640), "height": np.full(k, 480),
+                       "format": np.array(["JPEG"] * k, dtype=object), "error": np.array([""] * k, dtype=object),
+                       "vector": xb[:k]}
+                t = time.perf_counter()
+                b = _to_batch(out, wanted, seen)
+                t_conv += time.perf_counter() - t
+                writer.push(b.ids, b.vectors, b.ok, b.failed)
+            if writer.pending():
+                writer.checkpoint()
+            total = time.perf_counter() - t0
+        finally:
+            cat.close()
+    return n / total, {"total": total, "to_rows": t_conv, "write": summary.seconds["write"],
+                       "checkpoints": summary.checkpoints}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", default=str(DEFAULT_IMAGES), help="a folder of images (default: shared ImageNet "
@@ -48,7 +98,16 @@ def main() -> None:
     ap.add_argument("--metric", default="efficientnet_lite0")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--repeat", type=int, default=1, help="runs of each path (the best is reported)")
+    ap.add_argument("--commit-n", type=int, default=100_000, help="vectors of the driver-only commit-rate run "
+                    "(0: skip it)")
+    ap.add_argument("--commit-dim", type=int, default=1792, help="their dimension (default 1792, DreamSim)")
     args = ap.parse_args()
+    if args.commit_n:
+        rate, parts = commit_rate(args.commit_n, args.commit_dim, args.batch_size)
+        print(f"driver commit rate: {rate:,.0f} vectors/s ({args.commit_n:,} x {args.commit_dim}-d in batches of "
+              f"{args.batch_size}: {parts['total']:.1f}s, of which rows {parts['to_rows']:.1f}s, shard + catalog "
+              f"writes {parts['write']:.1f}s in {parts['checkpoints']} checkpoints) = {rate / 3000:.1f} GPUs at "
+              f"3,000 img/s")
     import ray
 
     files = list_images(args.images)[:args.n]

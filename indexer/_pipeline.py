@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from sqlalchemy import delete, exists, func, insert, select, update
+from sqlalchemy import bindparam, delete, exists, func, insert, select, update
 from tqdm.auto import tqdm
 
 from lookalike.data.image_folder import ImageFile, display_path, scan_images
@@ -202,6 +202,18 @@ def reconcile(catalog: Catalog, fingerprint: str) -> int:
     return n + missing
 
 
+def _core_update_by_id(s, rows: list[dict]) -> None:  # type: ignore[no-untyped-def]
+    """UPDATE images by id, one Core executemany per set of columns (several times faster than the ORM bulk update
+    on the driver's hot path: every checkpoint updates each embedded image's row)."""
+    t = ImageRow.__table__
+    by_keys: dict[tuple[str, ...], list[dict]] = defaultdict(list)
+    for r in rows:
+        by_keys[tuple(sorted(k for k in r if k != "id"))].append(r)
+    for keys, batch in by_keys.items():
+        stmt = t.update().where(t.c.id == bindparam("b_id")).values({k: bindparam(f"b_{k}") for k in keys})
+        s.connection().execute(stmt, [{f"b_{k}": v for k, v in r.items()} for r in batch])
+
+
 def _bulk_update(s, updates: list[dict]) -> None:  # type: ignore[no-untyped-def]
     """ORM bulk UPDATE by primary key, one executemany per set of columns."""
     by_keys: dict[tuple[str, ...], list[dict]] = defaultdict(list)
@@ -356,9 +368,9 @@ class _Writer:
         pending = self.shards.write(self.ids, np.concatenate(self.vecs)) if self.ids else None
         with self.catalog.session() as s, s.begin():
             if self.ok:
-                s.execute(update(ImageRow), self.ok)
+                _core_update_by_id(s, self.ok)
             if self.failed:
-                s.execute(update(ImageRow), self.failed)
+                _core_update_by_id(s, self.failed)
             if pending is not None:
                 self.shards.record(s, pending)
             s.execute(update(BuildRow).where(BuildRow.fingerprint == self.fp)

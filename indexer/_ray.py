@@ -387,24 +387,31 @@ def embed_on_ray(
 
 
 def _to_batch(out: dict[str, np.ndarray], wanted: set[int], seen: set[int]) -> RayBatch:
+    """One result batch (numpy columns) → catalog updates; ids already received (a retried batch) are dropped."""
     b = RayBatch()
+    ids = np.asarray(out["id"]).tolist()
+    ok = np.asarray(out["ok"]).tolist()
+    width = np.asarray(out["width"]).tolist()
+    height = np.asarray(out["height"]).tolist()
+    fmt, err = list(out["format"]), list(out["error"])
     keep_rows = []
-    for j, i in enumerate(np.asarray(out["id"]).tolist()):
+    for j, i in enumerate(ids):
         if i in seen or i not in wanted:
             b.duplicates += 1
             continue
         seen.add(i)
-        if bool(out["ok"][j]):
+        if ok[j]:
             keep_rows.append(j)
             b.ids.append(i)
-            b.ok.append({"id": i, "status": STATUS_OK, "error": None, "width": int(out["width"][j]),
-                         "height": int(out["height"][j]), "format": str(out["format"][j])})
+            b.ok.append({"id": i, "status": STATUS_OK, "error": None, "width": width[j], "height": height[j],
+                         "format": str(fmt[j])})
         else:
-            reason = str(out["error"][j])
+            reason = str(err[j])
             b.failed.append({"id": i, "status": STATUS_FAILED, "error": reason})
             b.failures.append((i, reason))
     if keep_rows:
-        b.vectors = np.ascontiguousarray(np.asarray(out["vector"])[keep_rows], dtype=np.float32)
+        vec = np.asarray(out["vector"], dtype=np.float32)
+        b.vectors = vec if len(keep_rows) == len(vec) else np.ascontiguousarray(vec[keep_rows])
     if b.duplicates:
         _logger.info("dropped %d rows already received (a batch retried by Ray)", b.duplicates)
     return b

@@ -276,8 +276,10 @@ class ShardWriter:
         ids = p.image_ids.tolist()
         tombstone(s, ids, fingerprint=p.fingerprint)
         for start in range(0, len(ids), 5000):
-            s.execute(insert(VectorRow), [{"image_id": i, "fingerprint": p.fingerprint, "faiss_id": i,
-                                           "shard_id": shard_id} for i in ids[start:start + 5000]])
+            # Core executemany: several times faster than the ORM bulk insert on the writer's hot path
+            s.connection().execute(VectorRow.__table__.insert(),
+                                   [{"image_id": i, "fingerprint": p.fingerprint, "faiss_id": i, "shard_id": shard_id}
+                                    for i in ids[start:start + 5000]])
         return shard_id
 
     def append(self, image_ids: Iterable[int] | np.ndarray, vectors: np.ndarray,
