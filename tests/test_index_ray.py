@@ -70,11 +70,11 @@ def assert_same_index(a: Path, b: Path) -> None:
 
 
 def test_ray_equals_local_and_resumes_incrementally(tmp_path: Path, ray_cluster) -> None:
-    src = make_folder(tmp_path / "photos", 10)
+    src = make_folder(tmp_path / "photos", 6)
     local = build_index(src, tmp_path / "local", metric=METRIC, device="cpu", batch_size=4, workers=0,
                         progress=False)
     s = build_index(src, tmp_path / "ray", metric=METRIC, batch_size=4, ray="auto", progress=False)
-    assert (s.embedded, s.failed, s.total_vectors) == (local.embedded, local.failed, local.total_vectors) == (10, 2, 10)
+    assert (s.embedded, s.failed, s.total_vectors) == (local.embedded, local.failed, local.total_vectors) == (6, 2, 6)
     assert s.decoder.startswith("ray")
     assert {r for _, r in s.failures} == {r for _, r in local.failures}
     assert_same_index(tmp_path / "local", tmp_path / "ray")
@@ -88,7 +88,7 @@ def test_ray_equals_local_and_resumes_incrementally(tmp_path: Path, ray_cluster)
 
 def test_killed_workers_are_retried_and_every_image_embedded_once(tmp_path: Path, ray_cluster,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    src = make_folder(tmp_path / "photos", 12, broken=False)
+    src = make_folder(tmp_path / "photos", 8, broken=False)
     markers = tmp_path / "kills"
     markers.mkdir()
     monkeypatch.setenv("LOOKALIKE_RAY_KILL_DIR", str(markers))
@@ -98,16 +98,16 @@ def test_killed_workers_are_retried_and_every_image_embedded_once(tmp_path: Path
     killed = {p.name: int(p.read_text()) for p in markers.iterdir()}
     assert set(killed) == {"ray_decode.killed", "ray_embed.killed"}
     assert os.getpid() not in killed.values()
-    assert (s.embedded, s.failed, s.total_vectors) == (12, 0, 12)
+    assert (s.embedded, s.failed, s.total_vectors) == (8, 0, 8)
     build_index(src, tmp_path / "local", metric=METRIC, device="cpu", batch_size=2, workers=0, progress=False)
     assert_same_index(tmp_path / "local", tmp_path / "ray")
     with open_index(tmp_path / "ray") as ix:
         ids = ix.vectors.ids().tolist()
-    assert len(ids) == len(set(ids)) == 12
+    assert len(ids) == len(set(ids)) == 8
 
 
 def test_sigkilled_driver_resumes(tmp_path: Path, ray_cluster) -> None:
-    src = make_folder(tmp_path / "photos", 12)
+    src = make_folder(tmp_path / "photos", 8)
     idx = tmp_path / "ray"
     code = textwrap.dedent(f"""
         from lookalike.indexer import build_index
@@ -118,9 +118,9 @@ def test_sigkilled_driver_resumes(tmp_path: Path, ray_cluster) -> None:
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == -9, proc.stderr[-2000:]
     rows = catalog_rows(idx)
-    assert 0 < sum(r[2] == "ok" for r in rows.values()) < 12  # the kill left a part done
+    assert 0 < sum(r[2] == "ok" for r in rows.values()) < 8  # the kill left a part done
     s = build_index(src, idx, metric=METRIC, batch_size=2, ray="auto", progress=False)
-    assert s.reconciled >= 1 and s.total_vectors == 12
+    assert s.reconciled >= 1 and s.total_vectors == 8
     build_index(src, tmp_path / "local", metric=METRIC, device="cpu", batch_size=2, workers=0, progress=False)
     assert_same_index(tmp_path / "local", idx)
 
