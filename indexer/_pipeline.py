@@ -45,7 +45,7 @@ from lookalike.indexer._catalog import (
     utcnow,
 )
 from lookalike.indexer._crash import CrashHook
-from lookalike.indexer._index import is_metric
+from lookalike.indexer._index import is_metric, load_vectors
 from lookalike.indexer._migrate import migrate_if_needed
 from lookalike.indexer._shards import LOCK_FILE as LOCK_FILE
 from lookalike.indexer._shards import ShardWriter, clean_orphans, storage_dtype, tombstone
@@ -555,6 +555,7 @@ def _run(catalog: Catalog, index_dir: Path, roots: list[str], m: Metric, *, batc
         catalog.set_dedup_threshold(build.fingerprint, dedup_threshold)
     summary = IndexSummary(index_dir=str(index_dir), metric=m.name, fingerprint=m.fingerprint)
     summary.reconciled = reconcile(catalog, build.fingerprint)
+    load_vectors(catalog, build)  # a damaged shard or search file stops the run here, naming the file
     report = _Progress(progress, m.name)
 
     t = time.perf_counter()
@@ -628,6 +629,7 @@ def _run(catalog: Catalog, index_dir: Path, roots: list[str], m: Metric, *, batc
     t = time.perf_counter()
     upkeep = update_structure(catalog, build, compact_at=compact_at,
                               progress=lambda d, n: report("derive", d, n))
+    catalog.backup()  # the copy 'lookalike check --repair' restores if the catalog is ever damaged
     summary.seconds["write"] += time.perf_counter() - t
     summary.factory = upkeep.factory
     with catalog.session() as s:
