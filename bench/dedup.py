@@ -152,9 +152,11 @@ def main() -> None:
             build = time.perf_counter() - t
             with Catalog(tmp) as cat, cat.session() as s:
                 structure = s.get(BuildRow, FP).current_factory
-            out = subprocess.run([sys.executable, "-c", _CHILD, tmp, str(args.threshold), str(args.dedup_nprobe)],
-                                 capture_output=True, text=True, check=True).stdout
-            res = json.loads(out)
+            run = subprocess.run([sys.executable, "-c", _CHILD, tmp, str(args.threshold), str(args.dedup_nprobe)],
+                                 capture_output=True, text=True)
+            if run.returncode:
+                sys.exit(f"find_duplicates failed at n={n}:\n{run.stderr[-3000:]}")
+            res = json.loads(run.stdout)
             found = {tuple(sorted((int(a), int(b)))) for a, b in res["pairs"]}
             recall = len(found & planted) / len(planted)
             vec_mb = n * args.dim * 4 / 2**20

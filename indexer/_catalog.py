@@ -29,6 +29,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DatabaseError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from lookalike.common.errors import IndexDamaged as _IndexDamaged
+
 _logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2  # 2: vectors in append-only shard files (shards, tombstones, stores); 1: one FAISS file per metric
@@ -160,10 +162,11 @@ class StoreRow(Base):
     derived_rows: Mapped[int | None] = mapped_column(BigInteger)
 
 
-class IndexDamaged(ValueError):
+class IndexDamaged(_IndexDamaged):
     """A file of an index folder is unreadable or does not match the catalog; ``path`` names it.
 
-    The message is one line that names the file and the repair command.
+    The message is one line that names the file and ends with the repair command (no separate hint, so that every
+    command reports a damaged file in one line).
     """
 
     def __init__(self, path: str | os.PathLike[str], what: str, index_dir: str | os.PathLike[str] | None = None):

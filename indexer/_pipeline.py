@@ -14,7 +14,6 @@ brought up to date, and shards whose tombstoned share passed ``compact_at`` are 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
@@ -29,6 +28,7 @@ import torch
 from sqlalchemy import delete, exists, func, insert, select, update
 from tqdm.auto import tqdm
 
+from lookalike.common.io import sha256_file
 from lookalike.data.image_folder import ImageFile, display_path, scan_images
 from lookalike.data.images import DEFAULT_MAX_PIXELS
 from lookalike.data.loader import ImageFileDataset, create_loader, decode_raw_batch, default_workers
@@ -134,14 +134,6 @@ class IndexSummary:
         if len(self.failures) > 20:
             lines.append(f"  ... {len(self.failures) - 20} more (see 'lookalike info --index {self.index_dir}')")
         return "\n".join(lines)
-
-
-def sha256_file(path: str, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while b := f.read(chunk):
-            h.update(b)
-    return h.hexdigest()
 
 
 def _open_build(catalog: Catalog, index_dir: Path, metric: Metric, faiss_factory: str | None,

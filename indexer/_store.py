@@ -25,8 +25,9 @@ import faiss
 import numpy as np
 from sqlalchemy import select
 
+from lookalike.common.io import fsync_dir
 from lookalike.indexer._catalog import BuildRow, Catalog, IndexDamaged, StoreRow
-from lookalike.indexer._shards import OpenShard, ShardSet, fsync_dir, open_shards, sha256_path, shard_folder
+from lookalike.indexer._shards import OpenShard, ShardSet, open_shards, sha256_path, shard_folder
 
 _logger = logging.getLogger(__name__)
 
