@@ -12,6 +12,8 @@ import logging
 import os
 import sys
 
+from sqlalchemy.exc import DatabaseError
+
 _COMMAND_MODULES = ("lookalike.app.cli_metric", "lookalike.app.cli_index", "lookalike.app.cli_weights",
                     "lookalike.app.cli_app",
                     "lookalike.app.cli_eval", "lookalike.app.cli_import")
@@ -65,6 +67,14 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(e, "hint", None):
             hint = f" ({e.hint})"
         print(f"error: a Python package this needs is not installed: {missing}{hint}", file=sys.stderr)
+        return 2
+    except DatabaseError as e:  # a catalog damaged past its first pages, found mid-query
+        if os.environ.get("LOOKALIKE_DEBUG"):
+            raise
+        where = getattr(args, "index", None) or "the index folder"
+        reason = str(getattr(e, "orig", e)).strip().splitlines()[0]
+        print(f"error: damaged index file {where}/catalog.sqlite: the SQLite catalog cannot be read ({reason}); "
+              f"run 'lookalike check --index {where} --repair'", file=sys.stderr)
         return 2
     except (CliError, KeyError, ValueError, FileNotFoundError, PermissionError, TypeError, OSError) as e:
         if os.environ.get("LOOKALIKE_DEBUG"):

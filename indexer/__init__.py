@@ -1,6 +1,9 @@
 """A crash-safe, incremental FAISS + SQLite index of image collections; search and dedup."""
 
 from lookalike.indexer._catalog import SCHEMA_VERSION as SCHEMA_VERSION
+from lookalike.indexer._catalog import IndexDamaged as IndexDamaged
+from lookalike.indexer._check import CheckReport as CheckReport
+from lookalike.indexer._check import check_index as check_index
 from lookalike.indexer._dedup import DedupReport as DedupReport
 from lookalike.indexer._dedup import DuplicateGroup as DuplicateGroup
 from lookalike.indexer._dedup import DuplicateMember as DuplicateMember
@@ -9,6 +12,7 @@ from lookalike.indexer._dedup import find_duplicates as find_duplicates
 from lookalike.indexer._dedup import move_duplicates as move_duplicates
 from lookalike.indexer._dedup import undo_moves as undo_moves
 from lookalike.indexer._dedup import write_report as write_report
+from lookalike.indexer._dedup_lists import ProbeReport as ProbeReport
 from lookalike.indexer._import import ImportSummary as ImportSummary
 from lookalike.indexer._import import import_embeddings as import_embeddings
 from lookalike.indexer._index import ImageIndex as ImageIndex
@@ -20,5 +24,6 @@ from lookalike.indexer._pipeline import IndexSummary as IndexSummary
 from lookalike.indexer._pipeline import build_index as build_index
 from lookalike.indexer._search import Hit as Hit
 from lookalike.indexer._search import search as search
+from lookalike.indexer._store import choose_structure as choose_structure
 from lookalike.indexer._vectors import VectorIndex as VectorIndex
 from lookalike.indexer._vectors import choose_factory as choose_factory

@@ -29,10 +29,13 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DatabaseError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from lookalike.common.errors import IndexDamaged as _IndexDamaged
+
 _logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2  # 2: vectors in append-only shard files (shards, tombstones, stores); 1: one FAISS file per metric
 CATALOG_FILE = "catalog.sqlite"
+BACKUP_FILE = "catalog.sqlite.bak"  # written at the end of every build_index run (SQLite catalogs)
 
 STATUS_PENDING = "pending"  # catalogued, not decoded yet
 STATUS_OK = "ok"  # decoded at least once
@@ -154,14 +157,16 @@ class StoreRow(Base):
     derived_file: Mapped[str | None] = mapped_column(Text)  # relative path of the derived FAISS file
     derived_sha256: Mapped[str | None] = mapped_column(String(64))
     derived_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    derived_data_sha256: Mapped[str | None] = mapped_column(String(64))  # its .ivfdata (on-disk inverted lists)
     derived_upto: Mapped[int | None] = mapped_column(BigInteger)  # the last shard id the derived file covers
     derived_rows: Mapped[int | None] = mapped_column(BigInteger)
 
 
-class IndexDamaged(ValueError):
+class IndexDamaged(_IndexDamaged):
     """A file of an index folder is unreadable or does not match the catalog; ``path`` names it.
 
-    The message is one line that names the file and the repair command.
+    The message is one line that names the file and ends with the repair command (no separate hint, so that every
+    command reports a damaged file in one line).
     """
 
     def __init__(self, path: str | os.PathLike[str], what: str, index_dir: str | os.PathLike[str] | None = None):
@@ -249,6 +254,34 @@ class Catalog:
             s.execute(delete(SchemaVersion))
             s.add(SchemaVersion(version=version))
         self.version = version
+
+    def backup(self) -> Path | None:
+        """Copy a SQLite catalog to ``catalog.sqlite.bak`` (SQLite's online backup, then fsync and rename), the
+        copy ``check_index(repair=True)`` restores when the catalog is damaged. None for other databases."""
+        if self.db_file is None:
+            return None
+        import sqlite3
+
+        dst = self.db_file.with_name(BACKUP_FILE)
+        tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+        try:
+            src = sqlite3.connect(self.db_file)
+            try:
+                out = sqlite3.connect(tmp)
+                try:
+                    src.backup(out)
+                finally:
+                    out.close()
+            finally:
+                src.close()
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, dst)
+        except (OSError, sqlite3.Error) as e:
+            tmp.unlink(missing_ok=True)
+            _logger.warning("could not back up the catalog to %s: %s", dst, e)
+            return None
+        return dst
 
     def session(self) -> Session:
         return self.sessions()

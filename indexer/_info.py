@@ -52,7 +52,7 @@ def index_info(index_dir: str | os.PathLike[str], *, db_url: str | None = None, 
                        func.sum(ShardRow.bytes)).group_by(ShardRow.fingerprint))}
         metrics = []
         for b in cat.builds():
-            vi = load_vectors(cat, b, verify=False)
+            vi = load_vectors(cat, b)
             st = stores.get(b.fingerprint)
             n_sh, rows, dead, nbytes = shard_stats.get(b.fingerprint, (0, 0, 0, 0))
             derived = (st.derived_bytes or 0) if st else 0

@@ -14,7 +14,6 @@ brought up to date, and shards whose tombstoned share passed ``compact_at`` are 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
@@ -29,6 +28,7 @@ import torch
 from sqlalchemy import bindparam, delete, exists, func, insert, select, update
 from tqdm.auto import tqdm
 
+from lookalike.common.io import sha256_file
 from lookalike.data.image_folder import ImageFile, display_path, scan_images
 from lookalike.data.images import DEFAULT_MAX_PIXELS
 from lookalike.data.loader import ImageFileDataset, create_loader, decode_raw_batch, default_workers
@@ -45,7 +45,7 @@ from lookalike.indexer._catalog import (
     utcnow,
 )
 from lookalike.indexer._crash import CrashHook
-from lookalike.indexer._index import is_metric
+from lookalike.indexer._index import is_metric, load_vectors
 from lookalike.indexer._migrate import migrate_if_needed
 from lookalike.indexer._ray import import_ray, parse_ray_address, run_on_ray, split_crash_spec
 from lookalike.indexer._shards import LOCK_FILE as LOCK_FILE
@@ -135,14 +135,6 @@ class IndexSummary:
         if len(self.failures) > 20:
             lines.append(f"  ... {len(self.failures) - 20} more (see 'lookalike info --index {self.index_dir}')")
         return "\n".join(lines)
-
-
-def sha256_file(path: str, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while b := f.read(chunk):
-            h.update(b)
-    return h.hexdigest()
 
 
 def _open_build(catalog: Catalog, index_dir: Path, metric: Metric, faiss_factory: str | None,
@@ -580,6 +572,7 @@ def _run(catalog: Catalog, index_dir: Path, roots: list[str], m: Metric, *, batc
         catalog.set_dedup_threshold(build.fingerprint, dedup_threshold)
     summary = IndexSummary(index_dir=str(index_dir), metric=m.name, fingerprint=m.fingerprint)
     summary.reconciled = reconcile(catalog, build.fingerprint)
+    load_vectors(catalog, build)  # a damaged shard or search file stops the run here, naming the file
     report = _Progress(progress, m.name)
 
     t = time.perf_counter()
@@ -661,6 +654,7 @@ def _run(catalog: Catalog, index_dir: Path, roots: list[str], m: Metric, *, batc
     t = time.perf_counter()
     upkeep = update_structure(catalog, build, compact_at=compact_at,
                               progress=lambda d, n: report("derive", d, n))
+    catalog.backup()  # the copy 'lookalike check --repair' restores if the catalog is ever damaged
     summary.seconds["write"] += time.perf_counter() - t
     summary.factory = upkeep.factory
     with catalog.session() as s:

@@ -49,6 +49,8 @@ import numpy as np
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
+from lookalike.common.errors import IndexLocked
+from lookalike.common.io import file_lock, fsync_dir, sha256_file
 from lookalike.indexer._catalog import Catalog, IndexDamaged, ShardRow, StoreRow, TombstoneRow, VectorRow, utcnow
 
 _logger = logging.getLogger(__name__)
@@ -64,26 +66,21 @@ _SHARD_RE = re.compile(r"^shard-(\d+)\.(?:ids\.)?npy$")
 
 @contextlib.contextmanager
 def writer_lock(index_dir: str | os.PathLike[str], *, wait: bool = False) -> Iterator[None]:
-    """One writer per index folder (an advisory ``flock`` on ``writer.lock``; readers never take it).
+    """One writer per index folder (an advisory lock on ``writer.lock``; readers never take it).
+
+    Args:
+        index_dir: the index folder.
+        wait: wait for another writer to finish instead of failing.
 
     Raises:
-        ValueError: another process holds it (unless ``wait``).
+        IndexLocked: another process is writing this index (unless ``wait``).
     """
-    try:
-        import fcntl
-    except ImportError:  # Windows: no advisory locks; single-writer use is the caller's business
-        yield
-        return
     index_dir = Path(index_dir)
-    fd = os.open(index_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            raise ValueError(f"another 'lookalike index' run is writing {index_dir}; wait for it to finish") from None
+    with file_lock(index_dir / LOCK_FILE, blocking=wait) as held:
+        if not held:
+            raise IndexLocked(f"another process is writing the index {index_dir}",
+                              hint="wait for the other 'lookalike index' run to finish")
         yield
-    finally:
-        os.close(fd)
 
 
 def storage_dtype(name: str | None) -> str:
@@ -161,20 +158,6 @@ class _HashingWriter:
         self.f.flush()
 
 
-def fsync_dir(folder: Path) -> None:
-    """fsync a folder so that a rename in it is durable (a no-op where folders cannot be opened)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _write_npy(path: Path, arr: np.ndarray, before_replace: Callable[[], None] | None = None) -> tuple[str, int]:
     """Write ``arr`` as ``.npy`` atomically; returns (sha256, bytes). Raises OSError (the temp file is removed)."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -194,12 +177,9 @@ def _write_npy(path: Path, arr: np.ndarray, before_replace: Callable[[], None] |
     return hw.h.hexdigest(), hw.n
 
 
-def sha256_path(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while b := f.read(chunk):
-            h.update(b)
-    return h.hexdigest()
+def sha256_path(path: str | os.PathLike[str]) -> str:
+    """The hex sha256 of a file (``lookalike.common.io.sha256_file`` with 4 MiB reads)."""
+    return sha256_file(path, chunk=1 << 22)
 
 
 class ShardWriter:

@@ -25,8 +25,9 @@ import faiss
 import numpy as np
 from sqlalchemy import select
 
+from lookalike.common.io import fsync_dir
 from lookalike.indexer._catalog import BuildRow, Catalog, IndexDamaged, StoreRow
-from lookalike.indexer._shards import OpenShard, ShardSet, fsync_dir, open_shards, sha256_path, shard_folder
+from lookalike.indexer._shards import OpenShard, ShardSet, open_shards, sha256_path, shard_folder
 
 _logger = logging.getLogger(__name__)
 
@@ -62,21 +63,30 @@ def row_keys(shard_id: int, rows: np.ndarray) -> np.ndarray:
     return (np.int64(shard_id) << np.int64(_KEY_SHIFT)) | rows.astype(np.int64)
 
 
+def libc_flush() -> None:
+    """Flush C stdio buffers (what faiss printed) before file descriptor 1 is switched."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, AttributeError):
+        pass
+
+
 @contextlib.contextmanager
 def quiet_stdout() -> Iterator[None]:
     """Silence faiss's C-level prints to stdout ("resizing ...") during on-disk list operations."""
-    try:
-        fd = sys.stdout.fileno()
-    except (AttributeError, ValueError, OSError):
-        yield
-        return
-    sys.stdout.flush()
+    fd = 1  # faiss prints with C stdio to file descriptor 1, whatever Python's sys.stdout is
+    with contextlib.suppress(AttributeError, ValueError, OSError):
+        sys.stdout.flush()
+    libc_flush()
     saved = os.dup(fd)
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
         os.dup2(devnull, fd)
         yield
     finally:
+        libc_flush()
         os.dup2(saved, fd)
         os.close(saved)
         os.close(devnull)
@@ -105,10 +115,10 @@ def choose_structure(n: int, dim: int, *, requested: str = "auto", max_memory: i
                      itemsize: int = 4, exact_max: int | None = None) -> Structure:
     """Pick the structure for ``n`` vectors, the way autofaiss does: from the memory budget.
 
-    "Flat" (or "exact") is an exact scan of the shards. "auto": exact while the vectors fit ``max_memory`` (or up to
-    ``exact_max`` vectors without a budget); beyond, an inverted file with about 4 sqrt(n) lists whose codes fit
-    the budget: Flat codes (4 bytes/dim), else SQ8 (1 byte/dim), else PQ (m bytes per vector), re-ranked with the
-    exact vectors of the shards. A factory string is used as given.
+    "Flat" (or "exact") is an exact scan of the shards. "auto": exact up to ``exact_max`` vectors (default
+    ``AUTO_EXACT_MAX``, 200k) when they also fit ``max_memory``; beyond, an inverted file with about 4 sqrt(n) lists
+    whose codes fit the budget: Flat codes (4 bytes/dim), else SQ8 (1 byte/dim), else PQ (m bytes per vector),
+    re-ranked with the exact vectors of the shards. A factory string is used as given.
     """
     req = (requested or "auto").strip()
     exact_max = AUTO_EXACT_MAX if exact_max is None else exact_max
@@ -118,12 +128,12 @@ def choose_structure(n: int, dim: int, *, requested: str = "auto", max_memory: i
     if req != "auto":
         params = f"nprobe={_nprobe(req)}" if "IVF" in req else None
         return Structure(req, params, f"faiss {req!r} was requested")
-    if max_memory is not None:
+    if n <= exact_max:
+        if max_memory is None:
+            return Structure("exact", None, f"{n} vectors <= {exact_max}: exact search")
         if raw <= max_memory:
-            return Structure("exact", None, f"{n} x {dim} vectors ({raw / 2**30:.2f} GiB) fit the memory budget "
-                                            f"{max_memory / 2**30:.2f} GiB: exact search")
-    elif n <= exact_max:
-        return Structure("exact", None, f"{n} vectors <= {exact_max}: exact search")
+            return Structure("exact", None, f"{n} vectors <= {exact_max} and their {raw / 2**30:.2f} GiB fit the "
+                                            f"memory budget {max_memory / 2**30:.2f} GiB: exact search")
     nlist = auto_nlist(n)
     params = f"nprobe={min(nlist, max(16, nlist // 128))}"
     budget = max_memory
@@ -463,10 +473,16 @@ def load_derived(index_dir: Path, st: StoreRow, *, verify: bool = False) -> fais
     path = index_dir / st.derived_file  # type: ignore[operator]
     if not path.is_file():
         raise IndexDamaged(path, "the derived search file is missing", index_dir)
+    if st.derived_data_sha256 and not data_file(path).is_file():
+        raise IndexDamaged(data_file(path), "the inverted-list data file is missing", index_dir)
     if st.derived_bytes is not None and path.stat().st_size != st.derived_bytes:
         raise IndexDamaged(path, f"{path.stat().st_size} bytes, the catalog recorded {st.derived_bytes}", index_dir)
-    if verify and st.derived_sha256 and sha256_path(path) != st.derived_sha256:
-        raise IndexDamaged(path, "its sha256 differs from the one recorded when it was written", index_dir)
+    if verify:
+        if st.derived_sha256 and sha256_path(path) != st.derived_sha256:
+            raise IndexDamaged(path, "its sha256 differs from the one recorded when it was written", index_dir)
+        data = data_file(path)
+        if st.derived_data_sha256 and data.is_file() and sha256_path(data) != st.derived_data_sha256:
+            raise IndexDamaged(data, "its sha256 differs from the one recorded when it was written", index_dir)
     try:
         with quiet_stdout():
             index = faiss.read_index(os.fspath(path), faiss.IO_FLAG_ONDISK_SAME_DIR | faiss.IO_FLAG_READ_ONLY)
@@ -592,6 +608,7 @@ def build_derived(catalog: Catalog, build: BuildRow, structure: Structure, *, pr
         _write_faiss(index, path)
     return {"structure": structure.factory, "derived_file": path.relative_to(catalog.index_dir).as_posix(),
             "derived_sha256": sha256_path(path), "derived_bytes": path.stat().st_size, "derived_upto": upto,
+            "derived_data_sha256": sha256_path(data_file(path)) if data_file(path).is_file() else None,
             "derived_rows": rows}
 
 

@@ -156,7 +156,7 @@ def update_structure(catalog: Catalog, build: BuildRow, *, compact_at: float = D
         values: dict = {"reason": want.reason, "structure": want.factory if not want.exact else "exact"}
         if want.exact:
             values.update(derived_file=None, derived_sha256=None, derived_bytes=None, derived_upto=None,
-                          derived_rows=None)
+                          derived_rows=None, derived_data_sha256=None)
         elif cols:
             values.update(cols)
         s.execute(update(StoreRow).where(StoreRow.fingerprint == fp).values(**values))
