@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from sqlalchemy import func, select, update
 
+from lookalike.common.errors import IndexMismatch, InvalidArgument
 from lookalike.data.image_folder import display_path, natural_key
 from lookalike.indexer._catalog import (
     STATUS_FAILED,
@@ -148,13 +149,13 @@ def detect_format(source: Path) -> str:
             return "parquet"
         if any(source.glob("*.npy")):
             return "npy"
-        raise ValueError(f"{source}: no embeddings found (expected *.npy + paths, *.parquet, or the clip-retrieval "
-                         f"layout img_emb/ + metadata/)")
+        raise InvalidArgument(f"{source}: no embeddings found (expected *.npy + paths, *.parquet, or the "
+                              f"clip-retrieval layout img_emb/ + metadata/)")
     if source.suffix == ".parquet":
         return "parquet"
     if source.suffix == ".npy":
         return "npy"
-    raise ValueError(f"{source}: not an embeddings file (.npy or .parquet) or folder")
+    raise InvalidArgument(f"{source}: not an embeddings file (.npy or .parquet) or folder")
 
 
 def _sorted_files(folder: Path, pattern: str) -> list[Path]:
@@ -165,11 +166,11 @@ def _load_npy(path: Path) -> np.ndarray:
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
-        raise ValueError(f"{path}: not a readable .npy array ({str(e).splitlines()[0][:120]})") from None
+        raise InvalidArgument(f"{path}: not a readable .npy array ({str(e).splitlines()[0][:120]})") from None
     if arr.ndim != 2:
-        raise ValueError(f"{path}: holds an array of shape {arr.shape}; expected (rows, dim) embeddings")
+        raise InvalidArgument(f"{path}: holds an array of shape {arr.shape}; expected (rows, dim) embeddings")
     if not np.issubdtype(arr.dtype, np.floating):
-        raise ValueError(f"{path}: holds {arr.dtype} values; expected float embeddings")
+        raise InvalidArgument(f"{path}: holds {arr.dtype} values; expected float embeddings")
     return arr
 
 
@@ -181,7 +182,7 @@ class _Lines:
         try:
             self.f = open(path, encoding="utf-8", errors="surrogateescape", newline="")  # noqa: SIM115
         except OSError as e:
-            raise ValueError(f"cannot read the paths file {path}: {e.strerror or e}") from None
+            raise InvalidArgument(f"cannot read the paths file {path}: {e.strerror or e}") from None
         self.line = 0
 
     def take(self, n: int) -> list[str]:
@@ -189,7 +190,7 @@ class _Lines:
         for _ in range(n):
             s = self.f.readline()
             if not s:
-                raise ValueError(f"{self.path}: has {self.line} paths but the embeddings have more rows; one path "
+                raise InvalidArgument(f"{self.path}: has {self.line} paths but the embeddings have more rows; one path "
                                  f"per row is needed")
             self.line += 1
             out.append(s.rstrip("\r\n"))
@@ -199,7 +200,7 @@ class _Lines:
         rest = sum(1 for s in self.f if s.strip())
         self.f.close()
         if rest:
-            raise ValueError(f"{self.path}: has {self.line + rest} paths but the embeddings have {self.line} rows")
+            raise InvalidArgument(f"{self.path}: has {self.line + rest} paths but the embeddings have {self.line} rows")
 
 
 def _read_npy(source: Path, paths_file: Path | None, chunk_rows: int) -> Iterator[Chunk]:
@@ -214,7 +215,7 @@ def _read_npy(source: Path, paths_file: Path | None, chunk_rows: int) -> Iterato
             if shared is None:
                 pf = paths_file or folder / "paths.txt"
                 if not pf.is_file():
-                    raise ValueError(f"{f}: no image paths found; put one path per row in "
+                    raise InvalidArgument(f"{f}: no image paths found; put one path per row in "
                                      f"{f.with_suffix('.paths.txt')} or {folder / 'paths.txt'}, or pass paths=FILE "
                                      f"(--paths)")
                 shared = _Lines(pf)
@@ -232,12 +233,12 @@ def _read_npy(source: Path, paths_file: Path | None, chunk_rows: int) -> Iterato
 def _pick_column(names: list[str], wanted: str | None, candidates: tuple[str, ...], what: str, where: Path) -> str:
     if wanted:
         if wanted not in names:
-            raise ValueError(f"{where}: no column {wanted!r}; it has {names}")
+            raise InvalidArgument(f"{where}: no column {wanted!r}; it has {names}")
         return wanted
     for c in candidates:
         if c in names:
             return c
-    raise ValueError(f"{where}: no {what} column (looked for {', '.join(candidates)}; it has {names}); "
+    raise InvalidArgument(f"{where}: no {what} column (looked for {', '.join(candidates)}; it has {names}); "
                      f"name it with --{what}-column")
 
 
@@ -255,17 +256,17 @@ def _vectors_of(col: Any, where: str) -> np.ndarray:
         good = lens[lens >= 0]
         if len(good) and (good != good[0]).any():
             bad = int(np.flatnonzero((lens >= 0) & (lens != good[0]))[0])
-            raise ValueError(f"{where}: row {bad} has a {int(lens[bad])}-d vector, row 0 a {int(good[0])}-d one")
+            raise InvalidArgument(f"{where}: row {bad} has a {int(lens[bad])}-d vector, row 0 a {int(good[0])}-d one")
         dim = int(good[0]) if len(good) else 0
         if (lens < 0).any():  # nulls: fill them with NaN rows so that the row check rejects them
             fill = pa.array([[float("nan")] * dim], type=col.type)
             col = pc.if_else(pc.is_null(col), pc.take(fill, pa.array(np.zeros(n, np.int64))), col)
             col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
     else:
-        raise ValueError(f"{where}: the vector column is {col.type}; expected a list of floats per row")
+        raise InvalidArgument(f"{where}: the vector column is {col.type}; expected a list of floats per row")
     values = col.flatten().to_numpy(zero_copy_only=False)
     if not np.issubdtype(values.dtype, np.floating) and not np.issubdtype(values.dtype, np.integer):
-        raise ValueError(f"{where}: the vector column holds {col.type.value_type}; expected floats")
+        raise InvalidArgument(f"{where}: the vector column holds {col.type.value_type}; expected floats")
     return np.asarray(values, dtype=np.float32).reshape(n, dim)
 
 
@@ -277,7 +278,7 @@ def _read_parquet(source: Path, path_col: str | None, vec_col: str | None, chunk
         try:
             pf = pq.ParquetFile(f)
         except Exception as e:  # noqa: BLE001  pyarrow raises several types for a damaged file
-            raise ValueError(f"{f}: not a readable Parquet file ({str(e).splitlines()[0][:120]})") from None
+            raise InvalidArgument(f"{f}: not a readable Parquet file ({str(e).splitlines()[0][:120]})") from None
         names = pf.schema_arrow.names
         pc_name = _pick_column(names, path_col, PATH_COLUMNS, "path", f)
         vc_name = _pick_column(names, vec_col, VECTOR_COLUMNS, "vector", f)
@@ -297,17 +298,17 @@ def _read_clip_retrieval(source: Path, chunk_rows: int) -> Iterator[Chunk]:
     meta = {int(m.group(1)): p for p in (source / "metadata").glob("metadata_*.parquet")
             if (m := re.fullmatch(r"metadata_(\d+)\.parquet", p.name))}
     if not emb:
-        raise ValueError(f"{source / 'img_emb'}: no img_emb_N.npy files")
+        raise InvalidArgument(f"{source / 'img_emb'}: no img_emb_N.npy files")
     for n in sorted(emb):
         if n not in meta:
-            raise ValueError(f"{emb[n]} has no row-aligned {source / 'metadata' / f'metadata_{n}.parquet'}")
+            raise InvalidArgument(f"{emb[n]} has no row-aligned {source / 'metadata' / f'metadata_{n}.parquet'}")
         arr = _load_npy(emb[n])
         pf = pq.ParquetFile(meta[n])
         if pf.metadata.num_rows != len(arr):
-            raise ValueError(f"{emb[n]} has {len(arr)} rows but {meta[n]} has {pf.metadata.num_rows}; they must be "
-                             f"row-aligned")
+            raise InvalidArgument(f"{emb[n]} has {len(arr)} rows but {meta[n]} has {pf.metadata.num_rows}; they "
+                                  f"must be row-aligned")
         if "image_path" not in pf.schema_arrow.names:
-            raise ValueError(f"{meta[n]}: no 'image_path' column (it has {pf.schema_arrow.names})")
+            raise InvalidArgument(f"{meta[n]}: no 'image_path' column (it has {pf.schema_arrow.names})")
         s = 0
         for batch in pf.iter_batches(batch_size=chunk_rows, columns=["image_path"]):
             k = batch.num_rows
@@ -333,16 +334,16 @@ def read_embeddings(source: str | os.PathLike[str], *, format: str = "auto",
     if not src.exists():
         raise FileNotFoundError(f"embeddings not found: {display_path(str(src))}")
     if format not in FORMATS:
-        raise ValueError(f"unknown embeddings format {format!r}; choose from {', '.join(FORMATS)}")
+        raise InvalidArgument(f"unknown embeddings format {format!r}; choose from {', '.join(FORMATS)}")
     if chunk_rows < 1:
-        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+        raise InvalidArgument(f"chunk_rows must be >= 1, got {chunk_rows}")
     fmt = detect_format(src) if format == "auto" else format
     if fmt == "npy":
         return fmt, _read_npy(src, Path(paths) if paths else None, chunk_rows)
     if fmt == "parquet":
         return fmt, _read_parquet(src, path_column, vector_column, chunk_rows)
     if not src.is_dir():
-        raise ValueError(f"{src}: the clip-retrieval layout is a folder with img_emb/ and metadata/")
+        raise InvalidArgument(f"{src}: the clip-retrieval layout is a folder with img_emb/ and metadata/")
     return fmt, _read_clip_retrieval(src, chunk_rows)
 
 
@@ -366,8 +367,8 @@ def check_rows(xb: np.ndarray, dim: int, *, normalize: bool, where: str, offset:
         ValueError: the dimension differs, or (``normalize=False``) a finite row is not a unit vector.
     """
     if xb.ndim != 2 or xb.shape[1] != dim:
-        raise ValueError(f"{where}: {xb.shape[1] if xb.ndim == 2 else xb.shape}-d vectors, but the index holds "
-                         f"{dim}-d vectors for this metric; import them with the metric that made them")
+        raise IndexMismatch(f"{where}: {xb.shape[1] if xb.ndim == 2 else xb.shape}-d vectors, but the index holds "
+                            f"{dim}-d vectors for this metric", hint="import them with the metric that made them")
     x = np.array(xb, dtype=np.float32, copy=True)
     finite = np.isfinite(x).all(axis=1)
     norms = np.zeros(len(x), dtype=np.float32)
@@ -377,8 +378,9 @@ def check_rows(xb: np.ndarray, dim: int, *, normalize: bool, where: str, offset:
     off = usable & (np.abs(norms - 1.0) > NORM_TOLERANCE)
     if off.any() and not normalize:
         r = int(np.flatnonzero(off)[0])
-        raise ValueError(f"{where}: row {offset + r} has norm {norms[r]:.4g}, not a unit vector ({int(off.sum())} such "
-                         f"rows in this chunk); pass normalize=True (--normalize) to normalise them on the way in")
+        raise InvalidArgument(f"{where}: row {offset + r} has norm {norms[r]:.4g}, not a unit vector "
+                              f"({int(off.sum())} such rows in this chunk); pass normalize=True (--normalize) to "
+                              f"normalise them on the way in")
     x[usable] /= norms[usable, None]
     reasons = {int(r): "imported vector is not finite (NaN or inf)" for r in np.flatnonzero(~finite)}
     reasons.update({int(r): "imported vector is all zeros" for r in np.flatnonzero(zero)})
@@ -438,7 +440,7 @@ def _resolve_metric(metric: Any) -> tuple[str, str | None, int | None]:
         return metric.name, metric.fingerprint, int(metric.dim)
     name = str(metric).strip()
     if not _NAME_RE.match(name):
-        raise ValueError(f"metric name {name!r} is not usable; use letters, digits and . _ - : +")
+        raise InvalidArgument(f"metric name {name!r} is not usable; use letters, digits and . _ - : +")
     from lookalike.metric import is_metric as is_registered
     from lookalike.metric import load_metric
 
@@ -450,7 +452,7 @@ def _resolve_metric(metric: Any) -> tuple[str, str | None, int | None]:
                             "a new image needs the weights", name, str(e).splitlines()[0], name)
             return name, None, None
         if m.kind != "embedding" or not m.dim:
-            raise ValueError(f"metric {name!r} is pairwise: it has no embeddings to import")
+            raise InvalidArgument(f"metric {name!r} is pairwise: it has no embeddings to import")
         return m.name, m.fingerprint, int(m.dim)
     return name, None, None
 
@@ -530,8 +532,8 @@ def import_embeddings(
                 build = s.get(BuildRow, fp)
             if build is not None:
                 if dim is not None and build.dim != dim:
-                    raise ValueError(f"index {index_path} holds {build.dim}-d vectors for {fp} but {name!r} gives "
-                                     f"{dim}-d vectors; use another --index folder")
+                    raise IndexMismatch(f"index {index_path} holds {build.dim}-d vectors for {fp} but {name!r} "
+                                        f"gives {dim}-d vectors", hint="use another index folder")
                 dim = build.dim
             clean_orphans(catalog, fp)
             with catalog.session() as s:
@@ -584,7 +586,7 @@ def _create_build(catalog: Catalog, fp: str, name: str, dim: int, storage: str |
     from lookalike.indexer._store import validate_factory
 
     if dim < 1:
-        raise ValueError("the embeddings have no columns")
+        raise InvalidArgument("the embeddings have no columns")
     target = (factory or "auto").strip()
     validate_factory(dim, target)
     with catalog.session() as s, s.begin():

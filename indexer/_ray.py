@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import torch
 
+from lookalike.common.errors import IndexMismatch, InvalidArgument, LookalikeError
 from lookalike.indexer._catalog import STATUS_FAILED, STATUS_OK
 
 if TYPE_CHECKING:
@@ -57,16 +58,12 @@ _passes: dict[str, int] = {}  # per worker process: how often each worker crash 
 DEFAULT_BLOCK_ROWS = 256
 
 
-class RayNotInstalled(ImportError):
+class RayNotInstalled(LookalikeError, ImportError):
     """``ray=`` was asked for but the ``ray[data]`` package is missing (``pip install "lookalike[ray]"``)."""
 
-    hint = 'pip install "lookalike[ray]"'
-
     def __init__(self) -> None:
-        super().__init__(RAY_MISSING, name="ray")
-
-    def __str__(self) -> str:
-        return RAY_MISSING
+        super().__init__(RAY_MISSING, hint='pip install "lookalike[ray]"')
+        self.name = "ray"
 
 
 def import_ray() -> Any:
@@ -116,8 +113,8 @@ def ray_session(address: str) -> Iterator[Any]:
         try:
             ray.init(address=address, **kwargs)
         except ConnectionError as e:
-            raise ValueError(f"cannot connect to the Ray cluster at {address!r}: {e}; start it with 'ray start "
-                             f"--head' or use --ray auto") from None
+            raise InvalidArgument(f"cannot connect to the Ray cluster at {address!r}: {e}",
+                                  hint="start it with 'ray start --head', or use ray='auto'") from None
     try:
         yield ray
     finally:
@@ -245,10 +242,10 @@ class _Embedder:
             torch.set_num_threads(max(1, min(cpu_threads, os.cpu_count() or 1)))
         self.metric = load_metric(name, dtype=dtype)
         if self.metric.fingerprint != fingerprint:
-            raise ValueError(
+            raise IndexMismatch(
                 f"Ray worker on {os.uname().nodename} resolved other weights for {name!r} (fingerprint "
-                f"{self.metric.fingerprint}, driver {fingerprint}); give every node the same weight files "
-                f"($LOOKALIKE_HOME)")
+                f"{self.metric.fingerprint}, driver {fingerprint})",
+                hint="give every node the same weight files ($LOOKALIKE_HOME)")
         self.as_uint8 = as_uint8
         self.crash = crash
 
@@ -344,7 +341,7 @@ def embed_on_ray(
     if batch_size is None:
         batch_size = _probe_batch_size(ray, m.name, m.dtype) if gpus >= 1 else 32
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise InvalidArgument(f"batch_size must be >= 1, got {batch_size}")
     n_actors = actors or (max(1, int(gpus)) if gpus >= 1 else 1)
     cpu_threads = 0 if gpus >= 1 else max(1, int(_node_cpus(ray)) // max(1, n_actors))
     transform = metric_transform(m)
