@@ -164,9 +164,14 @@ def split_crash_spec(spec: str | None) -> tuple[str | None, str | None]:
 
 
 def metric_transform(m: Metric) -> Callable[[Any], torch.Tensor]:
-    """The metric's PIL → tensor transform without the model, to ship to decode tasks (cloudpickled)."""
-    t = getattr(m, "_transform", None)
-    return t if callable(t) else m.preprocess
+    """The metric's PIL → tensor transform without the model (built from its PreprocessCfg, the one description
+    that CPU and GPU decoding share), to ship to the decode tasks."""
+    pre = getattr(getattr(m, "cfg", None), "preprocess", None)
+    if pre is not None:
+        from lookalike.data.transforms import build_transform
+
+        return build_transform(pre)
+    return m.preprocess  # a Metric without a cfg: ship its own method (and model) as is
 
 
 def transform_is_uint8(transform: Callable[[Any], torch.Tensor], size: int) -> bool:
