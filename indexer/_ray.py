@@ -54,6 +54,8 @@ WORKER_CRASH_DIR_ENV = "LOOKALIKE_RAY_KILL_DIR"
 
 _passes: dict[str, int] = {}  # per worker process: how often each worker crash point was passed
 
+#: Memory each decode task reserves (bytes).
+DECODE_TASK_MEMORY = 256 << 20
 #: Work items per decode task (one Ray block each); the embedding batches are cut from these blocks.
 DEFAULT_BLOCK_ROWS = 256
 
@@ -363,10 +365,12 @@ def embed_on_ray(
         tables = [pa.table({"id": ids[s:s + block_rows], "path": paths[s:s + block_rows]})
                   for s in range(0, len(items), block_rows)]
         ds = ray.data.from_arrow(tables)
-        # Distinct remote args (explicit max_retries) keep the decode tasks apart from the actors: Ray Data would
-        # otherwise fuse both stages into the actor and decode serially there.
+        # Each decode task reserves memory for its block (the decoded files at full size, one at a time, plus the
+        # resized pixels). The request also keeps the decode tasks apart from the actors on a CPU-only cluster:
+        # Ray Data fuses stages with equal resource requests, and would then decode serially inside the actor.
+        # Failed tasks are retried by Ray Data's defaults (max_retries=-1 for system failures).
         ds = ds.map_batches(
-            _decode_block, batch_size=None, batch_format="numpy", num_cpus=1, max_retries=5,
+            _decode_block, batch_size=None, batch_format="numpy", num_cpus=1, memory=DECODE_TASK_MEMORY,
             fn_kwargs={"transform": transform, "size": size, "as_uint8": as_uint8, "max_pixels": max_pixels,
                        "draft_size": draft_size, "crash": crash})
         actor_args: dict[str, Any] = {"num_gpus": 1} if gpus >= 1 else {"num_cpus": 1}
