@@ -203,6 +203,8 @@ class Catalog:
                     f"no index at {self.index_dir} (missing {CATALOG_FILE}); build one with "
                     f"'lookalike index FOLDER --index {self.index_dir}'"
                 )
+            if create:
+                self.index_dir.mkdir(parents=True, exist_ok=True)
             db_url = f"sqlite:///{db_file}"
             self.db_file: Path | None = db_file
         else:

@@ -23,7 +23,7 @@ import numpy as np
 _logger = logging.getLogger(__name__)
 
 #: Release the pages of the memory-mapped lists after this many bytes were read through them.
-RELEASE_BYTES = 512 << 20
+RELEASE_BYTES = 128 << 20
 
 
 @dataclass
