@@ -64,8 +64,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         missing = getattr(e, "name", None) or str(e)
         hint = " (for a postgresql:// catalog: pip install 'psycopg[binary]')" if missing == "psycopg" else ""
-        if getattr(e, "hint", None):
-            hint = f" ({e.hint})"
+        if getattr(e, "message", None):  # a LookalikeError that says how to install what is missing (Ray)
+            print(f"error: {e.message}", file=sys.stderr)
+            return 2
         print(f"error: a Python package this needs is not installed: {missing}{hint}", file=sys.stderr)
         return 2
     except DatabaseError as e:  # a catalog damaged past its first pages, found mid-query

@@ -64,7 +64,7 @@ class RayNotInstalled(LookalikeError, ImportError):
     """``ray=`` was asked for but the ``ray[data]`` package is missing (``pip install "lookalike[ray]"``)."""
 
     def __init__(self) -> None:
-        super().__init__(RAY_MISSING, hint='pip install "lookalike[ray]"')
+        super().__init__(RAY_MISSING)  # the message itself says how to get it: one line, whatever prints it
         self.name = "ray"
 
 
