@@ -14,11 +14,13 @@ import logging
 import os
 import sys
 
+from sqlalchemy.exc import DatabaseError
+
 from lookalike.common.errors import InvalidArgument, LookalikeError
 
 _COMMAND_MODULES = ("lookalike.app.cli_metric", "lookalike.app.cli_index", "lookalike.app.cli_weights",
                     "lookalike.app.cli_app",
-                    "lookalike.app.cli_eval")
+                    "lookalike.app.cli_eval", "lookalike.app.cli_import")
 
 
 class CliError(InvalidArgument):
@@ -67,6 +69,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e.message}", file=sys.stderr)
         if e.hint:
             print(f"hint: {e.hint}", file=sys.stderr)
+        return 2
+    except DatabaseError as e:  # a catalog damaged past its first pages, found mid-query
+        if os.environ.get("LOOKALIKE_DEBUG"):
+            raise
+        where = getattr(args, "index", None) or "the index folder"
+        reason = str(getattr(e, "orig", e)).strip().splitlines()[0]
+        print(f"error: damaged index file {where}/catalog.sqlite: the SQLite catalog cannot be read ({reason}); "
+              f"run 'lookalike check --index {where} --repair'", file=sys.stderr)
         return 2
     except OSError as e:  # unreadable / missing files, full disks, refused connections
         if os.environ.get("LOOKALIKE_DEBUG"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from lookalike.app.cli import CliError
@@ -13,6 +14,10 @@ _INDEX_EPILOG = """examples:
   lookalike index photos/ scans/ --index idx --metric efficientnet_lite0 --batch-size 64 --workers 4
   lookalike index ~/Pictures --index idx --faiss HNSW32 --json
   lookalike index ~/Pictures --index idx --fast-decode        (faster on large JPEGs; not bit-exact)
+  lookalike index /data/crawl --index idx --max-memory 4G --storage fp16   (large collections)
+  lookalike index ~/Pictures --index idx --repair              (first repair damaged index files)
+  lookalike index /data/crawl --index idx --ray                (decode + embed on Ray; pip install "lookalike[ray]")
+  lookalike index /data/crawl --index idx --ray=HEAD:6379      (a running Ray cluster)
 Re-running on the same folders only embeds what is new or changed; moved files are relinked by content hash.
 The run can be interrupted (Ctrl-C, kill) at any moment and resumed by running it again."""
 
@@ -30,6 +35,12 @@ _DEDUP_EPILOG = """examples:
   lookalike dedup --index idx --threshold 0.05 --move-to ~/quarantine     (moves, never deletes)
   lookalike dedup --undo ~/quarantine/manifest-20260101-120000-000000.json
 Files are only touched with --move-to; the manifest it writes lets --undo put everything back."""
+
+_CHECK_EPILOG = """examples:
+  lookalike check --index idx                  (sha256 of every shard and search file against the catalog)
+  lookalike check --index idx --repair         (restore / rebuild / re-embed what can be; says what could not)
+The search file is rebuilt from the shards without re-embedding; a lost shard's images are embedded again; a damaged
+catalog is restored from catalog.sqlite.bak (written at the end of every 'lookalike index' run)."""
 
 
 def _add_catalog_flags(p: argparse.ArgumentParser, *, required_index: bool = True) -> None:
@@ -60,11 +71,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "Embeddings differ slightly from the default exact decode (cosine ~0.998 on "
                         "efficientnet_lite0), outside the 1e-5 parity tolerance with the DreamSim reference, "
                         "hence opt-in (default: exact PIL decode + PIL bicubic resize)")
+    p.add_argument("--ray", nargs="?", const="auto", default=None, metavar="ADDRESS",
+                   help="decode and embed on a Ray cluster, this process writing the index: 'auto' (the default "
+                        "when the flag is given: the running cluster, else a local one for this run) or an address "
+                        "(HOST:6379, ray://HOST:10001). Needs pip install \"lookalike[ray]\"")
     p.add_argument("--faiss", default=None, metavar="FACTORY",
                    help="FAISS factory string: Flat, HNSW32, IVF4096,Flat, IVF4096,PQ64,RFlat... "
                         "(default auto: exact up to 200k images, IVF beyond)")
     p.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
-                   help="images between checkpoints (0 = every batch; default adaptive)")
+                   help="images between checkpoints, each one new shard file (0 = every batch; default 65,536 images "
+                        "or 30 s)")
+    p.add_argument("--max-memory", default=None, metavar="SIZE",
+                   help="memory budget of the search structure, e.g. 4G: exact search while the vectors fit it, "
+                        "else an inverted file whose codes fit (Flat, SQ8 or PQ); 'lookalike info' says what was "
+                        "chosen (default: exact up to 200k images, an inverted file beyond)")
+    p.add_argument("--storage", default=None, choices=["fp32", "fp16"],
+                   help="vector storage of a new index: fp32 (default) or fp16 (half the disk and page cache)")
+    p.add_argument("--compact-at", type=float, default=None, metavar="SHARE",
+                   help="rewrite a shard once this share of its rows belongs to removed images (default 0.25)")
+    p.add_argument("--repair", action="store_true",
+                   help="first check the index files and repair what is damaged (see 'lookalike check')")
     p.add_argument("--max-pixels", type=int, default=None, metavar="N",
                    help="decompression-bomb limit in pixels (default 178,956,970)")
     p.add_argument("--dedup-threshold", type=float, default=None, metavar="T",
@@ -106,20 +132,69 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="move the duplicates (not the keepers) there and write a manifest")
     p.add_argument("--undo", default=None, metavar="MANIFEST", help="put back the files a --move-to moved")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--nprobe", type=int, default=None,
+                   help="on an inverted-file index: lists each list is compared with, itself included (default: the "
+                        "index's search nprobe; lower is faster)")
     p.set_defaults(func=run_dedup)
+
+    p = subparsers.add_parser("check", help="check an index folder's files and repair them", epilog=_CHECK_EPILOG,
+                              formatter_class=fmt)
+    _add_catalog_flags(p)
+    p.add_argument("--repair", action="store_true", help="repair what can be repaired")
+    p.add_argument("--device", default=None, help="device for re-embedding the images of lost shards")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=run_check)
+
+
+class _Bars:
+    """A tqdm bar per stage of ``build_index``, driven by its ``progress(stage, done, total)`` callback."""
+
+    LABELS = {"scan": "scan", "diff": "diff", "embed": "embed", "derive": "search structure"}
+
+    def __init__(self) -> None:
+        self.bar = None
+        self.stage = None
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        from tqdm.auto import tqdm
+
+        if stage != self.stage:
+            self.close()
+            self.stage = stage
+            self.bar = tqdm(total=total or None, desc=self.LABELS.get(stage, stage), unit="img" if stage in (
+                "embed", "derive") else "file", dynamic_ncols=True, leave=stage == "embed")
+        if total and self.bar.total != total:
+            self.bar.total = total
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def run_index(args: argparse.Namespace) -> int:
     from lookalike.data.images import DEFAULT_MAX_PIXELS
-    from lookalike.indexer import build_index
+    from lookalike.indexer import build_index, check_index
 
-    summary = build_index(
-        args.roots, args.index, metric=args.metric, device=args.device, dtype=args.dtype,
-        batch_size=args.batch_size, workers=args.workers, faiss=args.faiss, db_url=args.db,
-        progress=not args.no_progress and not args.json, checkpoint_every=args.checkpoint_every,
-        max_pixels=args.max_pixels if args.max_pixels is not None else DEFAULT_MAX_PIXELS,
-        dedup_threshold=args.dedup_threshold, fast_decode=args.fast_decode,
-    )
+    if args.repair and os.path.isdir(args.index):
+        report = check_index(args.index, repair=True, db_url=args.db, device=args.device)
+        if report.problems:
+            print(report.format(), file=sys.stderr)
+    bars = _Bars() if not args.no_progress and not args.json else None
+    try:
+        summary = build_index(
+            args.roots, args.index, metric=args.metric, device=args.device, dtype=args.dtype,
+            batch_size=args.batch_size, workers=args.workers, faiss=args.faiss, db_url=args.db,
+            progress=bars if bars is not None else False, checkpoint_every=args.checkpoint_every,
+            max_pixels=args.max_pixels if args.max_pixels is not None else DEFAULT_MAX_PIXELS,
+            dedup_threshold=args.dedup_threshold, fast_decode=args.fast_decode, storage=args.storage,
+            max_memory=args.max_memory, ray=args.ray,
+            **({"compact_at": args.compact_at} if args.compact_at is not None else {}),
+        )
+    finally:
+        if bars is not None:
+            bars.close()
     if args.json:
         print(json.dumps(summary.as_dict(), indent=1))
     else:
@@ -158,7 +233,7 @@ def run_dedup(args: argparse.Namespace) -> int:
     if not args.index:
         raise CliError("dedup needs --index DIR (or --undo MANIFEST)")
     report = find_duplicates(args.index, threshold=args.threshold, group=args.group, keep=args.keep,
-                             metric=args.metric, db_url=args.db)
+                             metric=args.metric, db_url=args.db, nprobe=args.nprobe)
     if args.out:
         write_report(report, args.out)
     manifest = move_duplicates(report, args.move_to) if args.move_to else None
@@ -169,6 +244,10 @@ def run_dedup(args: argparse.Namespace) -> int:
         return 0
     print(f"{len(report.pairs)} pairs within {report.threshold:g} among {report.images} images: "
           f"{len(report.groups)} groups, {report.n_duplicates} duplicates")
+    pr = report.probe
+    if pr.get("method") == "ivf-lists":
+        print(f"probed: {pr['lists']} inverted lists, each against {pr['neighbour_lists']} neighbour lists "
+              f"({pr['share_of_exact']:.3%} of the exact pair comparisons)")
     for g in report.groups[:50]:
         print(f"keep {display_path(g.keeper.path)}")
         for d in g.duplicates:
@@ -180,3 +259,14 @@ def run_dedup(args: argparse.Namespace) -> int:
     if manifest:
         print(f"moved {report.n_duplicates} files; undo with: lookalike dedup --undo {manifest}", file=sys.stderr)
     return 0
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from lookalike.indexer import check_index
+
+    report = check_index(args.index, repair=args.repair, db_url=args.db, device=args.device)
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=1))
+    else:
+        print(report.format())
+    return 0 if report.ok else 1

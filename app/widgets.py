@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,7 @@ from lookalike.app.views import (
 from lookalike.common.errors import LookalikeError
 from lookalike.data.image_folder import scan_images
 from lookalike.data.images import ImageDecodeError, open_image
-from lookalike.indexer import GROUP_MODES, KEEP_RULES, Hit, ImageIndex, build_index, index_info
+from lookalike.indexer import GROUP_MODES, KEEP_RULES, Hit, ImageIndex, build_index
 from lookalike.metric import WeightsNotFound, get_metric_cfg, list_metrics
 
 _logger = logging.getLogger(__name__)
@@ -240,15 +239,6 @@ def build_form_ui(settings: AppSettings) -> BuildRequest:
     return BuildRequest(folder=folder.strip(), metric=metric, submitted=submitted)
 
 
-def _count_done(index_dir: Path, metric: str) -> int:
-    try:
-        info = index_info(index_dir)
-    except (FileNotFoundError, ValueError, OSError):
-        return 0
-    vectors = sum(m["vectors"] for m in info["metrics"] if m["metric"] == metric)
-    return vectors + info["images"]["failed"]
-
-
 def run_build_ui(settings: AppSettings, req: BuildRequest) -> bool:
     """Index ``req.folder`` into the app's index folder with a progress bar; True when it worked."""
     folder = Path(req.folder).expanduser()
@@ -261,21 +251,17 @@ def run_build_ui(settings: AppSettings, req: BuildRequest) -> bool:
         return False
     bar = st.progress(0.0, text=f"Indexing {total} images with {req.metric}...")
     outcome: dict[str, object] = {}
+    labels = {"scan": "Scanning", "diff": "Comparing with the index", "embed": "Indexing", "derive": "Search structure"}
 
-    def work() -> None:
-        try:
-            # workers=0: decode in this process (no forking inside the web server)
-            outcome["summary"] = build_index(folder, settings.index_dir, metric=req.metric, workers=0,
-                                             progress=False)
-        except Exception as e:  # noqa: BLE001 - shown to the user below
-            outcome["error"] = e
+    def progress(stage: str, done: int, total_: int) -> None:  # build_index's callback, in this script thread
+        frac = done / total_ if total_ else 0.0
+        bar.progress(min(frac, 1.0), text=f"{labels.get(stage, stage)} with {req.metric}: {done} / {total_}")
 
-    t = threading.Thread(target=work, name="lookalike-build", daemon=True)
-    t.start()
-    while t.is_alive():
-        t.join(0.5)
-        done = min(_count_done(settings.index_dir, req.metric), total)
-        bar.progress(done / total, text=f"Indexing with {req.metric}: {done} / {total} images")
+    try:
+        # workers=0: decode in this process (no forking inside the web server)
+        outcome["summary"] = build_index(folder, settings.index_dir, metric=req.metric, workers=0, progress=progress)
+    except Exception as e:  # noqa: BLE001 - shown to the user below
+        outcome["error"] = e
     resources.clear_index_caches()
     if "error" in outcome:
         bar.empty()

@@ -7,6 +7,9 @@ through the read models exported here (``ImageInfo``, ``BuildInfo``, ``index_inf
 
 from lookalike.indexer._catalog import CATALOG_FILE as CATALOG_FILE
 from lookalike.indexer._catalog import SCHEMA_VERSION as SCHEMA_VERSION
+from lookalike.indexer._catalog import IndexDamaged as IndexDamaged
+from lookalike.indexer._check import CheckReport as CheckReport
+from lookalike.indexer._check import check_index as check_index
 from lookalike.indexer._dedup import GROUP_MODES as GROUP_MODES
 from lookalike.indexer._dedup import KEEP_RULES as KEEP_RULES
 from lookalike.indexer._dedup import DedupReport as DedupReport
@@ -17,6 +20,9 @@ from lookalike.indexer._dedup import find_duplicates as find_duplicates
 from lookalike.indexer._dedup import move_duplicates as move_duplicates
 from lookalike.indexer._dedup import undo_moves as undo_moves
 from lookalike.indexer._dedup import write_report as write_report
+from lookalike.indexer._dedup_lists import ProbeReport as ProbeReport
+from lookalike.indexer._import import ImportSummary as ImportSummary
+from lookalike.indexer._import import import_embeddings as import_embeddings
 from lookalike.indexer._index import ImageIndex as ImageIndex
 from lookalike.indexer._index import index_exists as index_exists
 from lookalike.indexer._index import open_index as open_index
@@ -29,5 +35,6 @@ from lookalike.indexer._pipeline import IndexSummary as IndexSummary
 from lookalike.indexer._pipeline import build_index as build_index
 from lookalike.indexer._search import Hit as Hit
 from lookalike.indexer._search import search as search
+from lookalike.indexer._store import choose_structure as choose_structure
 from lookalike.indexer._vectors import VectorIndex as VectorIndex
 from lookalike.indexer._vectors import choose_factory as choose_factory

@@ -19,19 +19,24 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     create_engine,
+    delete,
     event,
     inspect,
     select,
+    text,
 )
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DatabaseError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from lookalike.common.errors import IndexDamaged, IndexNotFound, MissingDependency
+from lookalike.common.errors import IndexDamaged as _IndexDamaged
+from lookalike.common.errors import IndexNotFound, MissingDependency
 
 _logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: vectors in append-only shard files (shards, tombstones, stores); 1: one FAISS file per metric
 CATALOG_FILE = "catalog.sqlite"
+BACKUP_FILE = "catalog.sqlite.bak"  # written at the end of every build_index run (SQLite catalogs)
 
 STATUS_PENDING = "pending"  # catalogued, not decoded yet
 STATUS_OK = "ok"  # decoded at least once
@@ -90,6 +95,7 @@ class VectorRow(Base):
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
     fingerprint: Mapped[str] = mapped_column(String(128), primary_key=True)
     faiss_id: Mapped[int] = mapped_column(BigInteger)
+    shard_id: Mapped[int | None] = mapped_column(BigInteger, default=None)  # schema 2: the shard holding the vector
 
 
 class BuildRow(Base):
@@ -106,6 +112,69 @@ class BuildRow(Base):
     created: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     updated: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
     dedup_threshold: Mapped[float | None] = mapped_column(Float)
+
+
+class ShardRow(Base):
+    """One append-only shard file of vectors (schema 2), recorded when its rows commit.
+
+    ``file`` holds a (rows, dim) ``.npy`` array, ``ids_file`` the (rows,) int64 image ids of its rows; both paths
+    are relative to the index folder. ``dead`` counts tombstoned rows (removed or re-embedded images).
+    """
+
+    __tablename__ = "shards"
+    __table_args__ = (UniqueConstraint("fingerprint", "seq", name="uq_shards_fp_seq"), {"sqlite_autoincrement": True})
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    fingerprint: Mapped[str] = mapped_column(String(128), index=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    file: Mapped[str] = mapped_column(Text)
+    ids_file: Mapped[str] = mapped_column(Text)
+    rows: Mapped[int] = mapped_column(BigInteger)
+    dead: Mapped[int] = mapped_column(BigInteger, default=0)
+    dim: Mapped[int] = mapped_column(Integer)
+    dtype: Mapped[str] = mapped_column(String(16))  # "float32" or "float16"
+    sha256: Mapped[str] = mapped_column(String(64))
+    ids_sha256: Mapped[str] = mapped_column(String(64))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    created: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class TombstoneRow(Base):
+    """A shard row that is no longer live: its image was removed or re-embedded into a newer shard."""
+
+    __tablename__ = "tombstones"
+    shard_id: Mapped[int] = mapped_column(ForeignKey("shards.id", ondelete="CASCADE"), primary_key=True)
+    faiss_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+
+
+class StoreRow(Base):
+    """How one build's vectors are stored and searched (schema 2): storage dtype, memory budget, derived FAISS."""
+
+    __tablename__ = "stores"
+    fingerprint: Mapped[str] = mapped_column(String(128), primary_key=True)
+    storage: Mapped[str] = mapped_column(String(16), default="float32")
+    max_memory: Mapped[int | None] = mapped_column(BigInteger)  # bytes; None: no budget given
+    structure: Mapped[str] = mapped_column(String(256), default="exact")  # "exact" or a faiss factory string
+    reason: Mapped[str | None] = mapped_column(Text)  # why that structure was chosen
+    derived_file: Mapped[str | None] = mapped_column(Text)  # relative path of the derived FAISS file
+    derived_sha256: Mapped[str | None] = mapped_column(String(64))
+    derived_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    derived_data_sha256: Mapped[str | None] = mapped_column(String(64))  # its .ivfdata (on-disk inverted lists)
+    derived_upto: Mapped[int | None] = mapped_column(BigInteger)  # the last shard id the derived file covers
+    derived_rows: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class IndexDamaged(_IndexDamaged):
+    """A file of an index folder is unreadable or does not match the catalog; ``path`` names it.
+
+    The message is one line that names the file and ends with the repair command (no separate hint, so that every
+    command reports a damaged file in one line).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], what: str, index_dir: str | os.PathLike[str] | None = None):
+        self.path = os.fspath(path)
+        self.index_dir = os.fspath(index_dir) if index_dir is not None else None
+        fix = (f"; run 'lookalike check --index {self.index_dir} --repair'" if self.index_dir is not None else "")
+        super().__init__(f"damaged index file {self.path}: {what}{fix}")
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
@@ -133,8 +202,14 @@ class Catalog:
             if not create and not db_file.is_file():
                 raise IndexNotFound(f"no index at {self.index_dir} (missing {CATALOG_FILE})",
                                     hint=f"build one with: lookalike index FOLDER --index {self.index_dir}")
+            if create:
+                self.index_dir.mkdir(parents=True, exist_ok=True)
             db_url = f"sqlite:///{db_file}"
+            self.db_file: Path | None = db_file
+        else:
+            self.db_file = None
         self.db_url = db_url
+        self.version = SCHEMA_VERSION
         try:
             self.engine: Engine = create_engine(db_url, future=True)
         except ImportError as e:  # the URL's database driver is not installed
@@ -145,7 +220,14 @@ class Catalog:
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False, future=True)
-        self._check_schema(create)
+        try:
+            self._check_schema(create)
+        except DatabaseError as e:
+            self.engine.dispose()
+            if self.db_file is None:
+                raise
+            reason = str(getattr(e, "orig", e)).strip().splitlines()[0]
+            raise IndexDamaged(self.db_file, f"the SQLite catalog cannot be read ({reason})", self.index_dir) from None
 
     def _check_schema(self, create: bool) -> None:
         has_version = inspect(self.engine).has_table(SchemaVersion.__tablename__)
@@ -166,8 +248,47 @@ class Catalog:
                 f"index catalog {self.db_url} has schema version {version}, newer than this lookalike supports "
                 f"({SCHEMA_VERSION}); upgrade lookalike (pip install -U lookalike)"
             )
-        if create:
-            Base.metadata.create_all(self.engine)  # tables added by later minor versions
+        self.version = int(version)
+        if create or version < SCHEMA_VERSION:
+            Base.metadata.create_all(self.engine)  # tables added by later versions (shards, tombstones, stores)
+        if version < 2 and "shard_id" not in {c["name"] for c in inspect(self.engine).get_columns("vectors")}:
+            with self.engine.begin() as conn:
+                conn.execute(text("ALTER TABLE vectors ADD COLUMN shard_id BIGINT"))
+
+    def set_version(self, version: int) -> None:
+        """Record that the folder now follows schema ``version`` (after a migration)."""
+        with self.sessions.begin() as s:
+            s.execute(delete(SchemaVersion))
+            s.add(SchemaVersion(version=version))
+        self.version = version
+
+    def backup(self) -> Path | None:
+        """Copy a SQLite catalog to ``catalog.sqlite.bak`` (SQLite's online backup, then fsync and rename), the
+        copy ``check_index(repair=True)`` restores when the catalog is damaged. None for other databases."""
+        if self.db_file is None:
+            return None
+        import sqlite3
+
+        dst = self.db_file.with_name(BACKUP_FILE)
+        tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+        try:
+            src = sqlite3.connect(self.db_file)
+            try:
+                out = sqlite3.connect(tmp)
+                try:
+                    src.backup(out)
+                finally:
+                    out.close()
+            finally:
+                src.close()
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, dst)
+        except (OSError, sqlite3.Error) as e:
+            tmp.unlink(missing_ok=True)
+            _logger.warning("could not back up the catalog to %s: %s", dst, e)
+            return None
+        return dst
 
     def session(self) -> Session:
         return self.sessions()

@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from sqlalchemy import select
 
 from lookalike.common.errors import InvalidArgument
 from lookalike.common.io import atomic_write_json
 from lookalike.data.image_folder import natural_key
-from lookalike.indexer._catalog import ImageRow, VectorRow
+from lookalike.indexer._catalog import ImageRow
+from lookalike.indexer._dedup_lists import ProbeReport, exact_pairs, ivf_pairs
 from lookalike.indexer._index import ImageIndex, open_index
 
 if TYPE_CHECKING:
@@ -83,6 +83,8 @@ class DedupReport:
         threshold: pairs with distance <= threshold were linked.
         pairs: all linked pairs, closest first.
         groups: the groups, each with its keeper, largest group first.
+        probe: what the scan compared (``ProbeReport.as_dict()``): exact all-pairs, or inverted lists with their
+            neighbour lists and the share of the exact comparisons that made.
     """
 
     index_dir: str
@@ -94,6 +96,7 @@ class DedupReport:
     images: int
     pairs: list[DuplicatePair] = field(default_factory=list)
     groups: list[DuplicateGroup] = field(default_factory=list)
+    probe: dict = field(default_factory=dict)
 
     @property
     def n_duplicates(self) -> int:
@@ -138,29 +141,32 @@ def _keep_key(rule: str) -> Callable[[ImageRow], tuple]:
     raise InvalidArgument(f"unknown keep rule {rule!r}; choose from {', '.join(KEEP_RULES)}")
 
 
-def find_pairs(index: ImageIndex, threshold: float, *, block_size: int = 4096) -> dict[tuple[int, int], float]:
-    """All pairs of committed vectors within ``threshold`` (1 - cosine), by range search over blocks of queries.
+def find_pairs(index: ImageIndex, threshold: float, *, block_size: int = 4096, nprobe: int | None = None,
+               progress: Callable[[int, int], None] | None = None) -> tuple[dict[tuple[int, int], float], ProbeReport]:
+    """All pairs of committed vectors within ``threshold`` (1 - cosine), and what was probed to find them.
 
-    Memory holds one block of query vectors and the pairs found, never an N x N matrix.
+    An index searched through an inverted file is scanned list by list (``_dedup_lists.ivf_pairs``); an exact
+    index compares every pair of blocks once. Memory holds a few blocks or lists and the pairs found, never an
+    N x N matrix; vectors stay in their memory-mapped files.
     """
-    with index.catalog.session() as s:
-        valid = {int(f) for f in s.scalars(select(VectorRow.faiss_id).where(
-            VectorRow.fingerprint == index.fingerprint))}
-    pairs: dict[tuple[int, int], float] = {}
-    for ids, xb in index.vectors.iter_blocks(block_size):
-        lims, D, I = index.vectors.range_search(xb, threshold)  # noqa: E741
-        for q, a in enumerate(ids.tolist()):
-            if a not in valid:
-                continue
-            for j in range(lims[q], lims[q + 1]):
-                b = int(I[j])
-                if b == a or b not in valid:
-                    continue
-                key = (a, b) if a < b else (b, a)
-                d = float(max(D[j], 0.0))
-                if key not in pairs or d < pairs[key]:
-                    pairs[key] = d
-    return pairs
+    vec = index.vectors
+    if vec.is_ivf:
+        return ivf_pairs(vec, threshold, nprobe=nprobe, progress=progress)
+    if vec.derived is not None:  # HNSW and other graph types: a range search per block of queries
+        pairs: dict[tuple[int, int], float] = {}
+        for ids, xb in vec.iter_blocks(block_size):
+            lims, D, I = vec.range_search(xb, threshold)  # noqa: E741
+            for q, a in enumerate(ids.tolist()):
+                for j in range(lims[q], lims[q + 1]):
+                    b = int(I[j])
+                    if b == a:
+                        continue
+                    key = (a, b) if a < b else (b, a)
+                    d = float(max(D[j], 0.0))
+                    if key not in pairs or d < pairs[key]:
+                        pairs[key] = d
+        return pairs, ProbeReport(method=f"range search ({vec.factory})", vectors=vec.ntotal)
+    return exact_pairs(vec, threshold, block=block_size, progress=progress)
 
 
 def find_duplicates(
@@ -172,6 +178,8 @@ def find_duplicates(
     metric: str | Metric | None = None,
     db_url: str | None = None,
     block_size: int = 4096,
+    nprobe: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> DedupReport:
     """Find near-duplicate images in an index.
 
@@ -185,7 +193,10 @@ def find_duplicates(
             "first" (natural path order).
         metric: which metric's vectors to use when the folder holds several.
         db_url: catalog URL when it is not the SQLite file in the folder.
-        block_size: query vectors per range search (bounds memory).
+        block_size: vectors per block of an exact scan (bounds memory).
+        nprobe: on an inverted-file index, how many lists (its own included) each list is compared with; default
+            the index's search nprobe. Lower is faster; the report's ``probe`` says what was compared.
+        progress: called as ``progress(done, total)`` (lists or blocks).
 
     Returns:
         A DedupReport. No file is touched.
@@ -198,7 +209,8 @@ def find_duplicates(
     key_fn = _keep_key(keep)
     if isinstance(index, (str, os.PathLike)):
         with open_index(index, metric=metric, db_url=db_url) as idx:
-            return find_duplicates(idx, threshold=threshold, group=group, keep=keep, block_size=block_size)
+            return find_duplicates(idx, threshold=threshold, group=group, keep=keep, block_size=block_size,
+                                   nprobe=nprobe, progress=progress)
     if threshold is None:
         threshold = index.build.dedup_threshold
         if threshold is None:
@@ -207,7 +219,7 @@ def find_duplicates(
                                        "'lookalike calibrate'")
     if not 0.0 <= threshold <= 2.0:
         raise InvalidArgument(f"threshold {threshold} is outside [0, 2] (the distance is 1 - cosine)")
-    pairs = find_pairs(index, threshold, block_size=block_size)
+    pairs, probe = find_pairs(index, threshold, block_size=block_size, nprobe=nprobe, progress=progress)
     rows = index.rows({i for p in pairs for i in p})
     pairs = {k: d for k, d in pairs.items() if k[0] in rows and k[1] in rows}
     groups_ids: list[tuple[int, list[int]]] = []
@@ -252,7 +264,7 @@ def find_duplicates(
                        key=lambda p: (p.distance, p.a, p.b))
     report = DedupReport(index_dir=str(index.index_dir), metric=index.build.metric, fingerprint=index.fingerprint,
                          threshold=float(threshold), group=group, keep=keep, images=index.vectors.ntotal,
-                         pairs=pair_list, groups=groups)
+                         pairs=pair_list, groups=groups, probe=probe.as_dict())
     _logger.info("dedup at %.4f: %d pairs, %d groups, %d duplicates", threshold, len(pair_list), len(groups),
                  report.n_duplicates)
     return report

@@ -12,9 +12,17 @@ import numpy as np
 from sqlalchemy import select
 
 from lookalike.common.errors import IndexMismatch, InvalidArgument
-from lookalike.indexer._catalog import CATALOG_FILE, BuildRow, Catalog, ImageRow, VectorRow
+from lookalike.indexer._catalog import (
+    CATALOG_FILE,
+    BuildRow,
+    Catalog,
+    ImageRow,
+    IndexDamaged,
+    ShardRow,
+    StoreRow,
+    VectorRow,
+)
 from lookalike.indexer._models import BuildInfo, ImageInfo
-from lookalike.indexer._vectors import VectorIndex, vectors_file
 
 if TYPE_CHECKING:
     from lookalike.metric import Metric
@@ -56,22 +64,28 @@ def select_build(builds: list[BuildRow], metric: str | Metric | None, where: obj
     return max(matches, key=lambda b: b.updated)
 
 
-def load_vectors(index_dir: str | os.PathLike[str], build: BuildRow) -> VectorIndex:
-    """The FAISS file of ``build`` (an empty index when the file does not exist yet), dim-checked."""
-    path = vectors_file(index_dir, build.fingerprint)
-    if not path.is_file():
-        return VectorIndex.create(build.dim, "Flat")
-    vi = VectorIndex.load(path, build.current_factory)
-    if vi.dim != build.dim:
-        raise InvalidArgument(
-            f"vector file {path} holds {vi.dim}-d vectors but the catalog says metric {build.metric!r} is "
-            f"{build.dim}-d; the index folder is damaged: delete {path.name} and re-run 'lookalike index'"
-        )
+def load_vectors(catalog: Catalog, build: BuildRow, *, verify: bool | None = None):  # -> ShardedVectors
+    """The live vectors of ``build`` (memory-mapped shards + derived FAISS file), checked against the catalog.
+
+    A compaction may remove shard files between reading the catalog and opening them: that case is retried once.
+    """
+    from lookalike.indexer._store import ShardedVectors
+
     try:
-        vi.set_search_params(build.search_params)
-    except (ValueError, AttributeError, RuntimeError) as e:  # parameters of another index type
-        _logger.debug("search params %r not applied: %s", build.search_params, e)
-    return vi
+        return ShardedVectors(catalog, build, verify=verify)
+    except IndexDamaged as e:
+        if "missing" not in str(e):
+            raise
+        return ShardedVectors(catalog, build, verify=verify)
+
+
+def state_stamp(catalog: Catalog, fingerprint: str) -> tuple:
+    """A value that changes whenever a writer commits shards, tombstones or a new derived file for a build."""
+    with catalog.session() as s:
+        shards = s.execute(select(ShardRow.id, ShardRow.dead).where(ShardRow.fingerprint == fingerprint)
+                           .order_by(ShardRow.id)).all()
+        derived = s.scalar(select(StoreRow.derived_file).where(StoreRow.fingerprint == fingerprint))
+    return (tuple(map(tuple, shards)), derived)
 
 
 class ImageIndex:
@@ -101,17 +115,18 @@ class ImageIndex:
         if db_url is None and not self.index_dir.is_dir():
             raise FileNotFoundError(f"index folder not found: {self.index_dir}")
         self.catalog = Catalog(self.index_dir, db_url=db_url, create=False)
-        self.build = select_build(self.catalog.builds(), metric, self.index_dir)
-        self.vectors = load_vectors(self.index_dir, self.build)
-        self._vec_mtime = self._file_mtime()
+        try:
+            from lookalike.indexer._migrate import migrate_if_needed
+
+            migrate_if_needed(self.catalog, lock=True)  # a schema-1 folder is migrated once, on first open
+            self.build = select_build(self.catalog.builds(), metric, self.index_dir)
+            self._stamp = state_stamp(self.catalog, self.build.fingerprint)
+            self.vectors = load_vectors(self.catalog, self.build)
+        except BaseException:
+            self.catalog.close()
+            raise
         self._metric = metric if is_metric(metric) else None
         self._device, self._dtype = device, dtype
-
-    def _file_mtime(self) -> int | None:
-        try:
-            return vectors_file(self.index_dir, self.build.fingerprint).stat().st_mtime_ns
-        except FileNotFoundError:
-            return None
 
     @property
     def fingerprint(self) -> str:
@@ -134,13 +149,13 @@ class ImageIndex:
         return self._metric
 
     def refresh(self) -> bool:
-        """Reload the vectors if a writer replaced the FAISS file since; returns True when reloaded."""
-        m = self._file_mtime()
-        if m == self._vec_mtime:
+        """Reload the vectors if a writer committed since; returns True when reloaded."""
+        m = state_stamp(self.catalog, self.build.fingerprint)
+        if m == self._stamp:
             return False
         self.build = select_build(self.catalog.builds(), self.build.fingerprint, self.index_dir)
-        self.vectors = load_vectors(self.index_dir, self.build)
-        self._vec_mtime = m
+        self.vectors = load_vectors(self.catalog, self.build)
+        self._stamp = m
         return True
 
     def rows(self, ids: Iterable[int]) -> dict[int, ImageRow]:

@@ -8,9 +8,9 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from lookalike.indexer._catalog import STATUS_FAILED, Catalog, ImageRow, VectorRow
+from lookalike.indexer._catalog import STATUS_FAILED, Catalog, ImageRow, ShardRow, StoreRow, VectorRow
 from lookalike.indexer._index import load_vectors
-from lookalike.indexer._vectors import vectors_file
+from lookalike.indexer._migrate import migrate_if_needed
 
 _logger = logging.getLogger(__name__)
 
@@ -24,37 +24,57 @@ def index_info(index_dir: str | os.PathLike[str], *, db_url: str | None = None, 
         max_failed: list at most this many failed files.
 
     Returns:
-        A JSON-ready dict: ``images`` (total / ok / pending / failed), ``roots``, ``metrics`` (one entry per
-        vector file: metric, fingerprint, dim, faiss type, vectors, bytes), ``bytes_on_disk``, ``failed``
-        (path + reason).
+        A JSON-ready dict: ``images`` (total / ok / pending / failed), ``roots``, ``metrics`` (one entry per build:
+        metric, fingerprint, dim, the search structure in use (``faiss``; "Flat" = exact scan of the shards) and
+        why it was chosen (``structure_reason``), ``storage`` dtype, ``max_memory``, vectors, shards, tombstones,
+        bytes), ``bytes_on_disk``, ``failed`` (path + reason).
 
     Raises:
         FileNotFoundError: no index there.
+        IndexDamaged: a damaged catalog or vector file (a ValueError naming the file).
     """
     d = Path(index_dir)
     if db_url is None and not d.is_dir():
         raise FileNotFoundError(f"index folder not found: {d}")
-    with Catalog(d, db_url=db_url, create=False) as cat, cat.session() as s:
-        counts = dict(s.execute(select(ImageRow.status, func.count()).group_by(ImageRow.status)).all())
-        roots = dict(s.execute(select(ImageRow.root, func.count()).group_by(ImageRow.root)).all())
-        failed = [{"path": os.fsdecode(raw), "reason": err} for raw, err in s.execute(
-            select(ImageRow.path_raw, ImageRow.error).where(ImageRow.status == STATUS_FAILED)
-            .order_by(ImageRow.id).limit(max_failed))]
-        per_fp = dict(s.execute(select(VectorRow.fingerprint, func.count()).group_by(VectorRow.fingerprint))
-                      .all())
+    with Catalog(d, db_url=db_url, create=False) as cat:
+        migrate_if_needed(cat, lock=True)
+        with cat.session() as s:
+            counts = dict(s.execute(select(ImageRow.status, func.count()).group_by(ImageRow.status)).all())
+            roots = dict(s.execute(select(ImageRow.root, func.count()).group_by(ImageRow.root)).all())
+            failed = [{"path": os.fsdecode(raw), "reason": err} for raw, err in s.execute(
+                select(ImageRow.path_raw, ImageRow.error).where(ImageRow.status == STATUS_FAILED)
+                .order_by(ImageRow.id).limit(max_failed))]
+            per_fp = dict(s.execute(select(VectorRow.fingerprint, func.count()).group_by(VectorRow.fingerprint))
+                          .all())
+            stores = {r.fingerprint: r for r in s.scalars(select(StoreRow))}
+            shard_stats = {fp: (n, rows, dead, nbytes) for fp, n, rows, dead, nbytes in s.execute(
+                select(ShardRow.fingerprint, func.count(), func.sum(ShardRow.rows), func.sum(ShardRow.dead),
+                       func.sum(ShardRow.bytes)).group_by(ShardRow.fingerprint))}
         metrics = []
         for b in cat.builds():
-            f = vectors_file(d, b.fingerprint)
-            vi = load_vectors(d, b)
+            vi = load_vectors(cat, b)
+            st = stores.get(b.fingerprint)
+            n_sh, rows, dead, nbytes = shard_stats.get(b.fingerprint, (0, 0, 0, 0))
+            derived = (st.derived_bytes or 0) if st else 0
+            if st is not None and st.derived_file:
+                from lookalike.indexer._store import data_file
+
+                df = data_file(d / st.derived_file)
+                derived += df.stat().st_size if df.is_file() else 0
             metrics.append({
                 "metric": b.metric, "fingerprint": b.fingerprint, "dim": b.dim, "faiss": b.current_factory,
-                "faiss_requested": b.factory, "faiss_class": type(vi._inner).__name__,
+                "faiss_requested": b.factory, "structure_reason": st.reason if st else None,
+                "storage": st.storage if st else "float32", "max_memory": st.max_memory if st else None,
                 "search_params": b.search_params, "vectors": per_fp.get(b.fingerprint, 0),
-                "vectors_in_file": vi.ntotal, "file": f.name, "bytes": f.stat().st_size if f.is_file() else 0,
+                "vectors_in_file": vi.ntotal, "shards": int(n_sh or 0), "rows": int(rows or 0),
+                "tombstones": int(dead or 0), "derived_file": st.derived_file if st else None,
+                "derived_covers": st.derived_rows if st else None,
+                "bytes": int(nbytes or 0) + int(derived), "shard_bytes": int(nbytes or 0),
+                "derived_bytes": int(derived),
                 "created": b.created.isoformat(timespec="seconds"), "updated": b.updated.isoformat(timespec="seconds"),
                 "dedup_threshold": b.dedup_threshold,
             })
-    size = sum(p.stat().st_size for p in d.iterdir() if p.is_file())
+    size = sum(p.stat().st_size for p in d.rglob("*") if p.is_file())
     return {
         "index_dir": str(d), "catalog": cat.db_url,
         "images": {"total": sum(counts.values()), "ok": counts.get("ok", 0), "pending": counts.get("pending", 0),
@@ -71,9 +91,13 @@ def format_info(info: dict) -> str:
     for root, n in info["roots"].items():
         lines.append(f"  root {root}: {n} files")
     for m in info["metrics"]:
-        lines.append(f"metric {m['metric']} ({m['fingerprint']}, {m['dim']}-d): {m['vectors']} vectors, faiss "
-                     f"{m['faiss']}{' ' + m['search_params'] if m['search_params'] else ''}, "
-                     f"{m['bytes'] / 1e6:.1f} MB")
+        structure = "exact (Flat over memory-mapped shards)" if m["faiss"] == "Flat" else f"faiss {m['faiss']}"
+        budget = f", budget {m['max_memory'] / 2**30:.2f} GiB" if m.get("max_memory") else ""
+        lines.append(f"metric {m['metric']} ({m['fingerprint']}, {m['dim']}-d): {m['vectors']} vectors in "
+                     f"{m['shards']} shards ({m['storage']}, {m['tombstones']} tombstones), {structure}"
+                     f"{' ' + m['search_params'] if m['search_params'] else ''}{budget}, {m['bytes'] / 1e6:.1f} MB")
+        if m.get("structure_reason"):
+            lines.append(f"  structure: {m['structure_reason']}")
     for f in info["failed"]:
         lines.append(f"  failed: {f['path']}: {f['reason']}")
     return "\n".join(lines)

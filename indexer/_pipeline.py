@@ -1,32 +1,35 @@
-"""build_index: scan → diff against the catalog → decode (DataLoader workers) → embed → FAISS flush → commit.
+"""build_index: scan → diff against the catalog → decode (DataLoader workers) → embed → shard write → commit.
 
 Crash safety rests on one ordering rule and one reconciliation:
 
-* the FAISS file is replaced atomically (temp file, fsync, ``os.replace``) *before* the catalog rows that point to
-  its new vectors commit, so a committed vector row always has its vector on disk;
-* FAISS ids are catalog image ids, never reused; on start, vectors without a committed row are dropped and rows
-  whose vector is missing are queued again. A kill therefore loses at most the work since the last checkpoint.
+* each checkpoint writes one new append-only shard atomically (temp file, fsync, ``os.replace``; see ``_shards``)
+  *before* the catalog rows that point to it commit, so a committed vector row always has its vector on disk, and
+  a checkpoint costs one shard however large the index is;
+* image ids are never reused; on start, shard files without a committed row are deleted and rows whose shard is
+  gone are queued again. A kill therefore loses at most the work since the last checkpoint.
+
+At the end of a run the derived search structure (``_store``: exact, or a FAISS file built from the shards) is
+brought up to date, and shards whose tombstoned share passed ``compact_at`` are rewritten.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from sqlalchemy import delete, exists, insert, select, update
+from sqlalchemy import bindparam, delete, exists, func, insert, select, update
 from tqdm.auto import tqdm
 
-from lookalike.common.errors import IndexLocked, IndexMismatch, InvalidArgument
-from lookalike.common.io import file_lock, sha256_file
+from lookalike.common.errors import IndexMismatch, InvalidArgument
+from lookalike.common.io import sha256_file
 from lookalike.data.image_folder import ImageFile, display_path, scan_images
 from lookalike.data.images import DEFAULT_MAX_PIXELS
 from lookalike.data.loader import ImageFileDataset, create_loader, decode_raw_batch, default_workers
@@ -38,19 +41,29 @@ from lookalike.indexer._catalog import (
     BuildRow,
     Catalog,
     ImageRow,
+    ShardRow,
+    StoreRow,
     VectorRow,
     utcnow,
 )
 from lookalike.indexer._crash import CrashHook
-from lookalike.indexer._index import is_metric
-from lookalike.indexer._vectors import AUTO_FLAT_MAX, VectorIndex, choose_factory, min_train_size, vectors_file
+from lookalike.indexer._index import is_metric, load_vectors
+from lookalike.indexer._migrate import migrate_if_needed
+from lookalike.indexer._ray import import_ray, parse_ray_address, run_on_ray, split_crash_spec
+from lookalike.indexer._shards import LOCK_FILE as LOCK_FILE
+from lookalike.indexer._shards import ShardWriter, clean_orphans, storage_dtype, tombstone
+from lookalike.indexer._shards import writer_lock as writer_lock
+from lookalike.indexer._store import parse_memory, validate_factory
+from lookalike.indexer._upkeep import DEFAULT_COMPACT_AT, update_structure
+
+#: A progress callback: ``progress(stage, done, total)``; stages "scan", "diff", "embed", "derive".
+ProgressFn = Callable[[str, int, int], None]
 
 if TYPE_CHECKING:
     from lookalike.metric import Metric
 
 _logger = logging.getLogger(__name__)
 
-LOCK_FILE = "writer.lock"
 
 
 @dataclass
@@ -126,21 +139,8 @@ class IndexSummary:
         return "\n".join(lines)
 
 
-@contextlib.contextmanager
-def writer_lock(index_dir: Path) -> Iterator[None]:
-    """One writer per index folder (an advisory lock on ``writer.lock``; readers never take it).
-
-    Raises:
-        IndexLocked: another process is writing this index.
-    """
-    with file_lock(index_dir / LOCK_FILE, blocking=False) as held:
-        if not held:
-            raise IndexLocked(f"another process is writing the index {index_dir}",
-                              hint="wait for the other 'lookalike index' run to finish")
-        yield
-
-
-def _open_build(catalog: Catalog, index_dir: Path, metric: Metric, faiss_factory: str | None) -> BuildRow:
+def _open_build(catalog: Catalog, index_dir: Path, metric: Metric, faiss_factory: str | None,
+                storage: str | None = None, max_memory: int | None = None) -> BuildRow:
     fp = metric.fingerprint
     with catalog.session() as s, s.begin():
         b = s.get(BuildRow, fp)
@@ -149,14 +149,11 @@ def _open_build(catalog: Catalog, index_dir: Path, metric: Metric, faiss_factory
                 _logger.info("index already holds %s vectors of other weights (%s); adding a separate vector file",
                              metric.name, other.fingerprint)
             target = (faiss_factory or "auto").strip()
-            current = "Flat"
-            if target not in ("auto", "Flat"):
-                probe = VectorIndex.create(metric.dim, target)  # validates the factory string
-                if probe.is_trained:
-                    current = target
-            b = BuildRow(fingerprint=fp, metric=metric.name, dim=metric.dim, factory=target, current_factory=current,
+            validate_factory(metric.dim, target)
+            b = BuildRow(fingerprint=fp, metric=metric.name, dim=metric.dim, factory=target, current_factory="Flat",
                          search_params=None, count=0)
             s.add(b)
+            s.add(StoreRow(fingerprint=fp, storage=storage_dtype(storage), max_memory=max_memory, structure="exact"))
         else:
             if b.dim != metric.dim:
                 raise IndexMismatch(
@@ -166,56 +163,46 @@ def _open_build(catalog: Catalog, index_dir: Path, metric: Metric, faiss_factory
                 raise IndexMismatch(
                     f"index {index_dir} stores {b.metric!r} vectors as faiss {b.factory!r}, not {faiss_factory!r}",
                     hint="leave out the FAISS type to keep the index's own, or use a new index folder")
+            st = s.get(StoreRow, fp)
+            if st is None:
+                st = StoreRow(fingerprint=fp, storage=storage_dtype(storage), max_memory=max_memory,
+                              structure="exact")
+                s.add(st)
+            elif storage is not None and storage_dtype(storage) != st.storage:
+                raise IndexMismatch(
+                    f"index {index_dir} stores {b.metric!r} vectors as {st.storage}, not {storage_dtype(storage)}",
+                    hint="leave out the storage type to keep the index's own, or use a new index folder")
+            if max_memory is not None:
+                st.max_memory = max_memory
     return b
 
 
-def _load_for_write(index_dir: Path, catalog: Catalog, build: BuildRow) -> VectorIndex:
-    path = vectors_file(index_dir, build.fingerprint)
-    for tmp in index_dir.glob(f".{path.name}.tmp-*"):  # left by a run killed mid-flush (we hold the writer lock)
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-    if path.is_file():
-        vi = VectorIndex.load(path, build.current_factory)
-        if vi.dim != build.dim:
-            raise InvalidArgument(
-                f"vector file {path} holds {vi.dim}-d vectors but metric {build.metric!r} is {build.dim}-d; "
-                f"delete {path.name} and re-run to re-embed"
-            )
-        with contextlib.suppress(ValueError, AttributeError, RuntimeError):
-            vi.set_search_params(build.search_params)
-        return vi
-    factory = build.current_factory
-    vi = VectorIndex.create(build.dim, factory)
-    if not vi.is_trained:  # the trained file is gone: stage in Flat again
-        vi = VectorIndex.create(build.dim, "Flat")
-        with catalog.session() as s, s.begin():
-            s.execute(update(BuildRow).where(BuildRow.fingerprint == build.fingerprint)
-                      .values(current_factory="Flat", search_params=None))
-        build.current_factory, build.search_params = "Flat", None
-    return vi
-
-
-def reconcile(catalog: Catalog, vi: VectorIndex, fingerprint: str) -> int:
-    """Make the FAISS file and the catalog agree: drop vectors without a committed row, and delete vector rows whose
-    vector is missing (their images are queued again). Returns how many vectors/rows were fixed."""
+def reconcile(catalog: Catalog, fingerprint: str) -> int:
+    """Make the shards and the catalog agree after a crash: delete shard files no committed row names, and drop
+    vector rows whose shard row is missing (their images are queued again). Returns how many files/rows were fixed.
+    """
+    n = clean_orphans(catalog, fingerprint)
     with catalog.session() as s, s.begin():
-        rows = dict(s.execute(select(VectorRow.faiss_id, VectorRow.image_id)
-                              .where(VectorRow.fingerprint == fingerprint)).all())
-        faiss_ids = set(vi.ids().tolist())
-        row_ids = set(rows)
-        orphans = faiss_ids - row_ids
-        missing = row_ids - faiss_ids
-        if missing:
-            missing_list = sorted(missing)
-            for start in range(0, len(missing_list), 500):
-                s.execute(delete(VectorRow).where(VectorRow.fingerprint == fingerprint,
-                                                  VectorRow.faiss_id.in_(missing_list[start:start + 500])))
-    if orphans:
-        vi.remove(sorted(orphans))
-    if orphans or missing:
-        _logger.warning("reconciled index: dropped %d vectors without a catalog row, re-queued %d images without "
-                        "a vector", len(orphans), len(missing))
-    return len(orphans) + len(missing)
+        known = select(ShardRow.id).where(ShardRow.fingerprint == fingerprint)
+        res = s.execute(delete(VectorRow).where(VectorRow.fingerprint == fingerprint,
+                                                (VectorRow.shard_id.is_(None)) | (VectorRow.shard_id.not_in(known))))
+        missing = int(res.rowcount or 0)
+    if n or missing:
+        _logger.warning("reconciled index: removed %d uncommitted shard files, re-queued %d images without a "
+                        "vector", n, missing)
+    return n + missing
+
+
+def _core_update_by_id(s, rows: list[dict]) -> None:  # type: ignore[no-untyped-def]
+    """UPDATE images by id, one Core executemany per set of columns (several times faster than the ORM bulk update
+    on the driver's hot path: every checkpoint updates each embedded image's row)."""
+    t = ImageRow.__table__
+    by_keys: dict[tuple[str, ...], list[dict]] = defaultdict(list)
+    for r in rows:
+        by_keys[tuple(sorted(k for k in r if k != "id"))].append(r)
+    for keys, batch in by_keys.items():
+        stmt = t.update().where(t.c.id == bindparam("b_id")).values({k: bindparam(f"b_{k}") for k in keys})
+        s.connection().execute(stmt, [{f"b_{k}": v for k, v in r.items()} for r in batch])
 
 
 def _bulk_update(s, updates: list[dict]) -> None:  # type: ignore[no-untyped-def]
@@ -298,13 +285,12 @@ def _diff(
                 summary.failed += 1
                 summary.failures.append((display_path(f.path), err))
         changed = [u["id"] for u in updates if "sha256" in u]
-        for start in range(0, len(changed), 500):
-            s.execute(delete(VectorRow).where(VectorRow.image_id.in_(changed[start:start + 500])))
+        tombstone(s, changed)  # their old vectors become tombstones (every metric); they are embedded again
         if gone:  # first, so that a moved file's new path never collides with a removed row's
             ids = sorted(gone)
             for start in range(0, len(ids), 500):
                 chunk = ids[start:start + 500]
-                s.execute(delete(VectorRow).where(VectorRow.image_id.in_(chunk)))
+                tombstone(s, chunk)
                 s.execute(delete(ImageRow).where(ImageRow.id.in_(chunk)))
             stale_ids.extend(ids)
             summary.removed += len(ids)
@@ -330,11 +316,15 @@ def _queue(catalog: Catalog, roots: list[str], fingerprint: str) -> list[tuple[i
 
 
 class _Writer:
-    """Buffers embedded vectors and decode results; a checkpoint flushes FAISS, then commits the catalog."""
+    """Buffers embedded vectors and decode results; a checkpoint writes one shard, then commits the catalog."""
 
-    def __init__(self, catalog: Catalog, vi: VectorIndex, path: Path, fingerprint: str, crash: CrashHook,
+    #: Default checkpoint triggers (``checkpoint_every=None``): this many rows, or this many seconds since the last.
+    MAX_ROWS = 65536
+    MAX_SECONDS = 30.0
+
+    def __init__(self, catalog: Catalog, shards: ShardWriter, fingerprint: str, crash: CrashHook,
                  summary: IndexSummary, checkpoint_every: int | None):
-        self.catalog, self.vi, self.path, self.fp, self.crash = catalog, vi, path, fingerprint, crash
+        self.catalog, self.shards, self.fp, self.crash = catalog, shards, fingerprint, crash
         self.summary = summary
         self.every = checkpoint_every
         self.ids: list[int] = []
@@ -342,7 +332,6 @@ class _Writer:
         self.ok: list[dict] = []
         self.failed: list[dict] = []
         self.last_end = time.perf_counter()
-        self.last_cost = 0.0
 
     def pending(self) -> int:
         return len(self.ids) + len(self.failed)
@@ -361,28 +350,22 @@ class _Writer:
             return False
         if self.every is not None:
             return self.every <= 0 or len(self.ids) + len(self.failed) >= self.every
-        if len(self.ids) >= 50_000:
-            return True
-        # adaptive: keep the time spent rewriting the FAISS file under ~10 % of the run
-        return time.perf_counter() - self.last_end >= 10.0 * self.last_cost
+        # a checkpoint costs one shard whatever the index size: bound the work a kill can lose, and keep shards
+        # large enough that a big index is not thousands of tiny files
+        return len(self.ids) >= self.MAX_ROWS or time.perf_counter() - self.last_end >= self.MAX_SECONDS
 
     def checkpoint(self) -> None:
         t0 = time.perf_counter()
-        if self.ids:
-            self.vi.add(np.concatenate(self.vecs), self.ids)
-        if self.vi.dirty:
-            self.vi.save(self.path, before_replace=lambda: self.crash("during_flush"))
-            self.crash("after_flush")
+        pending = self.shards.write(self.ids, np.concatenate(self.vecs)) if self.ids else None
         with self.catalog.session() as s, s.begin():
             if self.ok:
-                s.execute(update(ImageRow), self.ok)
+                _core_update_by_id(s, self.ok)
             if self.failed:
-                s.execute(update(ImageRow), self.failed)
-            if self.ids:
-                s.execute(insert(VectorRow),
-                          [{"image_id": i, "fingerprint": self.fp, "faiss_id": i} for i in self.ids])
+                _core_update_by_id(s, self.failed)
+            if pending is not None:
+                self.shards.record(s, pending)
             s.execute(update(BuildRow).where(BuildRow.fingerprint == self.fp)
-                      .values(count=self.vi.ntotal, updated=utcnow()))
+                      .values(count=BuildRow.count + len(self.ids), updated=utcnow()))
             s.flush()
             self.crash("during_commit")
         self.crash("after_commit")
@@ -390,49 +373,7 @@ class _Writer:
         self.summary.checkpoints += 1
         self.ids, self.vecs, self.ok, self.failed = [], [], [], []
         self.last_end = time.perf_counter()
-        self.last_cost = self.last_end - t0
-        self.summary.seconds["write"] += self.last_cost
-
-
-def _maybe_convert(catalog: Catalog, vi: VectorIndex, path: Path, build: BuildRow, seed: int = 0) -> VectorIndex:
-    """Turn the staging Flat index into the requested (or auto-chosen) trained FAISS type once it has enough data."""
-    n = vi.ntotal
-    if not vi.is_flat or n == 0:
-        return vi
-    if build.factory == "auto":
-        if n <= AUTO_FLAT_MAX:
-            return vi
-        target, params = choose_factory(n)
-    elif build.factory == "Flat":
-        return vi
-    else:
-        target, params = build.factory, build.search_params
-        if params is None:
-            m = choose_factory(max(n, AUTO_FLAT_MAX + 1))[1] if "IVF" in target else None
-            params = m
-        need = min_train_size(target)
-        if n < need:
-            _logger.warning("faiss %r wants %d training vectors; %d indexed so far: staying exact (Flat) for now",
-                            target, need, n)
-            return vi
-    need = max(min_train_size(target), 1)
-    rng = np.random.default_rng(seed)
-    ids = vi.ids()
-    sample_ids = ids if n <= max(need, 100_000) else rng.choice(ids, size=max(need, 100_000), replace=False)
-    _logger.info("training faiss %s on %d of %d vectors", target, len(sample_ids), n)
-    new = VectorIndex.create(vi.dim, target)
-    new.train(vi.vectors(np.sort(sample_ids)))
-    for bid, xb in vi.iter_blocks(65536):
-        new.add(xb, bid.tolist())
-    if params:
-        with contextlib.suppress(ValueError, AttributeError, RuntimeError):
-            new.set_search_params(params)
-    new.save(path)
-    with catalog.session() as s, s.begin():
-        s.execute(update(BuildRow).where(BuildRow.fingerprint == build.fingerprint)
-                  .values(current_factory=target, search_params=params, updated=utcnow()))
-    build.current_factory, build.search_params = target, params
-    return new
+        self.summary.seconds["write"] += self.last_end - t0
 
 
 def _sync(device: torch.device) -> None:
@@ -469,11 +410,15 @@ def build_index(
     workers: int | None = None,
     faiss: str | None = None,
     db_url: str | None = None,
-    progress: bool = True,
+    progress: bool | ProgressFn = True,
     checkpoint_every: int | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     dedup_threshold: float | None = None,
     fast_decode: bool = False,
+    storage: str | None = None,
+    max_memory: str | int | None = None,
+    compact_at: float = DEFAULT_COMPACT_AT,
+    ray: bool | str | None = None,
     crash_at: str | None = None,
 ) -> IndexSummary:
     """Index image folders, or bring an existing index up to date.
@@ -491,19 +436,31 @@ def build_index(
         batch_size: images per embedding batch (default: ``suggest_batch_size`` — 32 on the CPU, fitted to free
             memory on a GPU).
         workers: decoding processes (default: CPUs - 1, at most 8; 0 decodes in this process).
-        faiss: FAISS factory string ("Flat", "HNSW32", "IVF4096,Flat", "IVF4096,PQ64,RFlat"); default "auto": exact
-            Flat up to 200k vectors, an inverted file beyond. Trained types are trained on a sample once enough
+        faiss: the search structure derived from the shards: "Flat" (exact scan of the memory-mapped shards) or a
+            FAISS factory string ("HNSW32", "IVF4096,Flat", "IVF4096,SQ8", "IVF4096,PQ64"); default "auto": chosen
+            from ``max_memory`` (exact while the vectors fit it; without a budget, exact up to 200k vectors), an
+            inverted file with memory-mapped on-disk lists beyond. Trained types are trained on a sample once enough
             vectors are indexed (exact search until then).
         db_url: SQLAlchemy URL for the catalog (default: ``catalog.sqlite`` in ``index_dir``).
-        progress: show a tqdm progress bar.
-        checkpoint_every: images between checkpoints (FAISS flush + catalog commit); 0 = every batch; default
-            adaptive (every batch while flushing is cheap, keeping the flush time near 10 % of the run).
+        progress: True shows a tqdm bar; a callable is called as ``progress(stage, done, total)`` with stage "scan"
+            (files found), "diff", "embed" (images embedded or failed), "derive" (search structure rows); False:
+            nothing.
+        checkpoint_every: images between checkpoints (one shard written + catalog commit); 0 = every batch;
+            default every 65,536 images or 30 s, whichever comes first.
         max_pixels: decompression-bomb limit per image.
         dedup_threshold: store a default distance threshold for ``find_duplicates`` with this metric's vectors.
+        storage: vector storage dtype of a new build: "fp32" (default) or "fp16" (half the disk and page cache;
+            distances change by ~1e-3, see the README).
+        max_memory: memory budget for the search structure ("4G", "512M" or bytes), stored with the build and used
+            to choose it (see ``faiss``); ``index_info`` reports the choice and why.
+        compact_at: rewrite a shard once this share of its rows is tombstoned (removed or re-embedded images).
         fast_decode: faster, not bit-exact decoding: large JPEGs decoded at a reduced scale (PIL ``draft`` to at
             least twice the metric's input size), or on CUDA decoded and resized on the GPU (``decode_jpeg`` +
             antialiased bicubic). Embeddings then differ slightly from the exact path (cosine ~0.998 measured on
             efficientnet_lite0), beyond the 1e-5 parity tolerance; vectors stay comparable for search and dedup.
+        ray: decode and embed on a Ray cluster (``pip install "lookalike[ray]"``): "auto" / True (the running
+            cluster, else a local one for this run) or an address ("HOST:6379", "ray://HOST:10001"). This process
+            stays the single writer; vectors equal the local path's. See ``lookalike.indexer._ray``.
         crash_at: test hook (see ``lookalike.indexer._crash``); also read from ``$LOOKALIKE_CRASH_AT``.
 
     Returns:
@@ -511,10 +468,16 @@ def build_index(
 
     Raises:
         FileNotFoundError: a root folder does not exist.
-        ValueError: a pairwise-only metric, an index built with another dimension or FAISS type, another writer.
-        OSError: the FAISS file could not be written (disk full...); the previous index stays intact.
+        ValueError: a pairwise-only metric, an index built with another dimension, FAISS type or storage, another
+            writer; ``IndexDamaged`` (a ValueError) for a damaged index file (repair with ``check_index``).
+        OSError: a shard could not be written (disk full...); the previous index stays intact.
     """
     t_start = time.perf_counter()
+    ray_address = parse_ray_address(ray)
+    worker_crash = None
+    if ray_address is not None:
+        import_ray()  # before any work: without Ray, say how to get it
+        crash_at, worker_crash = split_crash_spec(crash_at)
     crash = CrashHook(crash_at)
     root_list = [roots] if isinstance(roots, (str, os.PathLike)) else list(roots)
     if not root_list:
@@ -529,6 +492,11 @@ def build_index(
         abs_roots.append(a)
     if batch_size is not None and batch_size < 1:
         raise InvalidArgument(f"batch_size must be >= 1, got {batch_size}")
+    if storage is not None:
+        storage_dtype(storage)
+    budget = parse_memory(max_memory)
+    if not 0.0 < compact_at <= 1.0:
+        raise InvalidArgument(f"compact_at must be in (0, 1], got {compact_at}")
     if dedup_threshold is not None and not 0.0 <= dedup_threshold <= 2.0:
         raise InvalidArgument(f"dedup_threshold {dedup_threshold} is outside [0, 2] (the distance is 1 - cosine)")
     index_path = Path(index_dir)
@@ -538,11 +506,12 @@ def build_index(
     else:
         from lookalike.metric import load_metric
 
-        m = load_metric(metric, device=device, dtype=dtype)
+        # With Ray the driver only needs the metric's facts (dim, fingerprint, preprocessing): the actors embed.
+        m = load_metric(metric, device="cpu" if ray_address is not None else device, dtype=dtype)
     if m.kind != "embedding" or not m.dim:
         raise InvalidArgument(f"metric {m.name!r} is pairwise (it compares two images) and cannot be indexed; "
-                              f"choose an embedding metric such as 'dreamsim' or 'efficientnet_lite0'")
-    if batch_size is None:
+                         f"choose an embedding metric such as 'dreamsim' or 'efficientnet_lite0'")
+    if batch_size is None and ray_address is None:  # with Ray: fitted on a worker's GPU (see _ray)
         from lookalike.metric import suggest_batch_size
 
         batch_size = suggest_batch_size(m)  # CPU: 32; CUDA: the largest power of two that fits
@@ -550,51 +519,91 @@ def build_index(
     with writer_lock(index_path):
         catalog = Catalog(index_path, db_url=db_url, create=True)
         try:
+            migrate_if_needed(catalog)
             return _run(catalog, index_path, abs_roots, m, batch_size=batch_size,
                         workers=default_workers() if workers is None else workers, faiss_factory=faiss,
-                        dedup_threshold=dedup_threshold, fast_decode=fast_decode,
-                        progress=progress, checkpoint_every=checkpoint_every, max_pixels=max_pixels, crash=crash,
-                        t_start=t_start)
+                        dedup_threshold=dedup_threshold, fast_decode=fast_decode, storage=storage, max_memory=budget,
+                        compact_at=compact_at, progress=progress, checkpoint_every=checkpoint_every,
+                        max_pixels=max_pixels, crash=crash, t_start=t_start, ray_address=ray_address,
+                        worker_crash=worker_crash)
         finally:
             catalog.close()
 
 
-def _run(catalog: Catalog, index_dir: Path, roots: list[str], m: Metric, *, batch_size: int, workers: int,
-         faiss_factory: str | None, dedup_threshold: float | None, fast_decode: bool, progress: bool,
-         checkpoint_every: int | None, max_pixels: int | None, crash: CrashHook, t_start: float) -> IndexSummary:
-    build = _open_build(catalog, index_dir, m, faiss_factory)
+class _Progress:
+    """Routes progress to a callback, or to tqdm bars (``progress=True``), or nowhere."""
+
+    def __init__(self, progress: bool | ProgressFn, name: str):
+        self.fn = progress if callable(progress) else None
+        self.show = progress is True
+        self.name = name
+        self.bar: tqdm | None = None
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if self.fn is not None:
+            self.fn(stage, done, total)
+        if self.show and stage == "embed":
+            if self.bar is None:
+                self.bar = tqdm(total=total, unit="img", desc=f"index {self.name}", dynamic_ncols=True)
+            self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _run(catalog: Catalog, index_dir: Path, roots: list[str], m: Metric, *, batch_size: int | None, workers: int,
+         faiss_factory: str | None, dedup_threshold: float | None, fast_decode: bool, storage: str | None,
+         max_memory: int | None, compact_at: float, progress: bool | ProgressFn, checkpoint_every: int | None,
+         max_pixels: int | None, crash: CrashHook, t_start: float, ray_address: str | None = None,
+         worker_crash: str | None = None) -> IndexSummary:
+    build = _open_build(catalog, index_dir, m, faiss_factory, storage, max_memory)
     if dedup_threshold is not None:
         catalog.set_dedup_threshold(build.fingerprint, dedup_threshold)
     summary = IndexSummary(index_dir=str(index_dir), metric=m.name, fingerprint=m.fingerprint)
-    path = vectors_file(index_dir, build.fingerprint)
-    vi = _load_for_write(index_dir, catalog, build)
-    summary.reconciled = reconcile(catalog, vi, build.fingerprint)
+    summary.reconciled = reconcile(catalog, build.fingerprint)
+    load_vectors(catalog, build)  # a damaged shard or search file stops the run here, naming the file
+    report = _Progress(progress, m.name)
 
     t = time.perf_counter()
+    report("scan", 0, 0)
     scan = scan_images(roots)
     summary.scanned, summary.scan_errors = len(scan.files), len(scan.errors)
     summary.seconds["scan"] = time.perf_counter() - t
+    report("scan", summary.scanned, summary.scanned)
 
     t = time.perf_counter()
-    stale = _diff(catalog, roots, scan.files, summary)
-    vi.remove(stale)  # flushed with the next checkpoint; until then they are orphans that readers ignore
+    report("diff", 0, summary.scanned)
+    _diff(catalog, roots, scan.files, summary)  # removed / changed images' vectors are tombstoned in its commit
     queue = _queue(catalog, roots, build.fingerprint)
     summary.seconds["diff"] = time.perf_counter() - t
+    report("diff", summary.scanned, summary.scanned)
     crash("scan")
     _logger.info("scan: %d files (%d new, %d changed, %d moved, %d removed); %d to embed", summary.scanned,
                  summary.new, summary.changed, summary.moved, summary.removed, len(queue))
 
-    writer = _Writer(catalog, vi, path, build.fingerprint, crash, summary, checkpoint_every)
+    writer = _Writer(catalog, ShardWriter(catalog, build.fingerprint, build.dim, crash=crash), build.fingerprint,
+                     crash, summary, checkpoint_every)
     on_cuda = m.device.type == "cuda"
     draft_size = 2 * m.input_size if fast_decode else None
     device_decode = _device_decode(m, fast_decode)
     summary.decoder = "device" if device_decode else "draft" if fast_decode else "exact"
-    if queue:
+    done = 0
+    report("embed", 0, len(queue))
+    if queue and ray_address is not None:  # decode + embed on Ray; this process stays the single writer
+        summary.decoder = "ray, " + ("draft" if fast_decode else "exact")
+        try:
+            run_on_ray(queue, m, writer, summary, address=ray_address, batch_size=batch_size, max_pixels=max_pixels,
+                       draft_size=draft_size, report=report, crash=crash, worker_crash=worker_crash)
+        finally:
+            report.close()
+    elif queue:
+        assert batch_size is not None
         dataset = ImageFileDataset(queue, m.preprocess, max_pixels=max_pixels, draft_size=draft_size,
                                    raw_jpeg=device_decode)
         loader = create_loader(dataset, batch_size=batch_size, workers=min(workers, max(0, len(queue) // batch_size)),
                                pin_memory=on_cuda)
-        bar = tqdm(total=len(queue), unit="img", desc=f"index {m.name}", disable=not progress, dynamic_ncols=True)
         it = iter(loader)
         try:
             while True:
@@ -626,17 +635,22 @@ def _run(catalog: Catalog, index_dir: Path, roots: list[str], m: Metric, *, batc
                     summary.failed += 1
                     summary.failures.append((display_path(f.path), f.reason))
                 writer.push(batch.keys, vecs, ok, failed)
-                bar.update(len(batch))
+                done += len(batch)
+                report("embed", done, len(queue))
         finally:
-            bar.close()
+            report.close()
             del it
-    if writer.pending() or vi.dirty:
+    if writer.pending():
         writer.checkpoint()
     t = time.perf_counter()
-    vi = _maybe_convert(catalog, vi, path, build)
+    upkeep = update_structure(catalog, build, compact_at=compact_at,
+                              progress=lambda d, n: report("derive", d, n))
+    catalog.backup()  # the copy 'lookalike check --repair' restores if the catalog is ever damaged
     summary.seconds["write"] += time.perf_counter() - t
-    summary.factory = build.current_factory
-    summary.total_vectors = vi.ntotal
+    summary.factory = upkeep.factory
+    with catalog.session() as s:
+        summary.total_vectors = int(s.scalar(select(func.count()).select_from(VectorRow)
+                                             .where(VectorRow.fingerprint == build.fingerprint)) or 0)
     summary.seconds["total"] = time.perf_counter() - t_start
     _logger.info("indexed: %s", summary.format().replace("\n", " | "))
     return summary

@@ -14,8 +14,8 @@ from sqlalchemy import select, update
 from support import PHOTOS
 
 from lookalike.indexer import VectorIndex, build_index, index_info, open_index, search
-from lookalike.indexer._catalog import STATUS_OK, BuildRow, Catalog, ImageRow, SchemaVersion, VectorRow
-from lookalike.indexer._vectors import vectors_file
+from lookalike.indexer._catalog import STATUS_OK, BuildRow, Catalog, ImageRow, SchemaVersion, ShardRow, VectorRow
+from lookalike.indexer._shards import ShardWriter, open_shards, shard_folder
 from lookalike.metric import load_metric
 
 
@@ -39,23 +39,33 @@ def copy_photos(dst: Path, n: int, start: int = 0) -> list[Path]:
 
 
 def check_invariants(index_dir: Path, fingerprint: str, max_orphans: int = 0) -> dict[int, ImageRow]:
-    """Every committed vector row has exactly one FAISS vector and vice versa (up to ``max_orphans`` flushed but
-    uncommitted vectors, which the next writer drops); ok rows all have vectors."""
-    vi = VectorIndex.load(vectors_file(index_dir, fingerprint))
-    faiss_ids = vi.ids().tolist()
-    assert len(faiss_ids) == len(set(faiss_ids)), "a FAISS id appears twice"
-    with Catalog(index_dir) as cat, cat.session() as s:
-        vec_rows = list(s.execute(select(VectorRow.image_id, VectorRow.faiss_id)
-                                  .where(VectorRow.fingerprint == fingerprint)))
-        rows = {r.id: r for r in s.scalars(select(ImageRow))}
-    committed = {f for _, f in vec_rows}
-    assert committed <= set(faiss_ids), "a committed row has no vector"
-    assert len(set(faiss_ids) - committed) <= max_orphans
-    assert len({i for i, _ in vec_rows}) == len(vec_rows)
-    for i, _ in vec_rows:
+    """Every committed vector row points at a committed shard whose live rows hold its vector, and every live shard
+    row has a committed vector row; every shard file matches its recorded sha256; at most ``max_orphans`` rows sit in
+    shard files the catalog does not name (written, not committed: the next writer deletes them); ok rows all have
+    vectors."""
+    with Catalog(index_dir) as cat:
+        with cat.session() as s:
+            vec_rows = list(s.execute(select(VectorRow.image_id, VectorRow.faiss_id, VectorRow.shard_id)
+                                      .where(VectorRow.fingerprint == fingerprint)))
+            rows = {r.id: r for r in s.scalars(select(ImageRow))}
+            dim = s.get(BuildRow, fingerprint).dim
+            known = {Path(f).name for pair in s.execute(select(ShardRow.file, ShardRow.ids_file)) for f in pair}
+        shards = open_shards(cat, fingerprint, dim, verify=True)
+    live = shards.ids().tolist()
+    assert len(live) == len(set(live)), "an image id is live in two shard rows"
+    committed = {f for _, f, _ in vec_rows}
+    assert committed == set(live), "committed rows and live shard rows differ"
+    by_shard = {p.shard.id: set(p.live_ids().tolist()) for p in shards.parts}
+    for _, fid, sid in vec_rows:
+        assert fid in by_shard[sid], "a vector row points at a shard that does not hold it"
+    folder = shard_folder(index_dir, fingerprint)
+    orphans = [p for p in folder.glob("shard-*.ids.npy") if p.name not in known] if folder.is_dir() else []
+    assert sum(len(np.load(p)) for p in orphans) <= max_orphans
+    assert len({i for i, _, _ in vec_rows}) == len(vec_rows)
+    for i, _, _ in vec_rows:
         assert rows[i].status == STATUS_OK
     ok_ids = {i for i, r in rows.items() if r.status == STATUS_OK}
-    assert ok_ids == {i for i, _ in vec_rows}
+    assert ok_ids == {i for i, _, _ in vec_rows}
     return rows
 
 
@@ -124,19 +134,21 @@ def test_malformed_corpus_is_recorded(tmp_path: Path, effnet) -> None:
 def test_reconcile_after_damage(tmp_path: Path, tiny) -> None:
     root, idx = tmp_path / "photos", tmp_path / "idx"
     copy_photos(root, 5)
-    build_index(root, idx, metric=tiny, batch_size=8, workers=0, progress=False)
-    path = vectors_file(idx, tiny.fingerprint)
-    vi = VectorIndex.load(path)
-    vi.add(np.ones((1, tiny.dim), np.float32) / np.sqrt(tiny.dim), [999])  # a vector nobody committed
-    vi.save(path)
-    with Catalog(idx) as cat, cat.session() as s, s.begin():
-        victim = s.scalars(select(VectorRow.faiss_id)).first()
-    vi.remove([victim])  # and a committed row whose vector vanished
-    vi.save(path)
+    build_index(root, idx, metric=tiny, batch_size=2, workers=0, checkpoint_every=0, progress=False)
+    with Catalog(idx) as cat:
+        # a shard a killed run wrote but never committed, and the temp file of a kill mid-write
+        ShardWriter(cat, tiny.fingerprint, tiny.dim).write([999], np.ones((1, tiny.dim), np.float32) / 16)
+        (shard_folder(idx, tiny.fingerprint) / ".shard-00000099.npy.tmp-1").write_bytes(b"partial")
+        # and committed rows whose shard row vanished: the last shard (one image) is forgotten by the catalog
+        with cat.session() as s, s.begin():
+            last = s.scalars(select(ShardRow).order_by(ShardRow.id.desc())).first()
+            assert last.rows == 1
+            s.delete(last)
     with open_index(idx) as ix:  # readers ignore both while they exist
-        assert all(h.image_id != 999 for h in search(ix, root / sorted(os.listdir(root))[0], k=10))
+        hits = search(ix, root / sorted(os.listdir(root))[0], k=10)
+        assert all(h.image_id != 999 for h in hits) and len(hits) == 4
     s = build_index(root, idx, metric=tiny, batch_size=8, workers=0, progress=False)
-    assert s.reconciled == 2 and s.embedded == 1
+    assert s.reconciled == 2 + 1 + 2 + 1 and s.embedded == 1  # orphan shard (2 files), temp file, old files, row
     check_invariants(idx, tiny.fingerprint)
 
 
@@ -144,20 +156,19 @@ def test_disk_full_keeps_previous_index(tmp_path: Path, tiny, monkeypatch: pytes
     root, idx = tmp_path / "photos", tmp_path / "idx"
     copy_photos(root, 3)
     build_index(root, idx, metric=tiny, batch_size=8, workers=0, progress=False)
-    path = vectors_file(idx, tiny.fingerprint)
-    before = path.read_bytes()
+    folder = shard_folder(idx, tiny.fingerprint)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
     copy_photos(root, 2, start=3)
 
-    def full_disk(index, fname):
-        with open(fname, "wb") as f:
-            f.write(b"\0" * 100)
-        raise RuntimeError("Error: 'ret == (size_t)(n)' failed: write error: No space left on device")
+    def full_disk(fp, array, **kw):
+        fp.write(b"\0" * 100)
+        raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("lookalike.indexer._vectors.faiss.write_index", full_disk)
-    with pytest.raises(OSError, match="previous file is intact"):
+    monkeypatch.setattr("lookalike.indexer._shards.np.lib.format.write_array", full_disk)
+    with pytest.raises(OSError, match="index is unchanged"):
         build_index(root, idx, metric=tiny, batch_size=8, workers=0, progress=False)
-    assert path.read_bytes() == before
-    assert not [p for p in idx.iterdir() if ".tmp" in p.name]
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert not [p for p in idx.rglob("*") if ".tmp" in p.name]
     check_invariants(idx, tiny.fingerprint)
     monkeypatch.undo()
     s = build_index(root, idx, metric=tiny, batch_size=8, workers=0, progress=False)
@@ -175,7 +186,7 @@ def test_several_metrics_and_errors(tmp_path: Path, tiny, effnet) -> None:
     build_index(root, idx, metric=tiny, batch_size=8, workers=0, progress=False)
     s = build_index(root, idx, metric=effnet, batch_size=8, workers=0, progress=False)
     assert s.embedded == 4
-    assert vectors_file(idx, tiny.fingerprint).is_file() and vectors_file(idx, effnet.fingerprint).is_file()
+    assert shard_folder(idx, tiny.fingerprint).is_dir() and shard_folder(idx, effnet.fingerprint).is_dir()
     q = root / sorted(os.listdir(root))[1]
     with pytest.raises(ValueError, match="several metrics"):
         search(idx, q)
@@ -222,19 +233,21 @@ def test_faiss_types_in_the_pipeline(tmp_path: Path, tiny, monkeypatch: pytest.M
     assert s.factory == "Flat"  # too few vectors to train 64 lists: stays exact
 
     # "auto" switches to a trained IVF once the collection is large (threshold lowered for the test)
-    monkeypatch.setattr("lookalike.indexer._pipeline.AUTO_FLAT_MAX", 4)
-    monkeypatch.setattr("lookalike.indexer._pipeline.choose_factory", lambda n: ("IVF2,Flat", "nprobe=2"))
-    monkeypatch.setattr("lookalike.indexer._pipeline.min_train_size", lambda f: 2)
+    monkeypatch.setattr("lookalike.indexer._store.AUTO_EXACT_MAX", 4)
+    monkeypatch.setattr("lookalike.indexer._store.auto_nlist", lambda n: 2)
+    monkeypatch.setattr("lookalike.indexer._store.min_train_size", lambda f: 2)
     s = build_index(root, tmp_path / "auto", metric=tiny, batch_size=4, workers=0, progress=False)
     assert s.factory == "IVF2,Flat"
-    ivf = faiss.extract_index_ivf(VectorIndex.load(vectors_file(tmp_path / "auto", tiny.fingerprint)).index)
-    assert ivf.nlist == 2
+    with open_index(tmp_path / "auto") as ix:
+        ivf = faiss.extract_index_ivf(ix.vectors.derived)
+        assert ivf.nlist == 2 and isinstance(faiss.downcast_InvertedLists(ivf.invlists), faiss.OnDiskInvertedLists)
     copy_photos(root, 2, start=10)
     s = build_index(root, tmp_path / "auto", metric=tiny, batch_size=4, workers=0, progress=False)
     assert s.embedded == 2 and s.total_vectors == 9
     check_invariants(tmp_path / "auto", tiny.fingerprint)
     with open_index(tmp_path / "auto") as ix:
         assert ix.build.search_params == "nprobe=2"
+        assert ix.vectors.derived.ntotal == 9  # the new shard was merged into the on-disk lists
         assert search(ix, files[2], k=1)[0].path == str(files[2])
 
 
