@@ -30,7 +30,7 @@ from sqlalchemy.exc import DatabaseError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from lookalike.common.errors import IndexDamaged as _IndexDamaged
-from lookalike.common.errors import IndexNotFound, MissingDependency
+from lookalike.common.errors import IndexMismatch, IndexNotFound, MissingDependency
 
 _logger = logging.getLogger(__name__)
 
@@ -199,6 +199,8 @@ class Catalog:
         self.index_dir = Path(index_dir)
         if db_url is None:
             db_file = self.index_dir / CATALOG_FILE
+            if not create and not db_file.is_file() and (self.index_dir / BACKUP_FILE).is_file():
+                raise IndexDamaged(db_file, "the file is missing (a backup copy is there)", self.index_dir)
             if not create and not db_file.is_file():
                 raise IndexNotFound(f"no index at {self.index_dir} (missing {CATALOG_FILE})",
                                     hint=f"build one with: lookalike index FOLDER --index {self.index_dir}")
@@ -242,12 +244,11 @@ class Catalog:
         with self.sessions() as s:
             version = s.scalar(select(SchemaVersion.version).order_by(SchemaVersion.version.desc()).limit(1))
         if version is None:
-            raise IndexDamaged(f"catalog {self.db_url} has an empty schema_version table; it is not a lookalike index")
+            raise _IndexDamaged(f"catalog {self.db_url} has an empty schema_version table; it is not a lookalike index")
         if version > SCHEMA_VERSION:
-            raise IndexDamaged(
+            raise IndexMismatch(
                 f"index catalog {self.db_url} has schema version {version}, newer than this lookalike supports "
-                f"({SCHEMA_VERSION}); upgrade lookalike (pip install -U lookalike)"
-            )
+                f"({SCHEMA_VERSION})", hint="upgrade lookalike: pip install -U lookalike")
         self.version = int(version)
         if create or version < SCHEMA_VERSION:
             Base.metadata.create_all(self.engine)  # tables added by later versions (shards, tombstones, stores)

@@ -80,7 +80,9 @@ def _one_line_error(capsys, argv: list[str], name: str) -> str:
     rc = main(argv)
     err = capsys.readouterr().err.strip()
     assert rc != 0, (argv, err)
-    assert len(err.splitlines()) == 1 and err.startswith("error: ") and "Traceback" not in err, err
+    lines = err.splitlines()  # one error line, and at most one hint line after it
+    assert err.startswith("error: ") and "Traceback" not in err, err
+    assert len(lines) == 1 or (len(lines) == 2 and lines[1].startswith("hint: ")), err
     assert name in err, (name, err)
     return err
 
