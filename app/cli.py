@@ -14,7 +14,7 @@ import sys
 
 _COMMAND_MODULES = ("lookalike.app.cli_metric", "lookalike.app.cli_index", "lookalike.app.cli_weights",
                     "lookalike.app.cli_app",
-                    "lookalike.app.cli_eval")
+                    "lookalike.app.cli_eval", "lookalike.app.cli_serve")
 
 
 class CliError(Exception):
