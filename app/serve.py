@@ -515,9 +515,12 @@ def create_app(cfg: ServeConfig, holder: IndexHolder | None = None) -> FastAPI:
             check_metric(form.metric)
             check_rerank_or_400(form.rerank)
             data, name = blobs["image"]
-            img = await run_in_threadpool(read_upload, data, name)
-            return await run_in_threadpool(do_search, img, {"upload": name, "bytes": len(data)}, form.k,
-                                           form.rerank, form.rerank_k, form.folder, index)
+
+            def decode_and_search() -> SearchOut:
+                return do_search(read_upload(data, name), {"upload": name, "bytes": len(data)}, form.k, form.rerank,
+                                 form.rerank_k, form.folder, index)
+
+            return await run_in_threadpool(decode_and_search)  # one worker-thread hop per request
         req = await parse_json(request, SearchJson)
         check_metric(req.metric)
         check_rerank_or_400(req.rerank)
