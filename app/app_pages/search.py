@@ -1,12 +1,13 @@
-"""Search: upload an image or pick an indexed one, see its nearest indexed images; a result can be the next query."""
+"""Search: upload an image or pick an indexed one, see its nearest indexed images (in one folder, re-ranked if
+asked); a result opens full size or becomes the next query."""
 
 from __future__ import annotations
 
 import streamlit as st
 
-from lookalike.app import widgets
-from lookalike.app.views import load_settings
-from lookalike.indexer import search
+from lookalike.app import resources, widgets
+from lookalike.app.queries import list_rerank_choices, run_query
+from lookalike.app.views import index_stamp, load_settings
 
 
 def use_as_query(path: str) -> None:
@@ -28,7 +29,15 @@ def adopt_query_param() -> None:
 def main() -> None:
     settings = load_settings()
     st.title("Search")
-    opts = widgets.search_options_ui(widgets.indexed_metrics(settings))
+    metrics = widgets.indexed_metrics(settings)
+    metric = st.session_state.get("search_metric") if len(metrics) > 1 else (metrics[0] if metrics else None)
+    folders = []
+    if metrics:
+        try:
+            folders = resources.get_folder_choices(str(settings.index_dir), metric, index_stamp(settings.index_dir))
+        except (ValueError, FileNotFoundError):
+            folders = []
+    opts = widgets.search_options_ui(metrics, folders, list_rerank_choices())
     index = widgets.require_index_ui(settings, opts.metric)
     adopt_query_param()
     picked = widgets.image_source_ui(settings, index, key="query", label="Query")
@@ -37,12 +46,17 @@ def main() -> None:
         return
     widgets.picked_preview_ui(index, picked)
     try:
-        hits = search(index, picked.image if picked.image is not None else picked.path, k=opts.k)
+        res = run_query(index, picked.image if picked.image is not None else picked.path, k=opts.k,
+                        folder=opts.folder, rerank=opts.rerank)
     except (ValueError, FileNotFoundError) as e:
         widgets.error_ui(e, "search failed")
         return
-    st.subheader(f"{len(hits)} nearest under {index.build.metric} (1 - cosine, lower = more similar)")
-    widgets.hit_grid_ui(index, hits, columns=opts.columns, key="hit", on_pick=use_as_query)
+    where = f" in {res.folder}" if res.folder else ""
+    how = f", re-ranked with {res.rerank}" if res.rerank else " (1 - cosine, lower = more similar)"
+    st.subheader(f"{len(res.hits)} nearest{where} under {index.build.metric}{how}")
+    if res.folder and not res.hits:
+        st.info(f"No indexed image in {res.folder}.")
+    widgets.hit_grid_ui(index, res.hits, columns=opts.columns, key="hit", on_pick=use_as_query)
 
 
 if __name__ == "__main__":
