@@ -16,23 +16,26 @@ MAX_SELECTED = 24
 def map_figure(proj: Projection):  # -> plotly Figure
     """One WebGL scatter trace per folder; each point carries its id and path for selection and hover."""
     import plotly.graph_objects as go
+    from plotly.colors import qualitative
 
+    palette = qualitative.D3 + qualitative.Set2  # 18 distinct colours; "other folders" is grey
     fig = go.Figure()
     by_folder: dict[str, list[int]] = {}
     for i, f in enumerate(proj.folders):
         by_folder.setdefault(f, []).append(i)
-    for folder in sorted(by_folder, key=lambda f: (f == "other folders", f)):
+    for n, folder in enumerate(sorted(by_folder, key=lambda f: (f == "other folders", f))):
         idx = by_folder[folder]
+        colour = "#9e9e9e" if folder == "other folders" else palette[n % len(palette)]
         fig.add_trace(go.Scattergl(
             x=proj.xy[idx, 0], y=proj.xy[idx, 1], mode="markers", name=f"{folder} ({len(idx)})",
-            marker={"size": 6 if len(proj.ids) < 5000 else 4, "opacity": 0.8},
+            marker={"size": 7 if len(proj.ids) < 5000 else 4, "opacity": 0.85, "color": colour},
             customdata=[[int(proj.ids[i]), proj.relpaths[i]] for i in idx],
             hovertemplate="%{customdata[1]}<extra>%{fullData.name}</extra>",
         ))
     axis = proj.method if proj.explained is None else None
     xt = f"PC 1 ({proj.explained[0]:.0%} of variance)" if proj.explained else f"{axis} 1"
     yt = f"PC 2 ({proj.explained[1]:.0%} of variance)" if proj.explained else f"{axis} 2"
-    fig.update_layout(height=640, margin={"l": 10, "r": 10, "t": 30, "b": 10}, dragmode="lasso",
+    fig.update_layout(height=640, margin={"l": 10, "r": 10, "t": 30, "b": 10}, dragmode="select",
                       legend={"title": {"text": "folder"}}, xaxis_title=xt, yaxis_title=yt)
     return fig
 
