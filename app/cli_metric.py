@@ -60,15 +60,9 @@ def _devices() -> list[str]:
 
 
 def _metric_dim(name: str) -> int | None:
-    from lookalike.metric._registry import get_backbone_cfg, get_metric_cfg
+    from lookalike.metric import get_metric_cfg, get_metric_dim
 
-    cfg = get_metric_cfg(name)
-    if cfg.kind != "embedding":
-        return None
-    if cfg.backbones:
-        dims = [get_backbone_cfg(b).feature_dim for b in cfg.backbones]
-        return 2 * dims[0] if cfg.patch else sum(dims)
-    return cfg.options.get("dim")
+    return get_metric_dim(get_metric_cfg(name))
 
 
 def collect_info(weights: str | None = None) -> dict[str, object]:
@@ -134,8 +128,8 @@ def _print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
 
 def run_compare(args: argparse.Namespace) -> int:
     from lookalike.data.images import open_image
+    from lookalike.judge.compare import STATUS_OK, compare_all, list_compare_metrics
     from lookalike.metric import load_metric
-    from lookalike.metric.compare import STATUS_OK, compare_all, list_compare_metrics
 
     if args.all and args.metric:
         raise ValueError("give either --all or --metric NAME, not both")

@@ -11,7 +11,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from lookalike.metric._hub import _sha256_file, find_package_file, find_weight_file, get_cache_path, resolve_files
+from lookalike.common.io import sha256_file
+from lookalike.metric._cache import find_package_file, find_weight_file, get_cache_path
+from lookalike.metric._hub import resolve_files
 from lookalike.metric._pretrained import WeightFile
 
 _logger = logging.getLogger(__name__)
@@ -20,7 +22,7 @@ __all__ = ["download_weights", "verify_weights", "weights_paths"]
 
 
 def _required(name: str) -> list[WeightFile]:
-    # Imported here: _builders imports _hub, and importing it pulls in torch.
+    # Imported here: the registry imports every metric family, which pulls in torch.
     from lookalike.metric._builders import required_files
     from lookalike.metric._registry import get_metric_cfg
 
@@ -100,7 +102,7 @@ def verify_weights(name: str, *, weights: str | os.PathLike[str] | None = None) 
         }
         if p is not None:
             size = p.stat().st_size
-            digest = _sha256_file(p)
+            digest = sha256_file(p)
             row["size"] = size
             row["actual_sha256"] = digest
             row["size_status"] = "unknown" if wf.size is None else ("ok" if size == wf.size else "mismatch")
