@@ -71,8 +71,11 @@ def sample_ids(ids: np.ndarray, limit: int, seed: int = 0) -> tuple[np.ndarray, 
 def pca_2d(x: np.ndarray, *, fit_max: int = PCA_FIT_MAX, seed: int = 0) -> tuple[np.ndarray, tuple[float, float]]:
     """Project rows of ``x`` on their first two principal axes (fitted on at most ``fit_max`` rows).
 
+    The axes come from a randomized SVD (a 10-column range finder with four power iterations, Halko et al. 2011):
+    matrix products only, so fitting costs milliseconds where a full SVD of 2,000 x 1,792 takes seconds.
+
     Returns:
-        (n, 2) positions and the share of the variance each axis holds (of the fitted rows).
+        (n, 2) positions and the share of the fitted rows' variance that each axis holds.
     """
     x = np.asarray(x, np.float32)
     if len(x) == 0:
@@ -80,17 +83,21 @@ def pca_2d(x: np.ndarray, *, fit_max: int = PCA_FIT_MAX, seed: int = 0) -> tuple
     rng = np.random.default_rng(seed)
     fit = x if len(x) <= fit_max else x[rng.choice(len(x), fit_max, replace=False)]
     mean = fit.mean(axis=0)
-    _, s, vt = np.linalg.svd(fit - mean, full_matrices=False)
-    axes = vt[:2]
-    if axes.shape[0] < 2:  # one vector: a single point at the origin
-        axes = np.vstack([axes, np.zeros((2 - axes.shape[0], x.shape[1]), np.float32)])
-    var = s ** 2
-    share = var / var.sum() if var.sum() > 0 else np.zeros_like(var)
-    share = np.pad(share, (0, max(0, 2 - len(share))))
+    xc = (fit - mean).astype(np.float64)
+    rank = min(10, *xc.shape)
+    q, _ = np.linalg.qr(xc @ rng.standard_normal((xc.shape[1], rank)))
+    for _ in range(4):
+        q, _ = np.linalg.qr(xc.T @ q)
+        q, _ = np.linalg.qr(xc @ q)
+    _, s, vt = np.linalg.svd(q.T @ xc, full_matrices=False)
+    axes = np.zeros((2, x.shape[1]), np.float64)
+    axes[:min(2, len(vt))] = vt[:2]
+    total = float((xc ** 2).sum())
+    share = [float(v ** 2 / total) if total > 0 else 0.0 for v in s[:2]] + [0.0, 0.0]
     for j in range(2):  # a deterministic sign: the largest loading is positive
         if axes[j, np.argmax(np.abs(axes[j]))] < 0:
             axes[j] = -axes[j]
-    return ((x - mean) @ axes.T).astype(np.float32), (float(share[0]), float(share[1]))
+    return ((x - mean) @ axes.T.astype(np.float32)).astype(np.float32), (share[0], share[1])
 
 
 def umap_2d(x: np.ndarray, *, seed: int = 0) -> np.ndarray:

@@ -554,7 +554,7 @@ def create_app(cfg: ServeConfig, holder: IndexHolder | None = None) -> FastAPI:
 
     def do_compare(img_a: Image.Image, img_b: Image.Image, name_a: str, name_b: str,
                    metrics: list[str] | None) -> dict[str, Any]:
-        from lookalike.metric.compare import compare_all, list_compare_metrics
+        from lookalike.judge.compare import compare_all, list_compare_metrics
 
         names = metrics or [holder.metric.name]
         if names == ["all"]:
