@@ -58,34 +58,39 @@ def resolve_token(args: argparse.Namespace) -> str | None:
     """The token from --token or the environment; refuses a short one and a non-loopback host without one.
 
     Raises:
-        ValueError: a token under MIN_TOKEN_CHARS characters, or a non-loopback --host and no token.
+        InvalidArgument: (a ValueError) a token under MIN_TOKEN_CHARS characters, or a non-loopback --host and no
+            token.
     """
+    from lookalike.common.errors import InvalidArgument
+
     token = args.token if args.token is not None else os.environ.get(ENV_TOKEN) or None
     if token is not None and len(token) < MIN_TOKEN_CHARS:
-        raise ValueError(f"the token has {len(token)} characters; use at least {MIN_TOKEN_CHARS} "
-                         f"(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')")
+        raise InvalidArgument(f"the token has {len(token)} characters; use at least {MIN_TOKEN_CHARS}",
+                              hint="make one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'")
     if token is None and not is_loopback(args.host):
-        raise ValueError(f"refusing to bind {args.host} without a token: anyone who can reach this machine could "
-                         f"read the indexed images; give --token T or set {ENV_TOKEN} (clients then send "
-                         f"'Authorization: Bearer T'), or bind 127.0.0.1")
+        raise InvalidArgument(f"refusing to bind {args.host} without a token: anyone who can reach this machine "
+                              f"could read the indexed images",
+                              hint=f"set {ENV_TOKEN} (or --token T; clients then send 'Authorization: Bearer T'), "
+                                   f"or bind 127.0.0.1")
     return token
 
 
 def run_serve(args: argparse.Namespace) -> int:
     """Open the index, load its metric, and serve until Ctrl-C."""
+    from lookalike.common.errors import InvalidArgument
+
     if not 0 < args.port < 65536:
-        raise ValueError(f"--port must be in 1..65535, got {args.port}")
+        raise InvalidArgument(f"--port must be in 1..65535, got {args.port}")
     if args.max_upload_mb <= 0:
-        raise ValueError(f"--max-upload-mb must be > 0, got {args.max_upload_mb}")
+        raise InvalidArgument(f"--max-upload-mb must be > 0, got {args.max_upload_mb}")
     token = resolve_token(args)
     try:
         import uvicorn
 
         from lookalike.app.serve import ServeConfig, create_app
-    except ImportError as e:
-        from lookalike.app.cli import CliError
-
-        raise CliError(f"'lookalike serve' needs {e.name or e}: pip install 'lookalike[serve]'") from None
+    except ImportError as e:  # printed by the CLI as one line
+        raise ModuleNotFoundError(f"{e.name or e} ('lookalike serve' needs the serve extra: "
+                                  f"pip install 'lookalike[serve]')") from None
     from lookalike.app.views import UPLOAD_MAX_PIXELS
 
     cfg = ServeConfig(index_dir=Path(args.index).expanduser().absolute(), metric=args.metric, db_url=args.db,

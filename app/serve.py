@@ -42,6 +42,7 @@ from lookalike.app.views import (
     encode_thumbnail,
     index_stamp,
 )
+from lookalike.common.errors import LookalikeError
 from lookalike.data.images import ImageDecodeError, open_image
 from lookalike.indexer import DedupReport, DuplicateMember, ImageIndex, find_duplicates, open_index
 from lookalike.metric import Metric, WeightsNotFound
@@ -82,13 +83,23 @@ class ServeConfig:
 
 
 class ApiError(Exception):
-    """An error answered as JSON with ``status``."""
+    """An error answered as JSON with ``status`` (and the library's ``hint`` when it gave one)."""
 
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None, hint: str | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
         self.headers = headers
+        self.hint = hint
+
+    @classmethod
+    def of(cls, status: int, e: BaseException) -> ApiError:
+        """From a library exception: a LookalikeError's message and hint, else its text."""
+        if isinstance(e, LookalikeError):
+            return cls(status, e.message, hint=e.hint)
+        if isinstance(e, ImageDecodeError):
+            return cls(status, f"cannot read the image: {e.reason}")
+        return cls(status, e.args[0] if isinstance(e, KeyError) and e.args else str(e))
 
 
 class _BodyTooLarge(Exception):
@@ -346,7 +357,8 @@ def create_app(cfg: ServeConfig, holder: IndexHolder | None = None) -> FastAPI:
 
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, e: ApiError) -> JSONResponse:
-        return _json_error(e.status, e.message, e.headers)
+        extra = {"hint": e.hint} if e.hint else {}
+        return _json_error(e.status, e.message, e.headers, **extra)
 
     @app.exception_handler(_BodyTooLarge)
     async def _too_large(_request: Request, e: _BodyTooLarge) -> JSONResponse:
@@ -405,16 +417,10 @@ def create_app(cfg: ServeConfig, holder: IndexHolder | None = None) -> FastAPI:
             return fn()
         except ApiError:
             raise
-        except RerankUnavailable as e:
-            raise ApiError(400, str(e)) from None
-        except WeightsNotFound as e:
-            raise ApiError(400, str(e).splitlines()[0]) from None
-        except ImageDecodeError as e:
-            raise ApiError(400, f"cannot read the image: {e.reason}") from None
-        except (ValueError, KeyError) as e:
-            raise ApiError(400, e.args[0] if isinstance(e, KeyError) and e.args else str(e)) from None
+        except (RerankUnavailable, WeightsNotFound, ValueError, KeyError) as e:  # bad input, or missing weights
+            raise ApiError.of(400, e) from None
         except FileNotFoundError as e:
-            raise ApiError(404, str(e)) from None
+            raise ApiError.of(404, e) from None
 
     async def parse_form(request: Request, model: type[BaseModel], files: tuple[str, ...]) -> tuple[BaseModel, dict]:
         try:
