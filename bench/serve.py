@@ -10,6 +10,8 @@ thread with its own keep-alive ``httpx.Client``. Upload = a multipart POST of an
 id = a JSON POST ``{"id": ...}``. API: in this process, ``decode_upload(bytes)`` + ``search(index, image)`` for an
 upload (the service decodes the same bytes) and ``search(index, catalog path)`` for an id, on the same number of
 threads. Overhead = service p50 - API p50 (HTTP, multipart parsing, JSON, the catalog look-ups for width/height).
+CPU ms/req = CPU time of the server process (from /proc) or of this process (API rows) per request: on a machine
+shared with other work, latency also counts the waits for a core at every thread hand-off, CPU time does not.
 API and service batches alternate (``--rounds``), so a machine busy with other work slows both alike; the server
 is idle while the API runs and vice versa.
 """
@@ -76,7 +78,16 @@ def start_server(index_dir: Path, log: Path) -> tuple[subprocess.Popen, str]:
     raise SystemExit("server did not start within 180 s")
 
 
-def run_load(call: Callable[[int, int], None], clients: int, requests: int) -> dict:
+def process_cpu_s(pid: int | None = None) -> float:
+    """CPU seconds (user + system, all threads) used so far by process ``pid`` (default: this one)."""
+    if pid is None:
+        return time.process_time()
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_load(call: Callable[[int, int], None], clients: int, requests: int,
+             cpu: Callable[[], float] = process_cpu_s) -> dict:
     """``requests`` calls spread over ``clients`` threads; ``call(client, n)`` does request n. Latencies in ms."""
     lat: list[float] = []
     lock = threading.Lock()
@@ -96,19 +107,22 @@ def run_load(call: Callable[[int, int], None], clients: int, requests: int) -> d
     threads = [threading.Thread(target=worker, args=(c,)) for c in range(clients)]
     for t in threads:
         t.start()
+    c0 = cpu()
     start.wait()
     t0 = time.perf_counter()
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
-    return {"n": len(lat), "wall": wall, "lat": lat}
+    return {"n": len(lat), "wall": wall, "lat": lat, "cpu": cpu() - c0}
 
 
 def merge(parts: list[dict]) -> dict[str, float]:
     """Pool the latencies and wall times of several ``run_load`` rounds: req/s, p50 and p95 in ms."""
     lat = np.concatenate([np.asarray(p["lat"]) for p in parts])
     wall = sum(p["wall"] for p in parts)
-    return {"rps": len(lat) / wall, "p50": float(np.percentile(lat, 50)), "p95": float(np.percentile(lat, 95))}
+    cpu_ms = 1e3 * sum(p["cpu"] for p in parts) / len(lat)
+    return {"rps": len(lat) / wall, "p50": float(np.percentile(lat, 50)), "p95": float(np.percentile(lat, 95)),
+            "cpu_ms": cpu_ms}
 
 
 def main() -> None:
@@ -173,7 +187,8 @@ def main() -> None:
                     lat: dict[str, list[dict[str, float]]] = {"api": [], "service": []}
                     for _ in range(args.rounds):  # interleaved: a busy machine slows both sides alike
                         lat["api"].append(run_load(api, clients, args.requests // args.rounds))
-                        lat["service"].append(run_load(svc, clients, args.requests // args.rounds))
+                        lat["service"].append(run_load(svc, clients, args.requests // args.rounds,
+                                                       cpu=lambda: process_cpu_s(proc.pid)))
                     for side, parts in lat.items():
                         results[(side, mode, clients)] = merge(parts)
                 for s in sessions:
@@ -187,13 +202,14 @@ def main() -> None:
 
     print()
     print("| search by | clients | service req/s | service p50 ms | service p95 ms | API req/s | API p50 ms | "
-          "API p95 ms | overhead p50 ms |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "API p95 ms | overhead p50 ms | service CPU ms/req | API CPU ms/req | CPU overhead ms/req |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for mode in ("upload", "id"):
         for clients in args.clients:
             s, a = results[("service", mode, clients)], results[("api", mode, clients)]
             print(f"| {mode} | {clients} | {s['rps']:.1f} | {s['p50']:.1f} | {s['p95']:.1f} | {a['rps']:.1f} | "
-                  f"{a['p50']:.1f} | {a['p95']:.1f} | {s['p50'] - a['p50']:+.1f} |")
+                  f"{a['p50']:.1f} | {a['p95']:.1f} | {s['p50'] - a['p50']:+.1f} | {s['cpu_ms']:.1f} | "
+                  f"{a['cpu_ms']:.1f} | {s['cpu_ms'] - a['cpu_ms']:+.1f} |")
     n_files = len(scan_images(args.photos).files) if args.index is None else "-"
     print(f"\n(files under --photos: {n_files}; overhead = service p50 - API p50, goal < 20 ms at 1 client)")
 
