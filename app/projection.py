@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from lookalike.app.views import images_by_id
 from lookalike.indexer import ImageIndex
 
 _logger = logging.getLogger(__name__)
@@ -155,7 +156,7 @@ def project_index(index: ImageIndex, *, method: str = "PCA", limit: int = DEFAUL
     Points whose catalog row is not committed yet (a running ``index``) are left out.
     """
     proj = project_vectors(index.vectors.ids(), index.vectors.vectors, method=method, limit=limit, seed=seed)
-    rows = index.rows(proj.ids.tolist())
+    rows = images_by_id(index, proj.ids.tolist())
     keep = np.array([int(i) in rows for i in proj.ids], bool)
     proj.ids, proj.xy = proj.ids[keep], proj.xy[keep]
     labels = [folder_of(rows[int(i)].root, rows[int(i)].relpath) for i in proj.ids]

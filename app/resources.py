@@ -15,7 +15,7 @@ import streamlit as st
 
 from lookalike.app.projection import Projection, project_index
 from lookalike.app.queries import folder_choices
-from lookalike.app.views import group_pairs, thumbnail_of_file, triplet_rows
+from lookalike.app.views import group_pairs, images_by_id, thumbnail_of_file, triplet_rows
 from lookalike.indexer import DedupReport, ImageIndex, find_duplicates, index_info, open_index
 from lookalike.metric import Metric, load_metric
 
@@ -27,14 +27,14 @@ _logger = logging.getLogger(__name__)
 
 
 @st.cache_resource(show_spinner="Opening the index...", max_entries=8)
-def get_index(index_dir: str, metric: str | None) -> ImageIndex:
+def get_index(index_dir: str, metric: str | None, db_url: str | None = None) -> ImageIndex:
     """The index of ``metric`` in ``index_dir`` (None when it holds one metric), opened once per process."""
-    return open_index(index_dir, metric=metric)
+    return open_index(index_dir, metric=metric, db_url=db_url)
 
 
-def get_fresh_index(index_dir: Path, metric: str | None) -> ImageIndex:
+def get_fresh_index(index_dir: Path, metric: str | None, db_url: str | None = None) -> ImageIndex:
     """``get_index``, reloaded from disk when a writer replaced its vectors since it was opened."""
-    idx = get_index(str(index_dir), metric)
+    idx = get_index(str(index_dir), metric, db_url)
     idx.refresh()
     return idx
 
@@ -46,40 +46,41 @@ def get_metric(name: str) -> Metric:
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def get_index_info(index_dir: str, stamp: tuple) -> dict:
+def get_index_info(index_dir: str, stamp: tuple, db_url: str | None = None) -> dict:
     """``index_info`` of the folder at this ``stamp``."""
-    return index_info(index_dir)
+    return index_info(index_dir, db_url=db_url)
 
 
 @st.cache_resource(show_spinner="Finding duplicates...", max_entries=8)
 def get_duplicates(index_dir: str, metric: str | None, threshold: float, group: str, keep: str,
-                   stamp: tuple) -> DedupReport:
+                   stamp: tuple, db_url: str | None = None) -> DedupReport:
     """``find_duplicates`` at these settings (recomputed when the index changes).
 
     A shared resource, not ``cache_data``: a report of 100k groups is not copied (pickled) on every rerun, so
     turning a page costs the page. Callers only read it.
     """
-    return find_duplicates(index_dir, threshold=threshold, group=group, keep=keep, metric=metric)
+    return find_duplicates(index_dir, threshold=threshold, group=group, keep=keep, metric=metric, db_url=db_url)
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
 def get_group_pairs(index_dir: str, metric: str | None, threshold: float, group: str, keep: str,
-                    stamp: tuple) -> list[list[tuple[str, str, float]]]:
+                    stamp: tuple, db_url: str | None = None) -> list[list[tuple[str, str, float]]]:
     """The pairs inside each group of ``get_duplicates`` (relative paths, closest first), computed once."""
-    return group_pairs(get_duplicates(index_dir, metric, threshold, group, keep, stamp))
+    return group_pairs(get_duplicates(index_dir, metric, threshold, group, keep, stamp, db_url))
 
 
 @st.cache_data(show_spinner="Projecting the embeddings...", max_entries=8)
-def get_projection(index_dir: str, metric: str | None, method: str, limit: int, stamp: tuple) -> Projection:
+def get_projection(index_dir: str, metric: str | None, method: str, limit: int, stamp: tuple,
+                   db_url: str | None = None) -> Projection:
     """``project_index`` of the index at this ``stamp``."""
-    return project_index(get_fresh_index(Path(index_dir), metric), method=method, limit=limit)
+    return project_index(get_fresh_index(Path(index_dir), metric, db_url), method=method, limit=limit)
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def get_folder_choices(index_dir: str, metric: str | None, stamp: tuple) -> list[str]:
+def get_folder_choices(index_dir: str, metric: str | None, stamp: tuple, db_url: str | None = None) -> list[str]:
     """Folders a search can be narrowed to (indexed roots and the folders directly inside them)."""
-    index = get_fresh_index(Path(index_dir), metric)
-    rows = index.rows(index.vectors.ids().tolist())
+    index = get_fresh_index(Path(index_dir), metric, db_url)
+    rows = images_by_id(index, index.vectors.ids().tolist())
     return folder_choices({r.root for r in rows.values()}, ((r.root, r.relpath) for r in rows.values()))
 
 

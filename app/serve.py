@@ -40,11 +40,12 @@ from lookalike.app.views import (
     catalog_row,
     decode_upload,
     encode_thumbnail,
+    images_by_id,
     index_stamp,
 )
 from lookalike.common.errors import LookalikeError
 from lookalike.data.images import ImageDecodeError, open_image
-from lookalike.indexer import DedupReport, DuplicateMember, ImageIndex, find_duplicates, open_index
+from lookalike.indexer import DedupReport, DuplicateMember, ImageIndex, ImageInfo, find_duplicates, open_index
 from lookalike.metric import Metric, WeightsNotFound
 
 _logger = logging.getLogger(__name__)
@@ -387,18 +388,18 @@ def create_app(cfg: ServeConfig, holder: IndexHolder | None = None) -> FastAPI:
             raise ApiError(400, f"this service searches vectors of {served.name!r}; metric {name!r} is not served "
                                 f"here (start another 'lookalike serve --metric {name}')")
 
-    def row_of_id(index: ImageIndex, image_id: int | str):  # -> the catalog row
+    def row_of_id(index: ImageIndex, image_id: int | str) -> ImageInfo:
         try:
             i = int(image_id)
         except (TypeError, ValueError):
             raise ApiError(404, f"no indexed image with id {str(image_id)[:80]!r}; ids are integers from "
                                 f"/search results") from None
-        row = index.rows([i]).get(i) if i >= 0 else None
+        row = images_by_id(index, [i]).get(i) if i >= 0 else None
         if row is None:
             raise ApiError(404, f"no indexed image with id {i}")
         return row
 
-    def row_of_path(index: ImageIndex, path: str):
+    def row_of_path(index: ImageIndex, path: str) -> ImageInfo:
         try:
             return catalog_row(index, path)
         except NotInCatalog as e:
@@ -469,7 +470,7 @@ def create_app(cfg: ServeConfig, holder: IndexHolder | None = None) -> FastAPI:
                             f"or application/json (an indexed id or path)")
 
     def hits_out(index: ImageIndex, hits: list) -> list[HitOut]:
-        rows = index.rows([h.image_id for h in hits])
+        rows = images_by_id(index, [h.image_id for h in hits])
         out = []
         for h in hits:
             r = rows.get(h.image_id)
@@ -481,7 +482,7 @@ def create_app(cfg: ServeConfig, holder: IndexHolder | None = None) -> FastAPI:
                   folder: str | None, index: ImageIndex) -> SearchOut:
         t0 = time.perf_counter()
         res = library_call(lambda: run_query(index, query, k=k, folder=folder, rerank=rerank, rerank_k=rerank_k))
-        return SearchOut(metric=index.build.metric, fingerprint=index.fingerprint, query=described, k=k,
+        return SearchOut(metric=index.info.metric, fingerprint=index.fingerprint, query=described, k=k,
                          rerank=res.rerank, folder=res.folder, hits=hits_out(index, res.hits),
                          took_ms=round((time.perf_counter() - t0) * 1e3, 3))
 
@@ -498,9 +499,9 @@ def create_app(cfg: ServeConfig, holder: IndexHolder | None = None) -> FastAPI:
 
         facts = library_call(lambda: index_info(cfg.index_dir, db_url=cfg.db_url, max_failed=0))
         return {
-            "index_dir": str(cfg.index_dir), "metric": index.build.metric, "fingerprint": index.fingerprint,
-            "dim": index.build.dim, "vectors": index.vectors.ntotal, "images": facts["images"],
-            "roots": facts["roots"], "dedup_threshold": index.build.dedup_threshold,
+            "index_dir": str(cfg.index_dir), "metric": index.info.metric, "fingerprint": index.fingerprint,
+            "dim": index.info.dim, "vectors": index.vectors.ntotal, "images": facts["images"],
+            "roots": facts["roots"], "dedup_threshold": index.info.dedup_threshold,
             "rerankers": list_rerank_choices(), "generation": holder.generation,
             "limits": {"max_upload_bytes": cfg.max_upload_bytes, "max_pixels": cfg.max_pixels, "max_k": MAX_K},
             "token_required": cfg.token is not None,
@@ -592,7 +593,7 @@ def create_app(cfg: ServeConfig, holder: IndexHolder | None = None) -> FastAPI:
         return await run_in_threadpool(do_compare, imgs[0], imgs[1], names[0], names[1], req.metrics)
 
     def member_out(index: ImageIndex, m: DuplicateMember) -> MemberOut:
-        row = index.find_row(m.path)
+        row = index.find_image(m.path)
         return MemberOut(id=row.id if row is not None else None, path=m.path, relpath=m.relpath,
                          distance=m.distance, width=m.width, height=m.height, size=m.size)
 

@@ -33,10 +33,10 @@ def landing_page() -> str:
     from lookalike.app.views import has_vectors, index_stamp, index_state, load_settings
 
     settings = load_settings()
-    if index_state(settings.index_dir) != "ok":
+    if index_state(settings.index_dir, settings.db_url) != "ok":
         return "overview.py"
     try:
-        info = resources.get_index_info(str(settings.index_dir), index_stamp(settings.index_dir))
+        info = resources.get_index_info(str(settings.index_dir), index_stamp(settings.index_dir), settings.db_url)
     except (ValueError, FileNotFoundError, OSError):
         return "overview.py"
     return "search.py" if has_vectors(info) else "overview.py"

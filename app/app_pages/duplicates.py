@@ -48,10 +48,11 @@ def main() -> None:
     st.title("Duplicates")
     metrics = widgets.indexed_metrics(settings)
     index = widgets.require_index_ui(settings, metrics[0] if metrics else None)
-    opts = widgets.dedup_options_ui(metrics, index.build.dedup_threshold)
-    if opts.metric and opts.metric != index.build.metric:
+    opts = widgets.dedup_options_ui(metrics, index.info.dedup_threshold)
+    if opts.metric and opts.metric != index.info.metric:
         index = widgets.require_index_ui(settings, opts.metric)
-    key = (str(settings.index_dir), opts.metric, opts.threshold, opts.group, opts.keep, index_stamp(settings.index_dir))
+    key = (str(settings.index_dir), opts.metric, opts.threshold, opts.group, opts.keep,
+           index_stamp(settings.index_dir), settings.db_url)
     try:
         report = resources.get_duplicates(*key)
     except (ValueError, FileNotFoundError) as e:

@@ -7,7 +7,7 @@ import streamlit as st
 
 from lookalike.app import resources, widgets
 from lookalike.app.projection import DEFAULT_LIMIT, Projection, list_methods
-from lookalike.app.views import index_stamp, load_settings
+from lookalike.app.views import images_by_id, index_stamp, load_settings
 
 #: Thumbnails shown for a selection at most.
 MAX_SELECTED = 24
@@ -74,7 +74,7 @@ def main() -> None:
     index = widgets.require_index_ui(settings, metric)
     try:
         proj = resources.get_projection(str(settings.index_dir), metric, method, limit,
-                                        index_stamp(settings.index_dir))
+                                        index_stamp(settings.index_dir), settings.db_url)
     except (ValueError, ImportError, KeyError) as e:
         widgets.error_ui(e, "cannot draw the map")
         return
@@ -82,7 +82,7 @@ def main() -> None:
         st.info(f"{proj.total:,} images: showing a random sample of {len(proj.ids):,} (seeded, the same each time). "
                 f"Raise *Points at most* in the sidebar to draw more.", icon=":material/scatter_plot:")
     else:
-        st.caption(f"All {len(proj.ids):,} images, {method} of the {index.build.metric} embeddings, coloured by "
+        st.caption(f"All {len(proj.ids):,} images, {method} of the {index.info.metric} embeddings, coloured by "
                    f"folder. Drag a box or lasso (or click) to select.")
     event = st.plotly_chart(map_figure(proj), key="map_chart", on_select="rerun",
                             selection_mode=("points", "box", "lasso"), config={"displaylogo": False})
@@ -91,7 +91,7 @@ def main() -> None:
         st.caption("Select points on the map to see their images.")
         return
     st.subheader(f"{len(chosen)} selected" + (f" (first {MAX_SELECTED} shown)" if len(chosen) > MAX_SELECTED else ""))
-    rows = index.rows(chosen[:MAX_SELECTED])
+    rows = images_by_id(index, chosen[:MAX_SELECTED])
     cols = st.columns(6)
     for n, i in enumerate(chosen[:MAX_SELECTED]):
         row = rows.get(i)

@@ -34,7 +34,8 @@ def main() -> None:
     folders = []
     if metrics:
         try:
-            folders = resources.get_folder_choices(str(settings.index_dir), metric, index_stamp(settings.index_dir))
+            folders = resources.get_folder_choices(str(settings.index_dir), metric, index_stamp(settings.index_dir),
+                                                   settings.db_url)
         except (ValueError, FileNotFoundError):
             folders = []
     opts = widgets.search_options_ui(metrics, folders, list_rerank_choices())
@@ -53,7 +54,7 @@ def main() -> None:
         return
     where = f" in {res.folder}" if res.folder else ""
     how = f", re-ranked with {res.rerank}" if res.rerank else " (1 - cosine, lower = more similar)"
-    st.subheader(f"{len(res.hits)} nearest{where} under {index.build.metric}{how}")
+    st.subheader(f"{len(res.hits)} nearest{where} under {index.info.metric}{how}")
     if res.folder and not res.hits:
         st.info(f"No indexed image in {res.folder}.")
     widgets.hit_grid_ui(index, res.hits, columns=opts.columns, key="hit", on_pick=use_as_query)
