@@ -31,7 +31,7 @@ APP_SCRIPT = Path(__file__).with_name("streamlit_app.py")
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``app`` subcommand."""
-    p = subparsers.add_parser("app", help="start the web app (search, compare metrics, duplicates, datasets)",
+    p = subparsers.add_parser("app", help="start the web app (search, map, compare metrics, duplicates, datasets)",
                               description="Start the Streamlit app on an index folder and print its URL.",
                               epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--index", required=True, metavar="DIR", help="index folder (need not exist yet)")

@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING
 
 import streamlit as st
 
-from lookalike.app.views import thumbnail_of_file, triplet_rows
+from lookalike.app.projection import Projection, project_index
+from lookalike.app.queries import folder_choices
+from lookalike.app.views import group_pairs, images_by_id, thumbnail_of_file, triplet_rows
 from lookalike.indexer import DedupReport, ImageIndex, find_duplicates, index_info, open_index
 from lookalike.metric import Metric, load_metric
 
@@ -49,11 +51,37 @@ def get_index_info(index_dir: str, stamp: tuple, db_url: str | None = None) -> d
     return index_info(index_dir, db_url=db_url)
 
 
-@st.cache_data(show_spinner="Finding duplicates...", max_entries=16)
+@st.cache_resource(show_spinner="Finding duplicates...", max_entries=8)
 def get_duplicates(index_dir: str, metric: str | None, threshold: float, group: str, keep: str,
                    stamp: tuple, db_url: str | None = None) -> DedupReport:
-    """``find_duplicates`` at these settings (recomputed when the index changes)."""
+    """``find_duplicates`` at these settings (recomputed when the index changes).
+
+    A shared resource, not ``cache_data``: a report of 100k groups is not copied (pickled) on every rerun, so
+    turning a page costs the page. Callers only read it.
+    """
     return find_duplicates(index_dir, threshold=threshold, group=group, keep=keep, metric=metric, db_url=db_url)
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def get_group_pairs(index_dir: str, metric: str | None, threshold: float, group: str, keep: str,
+                    stamp: tuple, db_url: str | None = None) -> list[list[tuple[str, str, float]]]:
+    """The pairs inside each group of ``get_duplicates`` (relative paths, closest first), computed once."""
+    return group_pairs(get_duplicates(index_dir, metric, threshold, group, keep, stamp, db_url))
+
+
+@st.cache_data(show_spinner="Projecting the embeddings...", max_entries=8)
+def get_projection(index_dir: str, metric: str | None, method: str, limit: int, stamp: tuple,
+                   db_url: str | None = None) -> Projection:
+    """``project_index`` of the index at this ``stamp``."""
+    return project_index(get_fresh_index(Path(index_dir), metric, db_url), method=method, limit=limit)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def get_folder_choices(index_dir: str, metric: str | None, stamp: tuple, db_url: str | None = None) -> list[str]:
+    """Folders a search can be narrowed to (indexed roots and the folders directly inside them)."""
+    index = get_fresh_index(Path(index_dir), metric, db_url)
+    rows = images_by_id(index, index.vectors.ids().tolist())
+    return folder_choices({r.root for r in rows.values()}, ((r.root, r.relpath) for r in rows.values()))
 
 
 @st.cache_data(show_spinner=False, max_entries=4096)

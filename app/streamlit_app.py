@@ -15,21 +15,42 @@ _logger = logging.getLogger(__name__)
 
 PAGES_DIR = Path(__file__).parent / "app_pages"
 
-#: (file in app_pages/, title, url path, icon); the first is the home page.
+#: (file in app_pages/, title, url path, icon), in menu order. Every page keeps its own URL (``/search``,
+#: ``/overview``...); the root URL lands on Search when the index has vectors, else on Overview (``landing_page``).
 PAGES = (
-    ("overview.py", "Overview", "overview", ":material/home:"),
     ("search.py", "Search", "search", ":material/search:"),
+    ("overview.py", "Overview", "overview", ":material/home:"),
+    ("map.py", "Map", "map", ":material/scatter_plot:"),
     ("compare.py", "Compare metrics", "compare", ":material/compare:"),
     ("duplicates.py", "Duplicates", "duplicates", ":material/content_copy:"),
     ("datasets.py", "Datasets", "datasets", ":material/dataset:"),
 )
 
 
+def landing_page() -> str:
+    """"search.py" when the app's index has vectors to search, else "overview.py" (how to build one)."""
+    from lookalike.app import resources
+    from lookalike.app.views import has_vectors, index_stamp, index_state, load_settings
+
+    settings = load_settings()
+    if index_state(settings.index_dir, settings.db_url) != "ok":
+        return "overview.py"
+    try:
+        info = resources.get_index_info(str(settings.index_dir), index_stamp(settings.index_dir), settings.db_url)
+    except (ValueError, FileNotFoundError, OSError):
+        return "overview.py"
+    return "search.py" if has_vectors(info) else "overview.py"
+
+
 def main() -> None:
     st.set_page_config(page_title="lookalike", page_icon=":material/image_search:", layout="wide")
-    pages = [st.Page(PAGES_DIR / f, title=t, url_path=u, icon=i, default=(n == 0))
-             for n, (f, t, u, i) in enumerate(PAGES)]
-    page = st.navigation(pages)
+    pages = {f: st.Page(PAGES_DIR / f, title=t, url_path=u, icon=i) for f, t, u, i in PAGES}
+
+    def home() -> None:
+        st.switch_page(pages[landing_page()])
+
+    router = st.Page(home, title="lookalike", url_path="home", default=True, visibility="hidden")
+    page = st.navigation([router, *pages.values()])
     try:
         page.run()
     except Exception as e:  # noqa: BLE001 - the last line of defence: a message, never a traceback

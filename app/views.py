@@ -12,7 +12,7 @@ import io
 import logging
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from PIL import Image
@@ -183,3 +183,60 @@ def triplet_rows(triplets: Sequence, d_left: Sequence[float], d_right: Sequence[
                      "d(ref, right)": round(float(dr), 4), "metric: right": metric_right,
                      "agrees": tie or metric_right == (t.p > 0.5), "score": round(float(sc), 3)})
     return rows
+
+
+def has_vectors(info: dict) -> bool:
+    """True when ``index_info``'s dict holds at least one vector to search (the app then opens on Search)."""
+    return any(m.get("vectors") for m in info.get("metrics", ()))
+
+
+def group_pairs(report: DedupReport) -> list[list[tuple[str, str, float]]]:
+    """For each group of ``report`` (same order), its linked pairs as (relpath a, relpath b, distance), closest first.
+
+    One pass over the pairs, done once per report (the Duplicates page caches it), not once per page turn.
+    """
+    group_of: dict[str, int] = {}
+    relpath: dict[str, str] = {}
+    for n, g in enumerate(report.groups):
+        for m in (g.keeper, *g.duplicates):
+            group_of[m.path] = n
+            relpath[m.path] = m.relpath
+    out: list[list[tuple[str, str, float]]] = [[] for _ in report.groups]
+    for p in report.pairs:  # closest first
+        n = group_of.get(p.a)
+        if n is not None and n == group_of.get(p.b):
+            out[n].append((relpath[p.a], relpath[p.b], p.distance))
+    return out
+
+
+def page_bounds(total: int, page: int, page_size: int) -> tuple[int, int, int]:
+    """(start, stop, pages) of 1-based ``page`` of ``page_size`` items among ``total`` (page clamped to range)."""
+    if page_size < 1:
+        raise ValueError(f"page_size must be >= 1, got {page_size}")
+    pages = max(1, -(-total // page_size))
+    page = min(max(1, page), pages)
+    start = (page - 1) * page_size
+    return start, min(total, start + page_size), pages
+
+
+#: A result opened "full size" is shown at its own resolution up to this many pixels on its long side.
+FULL_SIZE_MAX_SIDE = 4096
+
+
+def full_size_image(path: str, max_side: int = FULL_SIZE_MAX_SIDE) -> tuple[Image.Image, bool]:
+    """A catalogued file (the caller has checked it) decoded with the safe loader, at most ``max_side`` on its long
+    side; the flag says whether it was reduced.
+
+    Raises:
+        ImageDecodeError: unreadable file.
+    """
+    img = open_image(path)
+    if max(img.size) <= max_side:
+        return img, False
+    img.thumbnail((max_side, max_side))
+    return img, True
+
+
+def images_by_id(index: ImageIndex, ids: Iterable[int]) -> dict[int, ImageInfo]:
+    """The catalogued images (public read models) of FAISS ids = catalog ids that have a committed vector."""
+    return {i: ImageInfo.from_row(r) for i, r in index.rows(ids).items()}

@@ -17,6 +17,7 @@ from PIL import Image
 
 from lookalike.app import resources
 from lookalike.app.views import (
+    FULL_SIZE_MAX_SIDE,
     THUMB_SIZE,
     UPLOAD_TYPES,
     AppSettings,
@@ -25,6 +26,7 @@ from lookalike.app.views import (
     catalog_row,
     decode_upload,
     encode_thumbnail,
+    full_size_image,
     index_stamp,
     index_state,
     is_under,
@@ -210,9 +212,30 @@ def hit_grid_ui(index: ImageIndex, hits: list[Hit], *, columns: int = 4, key: st
                 value = (f"`{hit.distance:.4f}`" if hit.score == hit.distance else  # re-ranked: its score first
                          f"`{hit.score:.4f}` {hit.scored_by} &nbsp; `{hit.distance:.4f}`")
                 st.markdown(f"**#{rank}** &nbsp; {value}  \n{hit.relpath or hit.path}")
+                b1, b2 = st.columns(2)
+                if b1.button("Open", key=f"{key}-open-{rank}", icon=":material/open_in_full:"):
+                    full_size_dialog(index, hit, rank)
                 if on_pick is not None:
-                    st.button("Search with this", key=f"{key}-pick-{rank}", on_click=on_pick,
+                    b2.button("Search with this", key=f"{key}-pick-{rank}", on_click=on_pick,
                               args=(hit.relpath or hit.path,))
+
+
+@st.dialog("Result", width="large")
+def full_size_dialog(index: ImageIndex, hit: Hit, rank: int) -> None:
+    """A result at full size (catalog check, safe loader) with its path, size and distance."""
+    try:
+        row = catalog_row(index, hit.path)
+        img, reduced = full_size_image(row.path)
+    except (NotInCatalog, ImageDecodeError) as e:
+        error_ui(e)
+        return
+    with st.container(key="full-size"):
+        st.markdown(f"**#{rank}** &nbsp; distance `{hit.distance:.4f}` (lower = more similar)  \n"
+                    f"`{row.path}`  \n{row.width} x {row.height} pixels, {row.size / 1e3:,.0f} kB"
+                    + (f", {row.format}" if row.format else ""))
+        if reduced:
+            st.caption(f"shown at {img.width} x {img.height} (reduced to {FULL_SIZE_MAX_SIDE} px on the long side)")
+        st.image(img, width="content")
 
 
 def embedding_metric_options() -> list[str]:
@@ -279,17 +302,35 @@ class SearchOptions:
     metric: str | None = None
     k: int = 12
     columns: int = 4
+    folder: str | None = None
+    rerank: str | None = None
 
 
-def search_options_ui(metrics: list[str]) -> SearchOptions:
-    """Sidebar: the metric (among those indexed), how many results, grid width."""
+ALL_FOLDERS = "All indexed folders"
+NO_RERANK = "none (embedding distance)"
+
+
+def search_options_ui(metrics: list[str], folders: list[str] | None = None,
+                      rerankers: list[str] | None = None) -> SearchOptions:
+    """Sidebar: the metric (among those indexed), one indexed folder or all, a re-ranker (only when the library
+    offers pairwise re-ranking), how many results, grid width."""
     with st.sidebar:
         metric = metric_choice_ui(metrics, key="search_metric")
         if metric:
             st.caption(f"{metric}: {get_metric_cfg(metric).unit}, lower = more similar")
+        folder = None
+        if folders and len(folders) > 1:
+            pick = st.selectbox("Search in", [ALL_FOLDERS, *folders], key="search_folder",
+                                help="keep the results inside one indexed folder")
+            folder = None if pick == ALL_FOLDERS else pick
+        rerank = None
+        if rerankers:
+            pick = st.selectbox("Re-rank with", [NO_RERANK, *rerankers], key="search_rerank",
+                                help="re-order the nearest candidates with a pairwise metric (slower, finer)")
+            rerank = None if pick == NO_RERANK else pick
         k = st.slider("Results (k)", 1, 50, 12, key="search_k")
         columns = st.slider("Columns", 2, 8, 4, key="search_columns")
-    return SearchOptions(metric=metric, k=k, columns=columns)
+    return SearchOptions(metric=metric, k=k, columns=columns, folder=folder, rerank=rerank)
 
 
 @dataclass
@@ -298,7 +339,7 @@ class DedupOptions:
     threshold: float = 0.1
     group: str = GROUP_MODES[0]
     keep: str = KEEP_RULES[0]
-    max_groups: int = 50
+    page_size: int = 20
 
 
 def dedup_options_ui(metrics: list[str], default_threshold: float | None) -> DedupOptions:
@@ -311,5 +352,5 @@ def dedup_options_ui(metrics: list[str], default_threshold: float | None) -> Ded
         group = st.radio("Groups", list(GROUP_MODES), key="dup_group", horizontal=True,
                          help="components: everything linked, even through chains; star: files near one keeper")
         keep = st.selectbox("Keep", list(KEEP_RULES), key="dup_keep")
-        max_groups = st.slider("Groups shown", 5, 200, 50, 5, key="dup_max_groups")
-    return DedupOptions(metric, threshold, group, keep, max_groups)
+        page_size = st.select_slider("Groups per page", [5, 10, 20, 50, 100], value=20, key="dup_page_size")
+    return DedupOptions(metric, threshold, group, keep, page_size)

@@ -153,7 +153,7 @@ def _no_traceback(page: object) -> None:
 
 
 def test_overview_describes_the_index(page: object, app_url: str) -> None:
-    page.goto(app_url)  # type: ignore[attr-defined]
+    page.goto(app_url + "/overview")  # type: ignore[attr-defined]
     images = page.locator("[data-testid='stMetric']").first  # type: ignore[attr-defined]
     sync_api.expect(images).to_contain_text("25", timeout=TIMEOUT_MS)
     sync_api.expect(page.locator("[data-testid='stMain'] table").first).to_contain_text(  # type: ignore[attr-defined]

@@ -126,6 +126,10 @@ def test_no_index_folder_given(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_overview_describes_the_index(monkeypatch: pytest.MonkeyPatch, collection: dict[str, Path]) -> None:
     at = _app(monkeypatch, collection["index"])
+    assert [t.value for t in at.title] == ["Search"]  # an index with vectors opens on Search
+    assert not at.metric
+    at.switch_page("app_pages/overview.py").run()  # Overview is one click away
+    _ok(at)
     assert [m.value for m in at.metric][:3] == ["7", "7", "0"]
     assert "efficientnet_lite0" in at.table[0].value["metric"].tolist()
 

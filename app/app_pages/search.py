@@ -1,25 +1,14 @@
-"""Search: upload an image or pick an indexed one, see its nearest indexed images; a result can be the next query."""
+"""Search: upload an image or pick an indexed one, see its nearest indexed images (in one folder, re-ranked if
+asked); a result opens full size or becomes the next query."""
 
 from __future__ import annotations
 
 import streamlit as st
 
 from lookalike.app import resources, widgets
-from lookalike.app.views import load_settings
-from lookalike.indexer import search
-from lookalike.metric import WeightsNotFound, list_rerankers
-
-NO_RERANK = "(none)"
-
-
-def rerank_ui() -> tuple[str | None, int]:
-    """Sidebar: an optional pairwise re-ranker (only those whose weights are present) and how many it scores."""
-    with st.sidebar:
-        name = st.selectbox("Re-rank with", [NO_RERANK, *list_rerankers()], key="search_rerank",
-                            help="re-score the index's top candidates with a pairwise metric (DiffSim, LPIPS, DISTS, "
-                                 "SSIM...) and re-order them by it")
-        k = st.slider("Candidates re-ranked", 5, 200, 50, key="search_rerank_k") if name != NO_RERANK else 50
-    return (None if name == NO_RERANK else name), k
+from lookalike.app.queries import list_rerank_choices, run_query
+from lookalike.app.views import index_stamp, load_settings
+from lookalike.common.errors import LookalikeError
 
 
 def use_as_query(path: str) -> None:
@@ -41,8 +30,16 @@ def adopt_query_param() -> None:
 def main() -> None:
     settings = load_settings()
     st.title("Search")
-    opts = widgets.search_options_ui(widgets.indexed_metrics(settings))
-    rerank, rerank_k = rerank_ui()
+    metrics = widgets.indexed_metrics(settings)
+    metric = st.session_state.get("search_metric") if len(metrics) > 1 else (metrics[0] if metrics else None)
+    folders = []
+    if metrics:
+        try:
+            folders = resources.get_folder_choices(str(settings.index_dir), metric, index_stamp(settings.index_dir),
+                                                   settings.db_url)
+        except (ValueError, FileNotFoundError):
+            folders = []
+    opts = widgets.search_options_ui(metrics, folders, list_rerank_choices())
     index = widgets.require_index_ui(settings, opts.metric)
     adopt_query_param()
     picked = widgets.image_source_ui(settings, index, key="query", label="Query")
@@ -51,20 +48,17 @@ def main() -> None:
         return
     widgets.picked_preview_ui(index, picked)
     try:
-        reranker = resources.get_metric(rerank) if rerank else None
-        with st.spinner(f"Re-ranking with {rerank}..." if rerank else "Searching..."):
-            hits = search(index, picked.image if picked.image is not None else picked.path, k=opts.k,
-                          rerank=reranker, rerank_k=rerank_k)
-    except (ValueError, FileNotFoundError, KeyError, WeightsNotFound) as e:
+        res = run_query(index, picked.image if picked.image is not None else picked.path, k=opts.k,
+                        folder=opts.folder, rerank=opts.rerank)
+    except (LookalikeError, ValueError, FileNotFoundError, KeyError) as e:
         widgets.error_ui(e, "search failed")
         return
-    if rerank:
-        way = "higher" if hits and not hits[0].lower_is_better else "lower"
-        st.subheader(f"{len(hits)} nearest under {index.info.metric}, re-ranked by {rerank} "
-                     f"({way} = more similar)")
-    else:
-        st.subheader(f"{len(hits)} nearest under {index.info.metric} (1 - cosine, lower = more similar)")
-    widgets.hit_grid_ui(index, hits, columns=opts.columns, key="hit", on_pick=use_as_query)
+    where = f" in {res.folder}" if res.folder else ""
+    how = f", re-ranked with {res.rerank}" if res.rerank else " (1 - cosine, lower = more similar)"
+    st.subheader(f"{len(res.hits)} nearest{where} under {index.info.metric}{how}")
+    if res.folder and not res.hits:
+        st.info(f"No indexed image in {res.folder}.")
+    widgets.hit_grid_ui(index, res.hits, columns=opts.columns, key="hit", on_pick=use_as_query)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,201 @@
+"""End to end in Debian's chromium (Playwright): the app lands on Search, the Map selects points and turns one into
+a query, and the duplicate list turns pages.
+
+The index holds six real photos and an edited copy of each in ``edits/`` (six known duplicate groups), embedded with
+the real offline model ``efficientnet_lite0``. Screenshots go to ``test-output/screenshots/`` (git-ignored).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import ImageEnhance
+
+from lookalike.data.images import open_image
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+SCREENSHOTS = Path(__file__).resolve().parents[1] / "test-output" / "screenshots"
+PHOTOS = Path(__file__).parent / "fixtures" / "photos"
+NAMES = ["bsd68_101085.jpg", "bsd68_102061.jpg", "bsd68_108070.jpg", "sunhays_beach_sun_bgtlposotyokcsdg.jpg",
+         "sunhays_barn_sun_btulbiaoilnxcseh.jpg", "sunhays_butte_sun_aidickeaxixvkuxv.jpg"]
+TIMEOUT_MS = 60_000
+
+pytestmark = pytest.mark.slow
+
+if not CHROMIUM.is_file():
+    if os.environ.get("CI"):
+        raise RuntimeError(f"{CHROMIUM} is missing; CI must run .ci/install-system.sh first")
+    pytest.skip(f"{CHROMIUM} not installed (run .ci/install-system.sh)", allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url + "/_stcore/health", timeout=5) as r:  # noqa: S310 - 127.0.0.1 only
+            return r.read().strip() == b"ok"
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from lookalike.indexer import build_index
+
+    base = tmp_path_factory.mktemp("app_map_e2e")
+    photos = base / "photos"
+    (photos / "edits").mkdir(parents=True)
+    for n in NAMES:
+        shutil.copy(PHOTOS / n, photos / n)
+        im = open_image(PHOTOS / n)
+        w, h = im.size
+        ImageEnhance.Brightness(im.crop((w // 20, h // 20, w - w // 20, h - h // 20))).enhance(1.15).save(
+            photos / "edits" / n, quality=90)
+    index_dir = base / "index"
+    assert build_index(photos, index_dir, metric="efficientnet_lite0", workers=0, progress=False).total_vectors == 12
+    return {"base": base, "photos": photos, "index": index_dir}
+
+
+@contextlib.contextmanager
+def _run_app(index_dir: Path, log_path: Path) -> Iterator[str]:
+    port = _free_port()
+    log = open(log_path, "w+b")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([sys.executable, "-m", "lookalike.app.cli", "app", "--index", str(index_dir),
+                             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while not _healthy(url):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                log.seek(0)
+                pytest.fail(f"lookalike app did not start:\n{log.read().decode(errors='replace')}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def app_url(collection: dict[str, Path]) -> Iterator[str]:
+    with _run_app(collection["index"], collection["base"] / "app.log") as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    with sync_api.sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        yield b
+        b.close()
+
+
+@pytest.fixture()
+def page(browser: object) -> Iterator[object]:
+    ctx = browser.new_context(viewport={"width": 1400, "height": 1800})  # type: ignore[attr-defined]
+    p = ctx.new_page()
+    p.set_default_timeout(TIMEOUT_MS)
+    yield p
+    ctx.close()
+
+
+def _shot(page: object, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.wait_for_timeout(500)  # type: ignore[attr-defined]
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)  # type: ignore[attr-defined]
+
+
+def _no_traceback(page: object) -> None:
+    body = page.inner_text("body")  # type: ignore[attr-defined]
+    assert "Traceback" not in body and "File \"" not in body
+
+
+def test_root_url_lands_on_search_and_overview_is_one_click_away(page: object, app_url: str) -> None:
+    page.goto(app_url)  # type: ignore[attr-defined]
+    main = page.locator("[data-testid='stMain']")  # type: ignore[attr-defined]
+    sync_api.expect(main.locator("h1").first).to_have_text("Search", timeout=TIMEOUT_MS)
+    sync_api.expect(main).to_contain_text("Upload an image, or pick an indexed one")
+    assert page.url.rstrip("/").endswith("/search")  # type: ignore[attr-defined]
+    _shot(page, "landing_search")
+    page.locator("[data-testid='stSidebarNav']").get_by_text("Overview").click()  # type: ignore[attr-defined]
+    sync_api.expect(page.locator("[data-testid='stMetric']").first).to_contain_text(  # type: ignore[attr-defined]
+        "12", timeout=TIMEOUT_MS)
+    _no_traceback(page)
+
+
+def test_map_selection_shows_thumbnails_and_a_point_becomes_the_query(page: object, app_url: str) -> None:
+    page.goto(app_url + "/map")  # type: ignore[attr-defined]
+    main = page.locator("[data-testid='stMain']")  # type: ignore[attr-defined]
+    sync_api.expect(main).to_contain_text("All 12 images", timeout=TIMEOUT_MS)
+    plot = page.locator(".js-plotly-plot").first  # type: ignore[attr-defined]
+    plot.wait_for()
+    sync_api.expect(plot.locator(".legendtext")).to_have_count(2)
+    legend = sorted(plot.locator(".legendtext").all_text_contents())
+    assert legend == ["photos (6)", "photos/edits (6)"]
+    page.wait_for_function(  # type: ignore[attr-defined]
+        "() => document.querySelector('.js-plotly-plot canvas') !== null", timeout=TIMEOUT_MS)
+    _shot(page, "map")
+    box = plot.locator(".nsewdrag").first.bounding_box()
+    assert box is not None
+    page.mouse.move(box["x"] + 2, box["y"] + 2)  # type: ignore[attr-defined]
+    page.mouse.down()  # type: ignore[attr-defined]
+    page.mouse.move(box["x"] + box["width"] - 2, box["y"] + box["height"] - 2, steps=12)  # type: ignore[attr-defined]
+    page.mouse.up()  # type: ignore[attr-defined]
+    sync_api.expect(main).to_contain_text("12 selected", timeout=TIMEOUT_MS)
+    first = page.locator(".st-key-map-sel-0")  # type: ignore[attr-defined]
+    first.locator("img").wait_for()
+    relpath = first.locator("[data-testid='stCaptionContainer']").inner_text().strip()
+    assert relpath.endswith(".jpg")
+    assert page.locator("[class*='st-key-map-sel-']").count() == 12  # type: ignore[attr-defined]
+    _shot(page, "map_selection")
+    first.get_by_role("button", name="Search with this").click()
+    hit = page.locator(".st-key-hit-1")  # type: ignore[attr-defined]
+    sync_api.expect(hit).to_contain_text(relpath, timeout=TIMEOUT_MS)  # the point found itself first
+    assert "/search" in page.url and "q=" in page.url  # type: ignore[attr-defined]
+    _no_traceback(page)
+
+
+def test_duplicate_groups_turn_pages(page: object, app_url: str) -> None:
+    page.goto(app_url + "/duplicates")  # type: ignore[attr-defined]
+    main = page.locator("[data-testid='stMain']")  # type: ignore[attr-defined]
+    sync_api.expect(main).to_contain_text("6 groups", timeout=TIMEOUT_MS)
+    page.locator(".st-key-group-5").wait_for()  # type: ignore[attr-defined]  # 20 a page by default: all six
+    slider = page.locator(".st-key-dup_page_size input[type=range]")  # type: ignore[attr-defined]
+    slider.focus()
+    for _ in range(2):  # 20 -> 10 -> 5 groups a page
+        slider.press("ArrowLeft")
+    sync_api.expect(main).to_contain_text("groups 1 to 5 of 6", timeout=TIMEOUT_MS)
+    sync_api.expect(page.locator(".st-key-group-5")).to_have_count(0)  # type: ignore[attr-defined]
+    for n in range(5):
+        sync_api.expect(page.locator(f".st-key-group-{n}")).to_contain_text("KEEP")  # type: ignore[attr-defined]
+    _shot(page, "duplicates_page_1")
+    page.get_by_role("button", name="Next").click()  # type: ignore[attr-defined]
+    sync_api.expect(main).to_contain_text("groups 6 to 6 of 6", timeout=TIMEOUT_MS)
+    group = page.locator(".st-key-group-5")  # type: ignore[attr-defined]
+    sync_api.expect(group).to_contain_text("edits/")
+    sync_api.expect(page.locator(".st-key-group-0")).to_have_count(0)  # type: ignore[attr-defined]
+    _shot(page, "duplicates_page_2")
+    _no_traceback(page)
