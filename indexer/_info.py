@@ -9,6 +9,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from lookalike.indexer._catalog import STATUS_FAILED, Catalog, ImageRow, VectorRow
+from lookalike.indexer._dtypes import build_dtypes, format_dtypes
 from lookalike.indexer._index import load_vectors
 from lookalike.indexer._vectors import vectors_file
 
@@ -25,7 +26,8 @@ def index_info(index_dir: str | os.PathLike[str], *, db_url: str | None = None, 
 
     Returns:
         A JSON-ready dict: ``images`` (total / ok / pending / failed), ``roots``, ``metrics`` (one entry per
-        vector file: metric, fingerprint, dim, faiss type, vectors, bytes), ``bytes_on_disk``, ``failed``
+        vector file: metric, fingerprint, dim, faiss type, vectors, bytes, ``dtypes``: {precision: vectors embedded
+        in it}), ``bytes_on_disk``, ``failed``
         (path + reason).
 
     Raises:
@@ -53,6 +55,7 @@ def index_info(index_dir: str | os.PathLike[str], *, db_url: str | None = None, 
                 "vectors_in_file": vi.ntotal, "file": f.name, "bytes": f.stat().st_size if f.is_file() else 0,
                 "created": b.created.isoformat(timespec="seconds"), "updated": b.updated.isoformat(timespec="seconds"),
                 "dedup_threshold": b.dedup_threshold,
+                "dtypes": build_dtypes(cat, b.fingerprint),
             })
     size = sum(p.stat().st_size for p in d.iterdir() if p.is_file())
     return {
@@ -73,7 +76,7 @@ def format_info(info: dict) -> str:
     for m in info["metrics"]:
         lines.append(f"metric {m['metric']} ({m['fingerprint']}, {m['dim']}-d): {m['vectors']} vectors, faiss "
                      f"{m['faiss']}{' ' + m['search_params'] if m['search_params'] else ''}, "
-                     f"{m['bytes'] / 1e6:.1f} MB")
+                     f"dtype {format_dtypes(m.get('dtypes', {}))}, {m['bytes'] / 1e6:.1f} MB")
     for f in info["failed"]:
         lines.append(f"  failed: {f['path']}: {f['reason']}")
     return "\n".join(lines)

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from lookalike.data.image_folder import ImageFile, display_path, scan_images
 from lookalike.data.images import DEFAULT_MAX_PIXELS
-from lookalike.data.loader import ImageFileDataset, create_loader, decode_raw_batch, default_workers
+from lookalike.data.loader import ImageFileDataset, create_loader, decode_raw_batch
 from lookalike.indexer._catalog import (
     STATUS_FAILED,
     STATUS_OK,
@@ -39,7 +39,9 @@ from lookalike.indexer._catalog import (
     VectorRow,
     utcnow,
 )
+from lookalike.indexer._cores import plan_cores, torch_threads
 from lookalike.indexer._crash import CrashHook
+from lookalike.indexer._dtypes import count_dtype, declare_dtype, metric_dtype
 from lookalike.indexer._index import is_metric
 from lookalike.indexer._vectors import AUTO_FLAT_MAX, VectorIndex, choose_factory, min_train_size, vectors_file
 
@@ -68,6 +70,9 @@ class IndexSummary:
             (host → device copy of the pixels), model (the forward pass), write (FAISS flush + catalog), total.
         decoder: "exact" (PIL, bit-exact with the reference), "draft" (``fast_decode``: PIL at a reduced JPEG
             scale) or "device" (``fast_decode`` on CUDA: JPEGs decoded and resized on the GPU).
+        dtype: the precision the model ran in ("fp32", "bf16", "fp16"; ``dtype="auto"`` resolved).
+        threads / workers: torch threads of the model and decoding processes used.
+        warnings: what the user should know (e.g. vectors of another precision added to the same build).
     """
 
     index_dir: str
@@ -87,6 +92,10 @@ class IndexSummary:
     total_vectors: int = 0
     checkpoints: int = 0
     decoder: str = "exact"
+    dtype: str = "fp32"
+    threads: int = 0
+    workers: int = 0
+    warnings: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
         ("scan", "diff", "decode", "transfer", "model", "write", "total"), 0.0))
     failures: list[tuple[str, str]] = field(default_factory=list)
@@ -107,7 +116,7 @@ class IndexSummary:
         """A short human summary (what the CLI prints)."""
         s = self.seconds
         lines = [
-            f"index {self.index_dir}  metric {self.metric} ({self.fingerprint}, faiss {self.factory})",
+            f"index {self.index_dir}  metric {self.metric} ({self.fingerprint}, faiss {self.factory}, {self.dtype})",
             f"scanned {self.scanned}  new {self.new}  changed {self.changed}  moved {self.moved}  "
             f"removed {self.removed}  unchanged {self.unchanged}  failed {self.failed}"
             + (f"  scan errors {self.scan_errors}" if self.scan_errors else ""),
@@ -115,6 +124,7 @@ class IndexSummary:
             f" ({self.decoder})  transfer {s['transfer']:.1f}s  model {s['model']:.1f}s  write {s['write']:.1f}s)"
             f"  vectors {self.total_vectors}",
         ]
+        lines.extend(f"warning: {w}" for w in self.warnings)
         if self.reconciled:
             lines.append(f"recovered from an interrupted run: {self.reconciled} vectors/rows reconciled")
         for p, r in self.failures[:20]:
@@ -396,6 +406,7 @@ class _Writer:
                           [{"image_id": i, "fingerprint": self.fp, "faiss_id": i} for i in self.ids])
             s.execute(update(BuildRow).where(BuildRow.fingerprint == self.fp)
                       .values(count=self.vi.ntotal, updated=utcnow()))
+            count_dtype(s, self.fp, self.summary.dtype, len(self.ids))
             s.flush()
             self.crash("during_commit")
         self.crash("after_commit")
@@ -485,9 +496,10 @@ def build_index(
     *,
     metric: str | Metric = "dreamsim",
     device: str | None = None,
-    dtype: str | None = None,
+    dtype: str | None = "auto",
     batch_size: int | None = None,
     workers: int | None = None,
+    threads: int | None = None,
     faiss: str | None = None,
     db_url: str | None = None,
     progress: bool = True,
@@ -508,10 +520,15 @@ def build_index(
         index_dir: the index folder (created if missing). Several metrics can share it.
         metric: a metric name from ``list_metrics()`` (kind "embedding") or a loaded Metric.
         device: "cuda", "mps", "cpu" (default: cuda > mps > cpu).
-        dtype: "fp32" (default), "bf16", "fp16".
+        dtype: "auto" (default: bf16 where the device runs it natively, else fp32; see
+            ``lookalike.metric.resolve_dtype``), "fp32", "bf16", "fp16". The dtype is recorded with the build; a
+            run that adds vectors of another precision to an existing build says so in ``IndexSummary.warnings``.
         batch_size: images per embedding batch (default: ``suggest_batch_size`` — 32 on the CPU, fitted to free
             memory on a GPU).
-        workers: decoding processes (default: CPUs - 1, at most 8; 0 decodes in this process).
+        workers: decoding processes (0 decodes in this process). Default: on a GPU, CPUs - 1 (at most 8); on the
+            CPU, a quarter of the cores (at least 1), the rest left to the model (``lookalike.indexer._cores``).
+        threads: torch threads of the model during the run (default: on the CPU, the cores not given to decoding;
+            all of them up to 3 cores); restored afterwards.
         faiss: FAISS factory string ("Flat", "HNSW32", "IVF4096,Flat", "IVF4096,PQ64,RFlat"); default "auto": exact
             Flat up to 200k vectors, an inverted file beyond. Trained types are trained on a sample once enough
             vectors are indexed (exact search until then).
@@ -568,11 +585,12 @@ def build_index(
 
         batch_size = suggest_batch_size(m)  # CPU: 32; CUDA: the largest power of two that fits
     index_path.mkdir(parents=True, exist_ok=True)
-    with writer_lock(index_path):
+    plan = plan_cores(m.device, workers=workers, threads=threads)
+    with writer_lock(index_path), torch_threads(plan.threads):
         catalog = Catalog(index_path, db_url=db_url, create=True)
         try:
             return _run(catalog, index_path, abs_roots, m, batch_size=batch_size,
-                        workers=default_workers() if workers is None else workers, faiss_factory=faiss,
+                        workers=plan.workers, prefetch=plan.prefetch, faiss_factory=faiss,
                         dedup_threshold=dedup_threshold, fast_decode=fast_decode,
                         progress=progress, checkpoint_every=checkpoint_every, max_pixels=max_pixels, crash=crash,
                         t_start=t_start)
@@ -581,7 +599,7 @@ def build_index(
 
 
 def _run(catalog: Catalog, index_dir: Path, roots: list[str], m: Metric, *, batch_size: int, workers: int,
-         faiss_factory: str | None, dedup_threshold: float | None, fast_decode: bool, progress: bool,
+         prefetch: int, faiss_factory: str | None, dedup_threshold: float | None, fast_decode: bool, progress: bool,
          checkpoint_every: int | None, max_pixels: int | None, crash: CrashHook, t_start: float) -> IndexSummary:
     build = _open_build(catalog, index_dir, m, faiss_factory)
     if dedup_threshold is not None:
@@ -610,10 +628,16 @@ def _run(catalog: Catalog, index_dir: Path, roots: list[str], m: Metric, *, batc
     draft_size = 2 * m.input_size if fast_decode else None
     device_decode = _device_decode(m, fast_decode)
     summary.decoder = "device" if device_decode else "draft" if fast_decode else "exact"
+    summary.dtype = metric_dtype(m)
     if queue:
+        note = declare_dtype(catalog, build, summary.dtype)
+        if note:
+            summary.warnings.append(note)
         dataset = ImageFileDataset(queue, m.preprocess, max_pixels=max_pixels, draft_size=draft_size,
                                    raw_jpeg=device_decode)
-        loader = create_loader(dataset, batch_size=batch_size, workers=min(workers, max(0, len(queue) // batch_size)),
+        summary.workers = min(workers, max(0, len(queue) // batch_size))
+        summary.threads = torch.get_num_threads()
+        loader = create_loader(dataset, batch_size=batch_size, workers=summary.workers, prefetch=prefetch,
                                pin_memory=on_cuda)
         bar = tqdm(total=len(queue), unit="img", desc=f"index {m.name}", disable=not progress, dynamic_ncols=True)
         it = iter(loader)

@@ -114,6 +114,7 @@ def search(
     metric: str | Metric | None = None,
     db_url: str | None = None,
     device: str | None = None,
+    dtype: str | None = "auto",
 ) -> list[Hit]:
     """The ``k`` indexed images most similar to ``query``.
 
@@ -124,6 +125,8 @@ def search(
         metric: which metric's vectors to search when the folder holds several (name or fingerprint).
         db_url: catalog URL when it is not the SQLite file in the folder.
         device: device for embedding an image query.
+        dtype: precision for embedding an image query: "auto" (default; bf16 where the device runs it natively),
+            "fp32", "bf16", "fp16". Used only when ``index`` is a folder.
 
     Returns:
         Hits sorted by distance (1 - cosine, lower = more similar). An indexed query finds itself first.
@@ -133,6 +136,6 @@ def search(
         ValueError: an unreadable query image, or an index of another metric / dimension.
     """
     if isinstance(index, (str, os.PathLike, Path)):
-        with open_index(index, metric=metric, db_url=db_url, device=device) as idx:
+        with open_index(index, metric=metric, db_url=db_url, device=device, dtype=dtype) as idx:
             return search_vectors(idx, query_vector(idx, query)[None], k)[0]
     return search_vectors(index, query_vector(index, query)[None], k)[0]

@@ -7,6 +7,9 @@ from lookalike.metric._builders import required_files as required_files
 from lookalike.metric._factory import load_metric as load_metric
 from lookalike.metric._hub import WeightsNotFound as WeightsNotFound
 from lookalike.metric._hub import get_cache_dir as get_cache_dir
+from lookalike.metric._precision import dtype_name as dtype_name
+from lookalike.metric._precision import has_native_bf16 as has_native_bf16
+from lookalike.metric._precision import resolve_dtype as resolve_dtype
 from lookalike.metric._pretrained import MetricCfg as MetricCfg
 from lookalike.metric._registry import get_metric_cfg as get_metric_cfg
 from lookalike.metric._registry import is_metric as is_metric
