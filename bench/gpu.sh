@@ -10,6 +10,8 @@
 #   3. bench/index.py end to end, ensemble, fp32 and auto, on 2,048 JPEGs with GPU JPEG decode (--fast-decode)
 #   4. bench/search.py exact search on 1M x 1792-d vectors (faiss-gpu when installed)
 #   5. bench/dedup.py find_duplicates on 1M x 1792-d vectors, Flat (GPU k-NN when faiss-gpu is installed)
+# Needs the test extras (pip install -e ".[test]": the reference dreamsim package writes and loads the random
+# official-format weights) and, for GPU faiss, faiss-gpu-cu12 instead of faiss-cpu (pip install ".[gpu]").
 # Output: the tables on stdout and in $OUT_DIR (default bench-gpu-out/), one log per step.
 # Targets on an H100/H200 (issue 13): >= 3,400 img/s model only, >= 2,000 img/s end to end.
 set -u -o pipefail
