@@ -9,6 +9,7 @@ from lookalike.indexer._dedup import find_duplicates as find_duplicates
 from lookalike.indexer._dedup import move_duplicates as move_duplicates
 from lookalike.indexer._dedup import undo_moves as undo_moves
 from lookalike.indexer._dedup import write_report as write_report
+from lookalike.indexer._dtypes import format_dtypes as format_dtypes
 from lookalike.indexer._index import ImageIndex as ImageIndex
 from lookalike.indexer._index import open_index as open_index
 from lookalike.indexer._index import set_dedup_threshold as set_dedup_threshold
