@@ -133,7 +133,7 @@ def _load(args: argparse.Namespace) -> Any:
 
 def run_eval_2afc(args: argparse.Namespace) -> int:
     from lookalike.data.datasets import create_dataset, list_splits
-    from lookalike.metric.eval import evaluate_2afc, format_2afc
+    from lookalike.judge.eval import evaluate_2afc, format_2afc
 
     splits = args.split or list_splits(args.dataset, args.root)
     kwargs = {"min_votes": args.min_votes} if args.dataset == "nights" else {}
@@ -153,7 +153,7 @@ def run_eval_2afc(args: argparse.Namespace) -> int:
 
 def run_eval_jnd(args: argparse.Namespace) -> int:
     from lookalike.data.datasets import create_dataset, list_splits
-    from lookalike.metric.eval import evaluate_jnd
+    from lookalike.judge.eval import evaluate_jnd
 
     splits = args.split or list_splits(args.dataset, args.root)
     datasets = [create_dataset(args.dataset, args.root, None if s == "all" else s) for s in splits]
@@ -173,7 +173,7 @@ def run_eval_jnd(args: argparse.Namespace) -> int:
 
 def run_calibrate(args: argparse.Namespace) -> int:
     from lookalike.data.triplets import read_pairs_csv
-    from lookalike.metric.calibrate import calibrate_threshold, plot_calibration
+    from lookalike.judge.calibrate import calibrate_threshold, plot_calibration
 
     pairs = read_pairs_csv(args.pairs)
     metric = _load(args)
@@ -217,7 +217,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
 def run_train(args: argparse.Namespace) -> int:
     from lookalike.data.datasets import create_dataset
     from lookalike.data.triplets import holdout_split, triplet_csv_splits
-    from lookalike.metric.train import TrainConfig, train_metric
+    from lookalike.judge.train import TrainConfig, train_metric
 
     if args.dataset == "nights":
         train = create_dataset("nights", args.root, "train", min_votes=args.min_votes)

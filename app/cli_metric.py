@@ -139,8 +139,8 @@ def _print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
 
 def run_compare(args: argparse.Namespace) -> int:
     from lookalike.data.images import open_image
+    from lookalike.judge.compare import STATUS_OK, compare_all, list_compare_metrics
     from lookalike.metric import load_metric
-    from lookalike.metric.compare import STATUS_OK, compare_all, list_compare_metrics
 
     if args.all and args.metric:
         raise ValueError("give either --all or --metric NAME, not both")

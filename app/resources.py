@@ -79,7 +79,7 @@ def get_nights(root: str, split: str) -> TripletSet:
 @st.cache_data(show_spinner="Scoring triplets...", max_entries=32)
 def get_nights_votes(root: str, split: str, metric: str, n: int) -> list[dict]:
     """The first ``n`` triplets of a NIGHTS split with ``metric``'s vote next to the people's."""
-    from lookalike.metric.eval import score_2afc, triplet_distances
+    from lookalike.judge.eval import score_2afc, triplet_distances
 
     m = get_metric(metric)
     triplets = get_nights(root, split)[:n]

@@ -1,6 +1,6 @@
 """Human similarity judgements: 2AFC triplets and same/different pairs, from CSV files and BAPPS folders.
 
-Conventions shared by every reader here and by ``lookalike.metric.eval``:
+Conventions shared by every reader here and by ``lookalike.judge.eval``:
 
 - A :class:`Triplet` is (ref, left, right, p) with ``p`` = the fraction of people who judged ``right`` closer to
   ``ref`` (1.0 = everyone chose ``right``; 0 or 1 for a single vote). This is the DreamSim / LPIPS convention

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from sqlalchemy import select
 
+from lookalike.common.io import atomic_write_json
 from lookalike.data.image_folder import natural_key
 from lookalike.indexer._catalog import ImageRow, VectorRow
 from lookalike.indexer._index import ImageIndex, open_index
@@ -277,15 +278,6 @@ def write_report(report: DedupReport, path: str | os.PathLike[str]) -> Path:
     return path
 
 
-def _atomic_json(path: Path, obj: object) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def move_duplicates(report: DedupReport, quarantine: str | os.PathLike[str]) -> Path:
     """Move every non-keeper file of ``report`` into ``quarantine`` (keeping its relative path under a folder per
     root); never deletes. Writes the manifest first, so ``undo_moves`` can always put files back.
@@ -311,8 +303,8 @@ def move_duplicates(report: DedupReport, quarantine: str | os.PathLike[str]) -> 
             moves.append({"src": d.path, "dst": os.fspath(dst), "keeper": g.keeper.path, "distance": d.distance})
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
     manifest = q / f"manifest-{stamp}.json"
-    _atomic_json(manifest, {"created": stamp, "index_dir": report.index_dir, "threshold": report.threshold,
-                            "moves": moves})
+    atomic_write_json(manifest, {"created": stamp, "index_dir": report.index_dir, "threshold": report.threshold,
+                                 "moves": moves}, indent=1)
     moved = 0
     for mv in moves:
         src, dst = mv["src"], mv["dst"]

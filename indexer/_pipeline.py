@@ -11,7 +11,6 @@ Crash safety rests on one ordering rule and one reconciliation:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import time
@@ -26,6 +25,8 @@ import torch
 from sqlalchemy import delete, exists, insert, select, update
 from tqdm.auto import tqdm
 
+from lookalike.common.errors import IndexLocked
+from lookalike.common.io import file_lock, sha256_file
 from lookalike.data.image_folder import ImageFile, display_path, scan_images
 from lookalike.data.images import DEFAULT_MAX_PIXELS
 from lookalike.data.loader import ImageFileDataset, create_loader, decode_raw_batch
@@ -134,31 +135,18 @@ class IndexSummary:
         return "\n".join(lines)
 
 
-def sha256_file(path: str, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while b := f.read(chunk):
-            h.update(b)
-    return h.hexdigest()
-
-
 @contextlib.contextmanager
 def writer_lock(index_dir: Path) -> Iterator[None]:
-    """One writer per index folder (an advisory ``flock``; readers never take it)."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: no advisory locks; single-writer use is the caller's business
+    """One writer per index folder (an advisory lock on ``writer.lock``; readers never take it).
+
+    Raises:
+        IndexLocked: another process is writing this index.
+    """
+    with file_lock(index_dir / LOCK_FILE, blocking=False) as held:
+        if not held:
+            raise IndexLocked(f"another process is writing the index {index_dir}",
+                              hint="wait for the other 'lookalike index' run to finish")
         yield
-        return
-    fd = os.open(index_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ValueError(f"another 'lookalike index' run is writing {index_dir}; wait for it to finish") from None
-        yield
-    finally:
-        os.close(fd)
 
 
 def _open_build(catalog: Catalog, index_dir: Path, metric: Metric, faiss_factory: str | None) -> BuildRow:

@@ -17,6 +17,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from lookalike.common.io import fsync_dir
+
 _logger = logging.getLogger(__name__)
 
 #: Below this many vectors an exact Flat scan is fast enough and no training is needed ("auto").
@@ -383,18 +385,5 @@ class VectorIndex:
             except FileNotFoundError:
                 pass
             raise OSError(f"could not write the vector index {path} ({e}); the previous file is intact") from e
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         self.dirty = False
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

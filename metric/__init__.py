@@ -1,11 +1,11 @@
 """Similarity measures behind one registry: DreamSim (exact), raw backbones, a CNN, pixel metrics."""
 
+from lookalike.common.errors import WeightsNotFound as WeightsNotFound
 from lookalike.metric._base import Metric as Metric
 from lookalike.metric._base import get_device as get_device
 from lookalike.metric._base import suggest_batch_size as suggest_batch_size
 from lookalike.metric._builders import required_files as required_files
 from lookalike.metric._factory import load_metric as load_metric
-from lookalike.metric._hub import WeightsNotFound as WeightsNotFound
 from lookalike.metric._hub import get_cache_dir as get_cache_dir
 from lookalike.metric._precision import dtype_name as dtype_name
 from lookalike.metric._precision import has_native_bf16 as has_native_bf16

@@ -37,12 +37,9 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
+from lookalike.common.errors import ChecksumError, WeightsNotFound
+from lookalike.common.io import file_lock, fsync_dir, sha256_file
 from lookalike.metric._pretrained import WeightFile
-
-try:  # POSIX advisory locks keep two processes from writing the same cache file at once
-    import fcntl
-except ImportError:  # pragma: no cover - Windows: no lock, downloads are still atomic
-    fcntl = None  # type: ignore[assignment]
 
 _logger = logging.getLogger(__name__)
 
@@ -60,43 +57,6 @@ NETWORK_ERRORS: tuple[type[BaseException], ...] = (
     http.client.HTTPException,
     ssl.SSLError,
 )
-
-
-class WeightsNotFound(FileNotFoundError):
-    """Weight files a metric needs are not on disk and could not be downloaded."""
-
-    def __init__(self, metric: str, missing: Sequence[WeightFile], searched: Sequence[Path], reason: str = ""):
-        self.metric = metric
-        self.missing = list(missing)
-        self.searched = [Path(p) for p in searched]
-        self.reason = reason
-        lines = [f"weights for metric {metric!r} not found" + (f" ({reason})" if reason else "") + ":"]
-        for wf in self.missing:
-            if wf.archive_url:
-                src = f"inside {wf.archive_url}"
-            else:
-                src = wf.url or "no public URL"
-            lines.append(f"  - {wf.path}: {src}")
-        lines.append("searched: " + (", ".join(str(p) for p in self.searched) or "(nothing)"))
-        if any(wf.source for wf in self.missing):
-            lines.append(f"fetch them with: lookalike weights download {metric}")
-        else:
-            lines.append("put the files in one of the folders searched, or pass weights=DIR (--weights DIR)")
-        super().__init__("\n".join(lines))
-
-
-class ChecksumError(ValueError):
-    """A downloaded or extracted file does not have the expected size or sha256 (it has been deleted)."""
-
-    def __init__(self, url: str, expected: object, actual: object, *, what: str = "sha256"):
-        self.url = url
-        self.expected = expected
-        self.actual = actual
-        self.what = what
-        super().__init__(
-            f"{what} mismatch for {url}: expected {expected}, got {actual}; the file was deleted. "
-            "Run the download again; if it keeps failing, the URL or the checksum in the metric config is wrong."
-        )
 
 
 def get_cache_dir() -> Path:
@@ -290,16 +250,9 @@ def _describe(e: BaseException) -> str:
 
 @contextlib.contextmanager
 def _cache_lock(folder: Path) -> Iterator[None]:
-    """Exclusive advisory lock on ``folder/.lock`` (a no-op where fcntl is missing)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "a+b") as fh:
-        if fcntl is not None:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            if fcntl is not None:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    """Exclusive advisory lock on ``folder/.lock``: one process at a time writes a cache folder."""
+    with file_lock(folder / ".lock"):
+        yield
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -308,23 +261,6 @@ def _cache_lock(folder: Path) -> Iterator[None]:
 
 def _part_path(dst: Path) -> Path:
     return dst.with_name(dst.name + ".part")
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(_CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):  # not supported everywhere (Windows); best effort
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 _CONTENT_RANGE = re.compile(r"bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)")
@@ -394,12 +330,12 @@ def download_url(
         part.unlink(missing_ok=True)
         raise ChecksumError(url, f"{size} bytes", f"{actual_size} bytes", what="size")
     if sha256:
-        digest = _sha256_file(part)
+        digest = sha256_file(part)
         if digest != sha256.lower():
             part.unlink(missing_ok=True)
             raise ChecksumError(url, sha256.lower(), digest)
     os.replace(part, dst)
-    _fsync_dir(dst.parent)
+    fsync_dir(dst.parent)
     _logger.info("downloaded %s -> %s (%d bytes)", url, dst, actual_size)
     return dst
 
@@ -570,7 +506,7 @@ def _extract(url: str, zip_path: Path, wfs: list[WeightFile], extras: list[Weigh
                 tmps.append((tmp, dst))
         for tmp, dst in tmps:
             os.replace(tmp, dst)
-            _fsync_dir(dst.parent)
+            fsync_dir(dst.parent)
             _logger.info("extracted %s", dst)
     finally:
         for tmp, _ in tmps:

@@ -61,6 +61,25 @@ class PerceptualNet(nn.Module):
         return torch.cat([e(x).float() for e in self.extractor_list], dim=-1)
 
 
+def embedding_head(feats: torch.Tensor, *, center: bool, patch: bool) -> torch.Tensor:
+    """Raw branch features → the metric's unit embedding; shared by inference (``PerceptualMetric.embed``) and
+    LoRA training (``lookalike.judge.train``), so the two never drift apart.
+
+    Args:
+        feats: ``PerceptualNet`` output: (B, D) concatenated features, or (B, T, 768) tokens for patch models.
+        center: subtract each embedding's mean over its entries before L2 (DreamSim's default).
+        patch: ``feats`` are tokens: each token is (centred and) L2-normalized, then [CLS || mean(patch)] is
+            L2-normalized.
+
+    Returns:
+        (B, dim) float32 unit vectors.
+    """
+    if patch:
+        tok = center_l2(feats, center=center)
+        return center_l2(torch.cat([tok[:, 0], tok[:, 1:].mean(dim=1)], dim=-1), center=False)
+    return center_l2(feats, center=center)
+
+
 class PerceptualMetric(Metric):
     """DreamSim and its single-branch / raw-backbone relatives.
 
@@ -88,9 +107,4 @@ class PerceptualMetric(Metric):
         """(B, 3, 224, 224) in [0, 1] → (B, dim) float32 unit vectors; cosine = DreamSim similarity."""
         x = self.check_batch(x)
         with torch.inference_mode(), self._precision():
-            feats = self.net(x)
-            if self.net.patch:
-                tok = center_l2(feats, center=self.center)
-                feats = torch.cat([tok[:, 0], tok[:, 1:].mean(dim=1)], dim=-1)
-                return center_l2(feats, center=False)
-            return center_l2(feats, center=self.center)
+            return embedding_head(self.net(x), center=self.center, patch=self.net.patch)

@@ -11,7 +11,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from lookalike.metric._hub import _sha256_file, find_package_file, find_weight_file, get_cache_path, resolve_files
+from lookalike.common.io import sha256_file
+from lookalike.metric._hub import find_package_file, find_weight_file, get_cache_path, resolve_files
 from lookalike.metric._pretrained import WeightFile
 
 _logger = logging.getLogger(__name__)
@@ -100,7 +101,7 @@ def verify_weights(name: str, *, weights: str | os.PathLike[str] | None = None) 
         }
         if p is not None:
             size = p.stat().st_size
-            digest = _sha256_file(p)
+            digest = sha256_file(p)
             row["size"] = size
             row["actual_sha256"] = digest
             row["size_status"] = "unknown" if wf.size is None else ("ok" if size == wf.size else "mismatch")

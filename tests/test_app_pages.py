@@ -386,7 +386,7 @@ def test_cli_app_binds_localhost_and_hides_tracebacks(tmp_path: Path) -> None:
 
 
 def test_compare_all_and_triplet_votes() -> None:
-    from lookalike.metric.compare import STATUS_OK, STATUS_UNAVAILABLE, compare_all
+    from lookalike.judge.compare import STATUS_OK, STATUS_UNAVAILABLE, compare_all
 
     a = open_image(PHOTOS / NAMES[0])
     b = ImageEnhance.Brightness(a).enhance(1.1)

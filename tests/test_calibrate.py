@@ -12,13 +12,13 @@ import pytest
 from PIL import Image, ImageEnhance
 
 from lookalike.data.triplets import read_pairs_csv
-from lookalike.metric import load_metric
-from lookalike.metric.calibrate import (
+from lookalike.judge.calibrate import (
     calibrate_threshold,
     plot_calibration,
     precision_recall_curve,
     threshold_at_precision,
 )
+from lookalike.metric import load_metric
 
 
 def test_curve_by_hand() -> None:

@@ -11,8 +11,7 @@ import pytest
 from PIL import Image, ImageEnhance
 
 from lookalike.data.triplets import Pair, PairSet, Triplet, read_triplet_csv
-from lookalike.metric import load_metric
-from lookalike.metric.eval import (
+from lookalike.judge.eval import (
     average_precision,
     bootstrap_ci,
     evaluate_2afc,
@@ -20,6 +19,7 @@ from lookalike.metric.eval import (
     jnd_map,
     score_2afc,
 )
+from lookalike.metric import load_metric
 
 # --- the scorer, by hand -------------------------------------------------------------------------------------------
 

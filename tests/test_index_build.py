@@ -276,7 +276,7 @@ def test_flat_numpy_route_matches_faiss(monkeypatch: pytest.MonkeyPatch) -> None
     np.testing.assert_allclose(D_np, 1.0 - D_f, atol=1e-5)
     monkeypatch.setattr("lookalike.indexer._vectors.NUMPY_BLOCK_BYTES", 3000 * 4 * 3)  # 3 queries per block
     D_b, I_b = vi.search(xq, 10)
-    assert np.array_equal(I_b, I_np) and np.allclose(D_b, D_np)
+    assert np.array_equal(I_b, I_np) and np.allclose(D_b, D_np, atol=1e-6)  # float32 blocks round differently
     D_big, I_big = vi.search(xq[:1], 5000)
     assert (I_big[0] >= 0).sum() == 3000 and np.isinf(D_big[0, -1])
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import io
 from pathlib import Path
 
@@ -36,10 +35,11 @@ def test_every_metric_loads_or_names_its_missing_weights(name: str, demo_dir: Pa
         metric = load_metric(name, device="cpu")
     except WeightsNotFound as e:
         msg = str(e)
+        assert e.hint and e.hint in msg  # the CLI prints message + hint; str() carries both for library users
         if any(wf.source for wf in e.missing):
-            assert f"lookalike weights download {name}" in msg
+            assert e.hint == f"fetch them with: lookalike weights download {name}"
         else:  # user-provided files (UniSim): say where to put them
-            assert "--weights DIR" in msg
+            assert "weights folder" in e.hint and "lookalike weights download" not in msg
         for wf in e.missing:
             assert wf.path in msg
             if wf.source:
@@ -231,30 +231,6 @@ def test_efficientnet_finds_the_original_of_every_edited_copy(photos_dir: Path) 
           f"nearest image from the same photo = {same_photo:.3f}")
     assert recall_at_1 == 1.0
     assert same_photo == 1.0
-
-
-_ALLOWED = {"data": set(), "metric": {"data"}, "indexer": {"metric", "data"}, "app": {"metric", "data", "indexer"}}
-
-
-def test_imports_only_point_left() -> None:
-    """data → metric → indexer → app: no module imports a room to its right."""
-    root = Path(__file__).resolve().parents[1]
-    problems = []
-    for area, allowed in _ALLOWED.items():
-        for py in (root / area).rglob("*.py"):
-            for node in ast.walk(ast.parse(py.read_text(encoding="utf-8"))):
-                mods = []
-                if isinstance(node, ast.Import):
-                    mods = [a.name for a in node.names]
-                elif isinstance(node, ast.ImportFrom) and node.module:
-                    mods = [node.module]
-                for mod in mods:
-                    parts = mod.split(".")
-                    if parts[0] in _ALLOWED and parts[0] != "lookalike":
-                        problems.append(f"{py}: bare import {mod!r} (use lookalike.{mod})")
-                    if parts[0] == "lookalike" and len(parts) > 1 and parts[1] != area and parts[1] not in allowed:
-                        problems.append(f"{py}: {area} must not import {mod}")
-    assert not problems, "\n".join(problems)
 
 
 def test_enable_compile_is_opt_in_and_keeps_results() -> None:

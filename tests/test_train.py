@@ -14,12 +14,12 @@ import torch
 from PIL import Image
 
 from lookalike.data.triplets import read_triplet_csv
+from lookalike.judge.eval import evaluate_2afc
+from lookalike.judge.train import TrainConfig, TrainingInterrupted, register_trained, train_metric
 from lookalike.metric import load_metric, register_metric
 from lookalike.metric._pretrained import IMAGENET_MEAN, IMAGENET_STD, BackboneCfg, MetricCfg, PreprocessCfg, ViTCfg
 from lookalike.metric._registry import is_metric, list_metrics, register_backbone
-from lookalike.metric.eval import evaluate_2afc
 from lookalike.metric.lora import read_adapter
-from lookalike.metric.train import TrainConfig, TrainingInterrupted, register_trained, train_metric
 
 MICRO = "test_vit_micro"
 

@@ -7,7 +7,7 @@ import streamlit as st
 from lookalike.app import resources, widgets
 from lookalike.app.views import AppSettings, index_state, load_settings, neighbour_overlap
 from lookalike.indexer import search
-from lookalike.metric.compare import STATUS_OK, compare_all, list_compare_metrics, missing_weights_reason
+from lookalike.judge.compare import STATUS_OK, compare_all, list_compare_metrics, missing_weights_reason
 
 
 def neighbours_ui(settings: AppSettings, metrics: list[str], picked: widgets.PickedImage) -> None:

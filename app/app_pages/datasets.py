@@ -13,7 +13,7 @@ import streamlit as st
 from lookalike.app import resources, widgets
 from lookalike.app.views import AppSettings, NotInCatalog, catalog_row, load_settings, reader_available, rendition_of
 from lookalike.indexer import search
-from lookalike.metric.compare import list_compare_metrics, missing_weights_reason
+from lookalike.judge.compare import list_compare_metrics, missing_weights_reason
 
 
 def nights_ui(settings: AppSettings) -> None:

@@ -42,12 +42,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from lookalike.common.io import atomic_write_json
 from lookalike.data.images import open_image
 from lookalike.data.triplets import Triplet
-from lookalike.metric._base import center_l2, get_device
+from lookalike.judge.eval import embed_paths, score_2afc
+from lookalike.metric._base import get_device
 from lookalike.metric._pretrained import MetricCfg, WeightFile
 from lookalike.metric._registry import get_metric_cfg, is_metric, register_metric
-from lookalike.metric.eval import embed_paths, score_2afc
+from lookalike.metric.ensemble import embedding_head
 from lookalike.metric.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from lookalike.metric.transforms import build_transform
 
@@ -200,12 +202,8 @@ def _batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
 
 
 def _embed(net: nn.Module, x: torch.Tensor, *, center: bool, patch: bool) -> torch.Tensor:
-    """The metric's embedding with gradients (PerceptualMetric.embed without inference mode)."""
-    feats = net(x)
-    if patch:
-        tok = center_l2(feats, center=center)
-        return center_l2(torch.cat([tok[:, 0], tok[:, 1:].mean(dim=1)], dim=-1), center=False)
-    return center_l2(feats, center=center)
+    """The metric's embedding with gradients (the inference head, outside inference mode)."""
+    return embedding_head(net(x), center=center, patch=patch)
 
 
 def hinge_loss(d0: torch.Tensor, d1: torch.Tensor, p: torch.Tensor, margin: float) -> torch.Tensor:
@@ -248,12 +246,6 @@ def save_adapter(model: nn.Module, folder: Path, tc: TrainConfig) -> Path:
 
     _atomic_dir(folder, write)
     return folder
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 @torch.no_grad()
@@ -375,7 +367,7 @@ def train_metric(
         _logger.info("resuming %s at epoch %d, step %d", out_dir, epoch, step_in_epoch)
 
     def write_config(final: bool) -> None:
-        _write_json(out_dir / CONFIG_FILE, {
+        atomic_write_json(out_dir / CONFIG_FILE, {
             "format": FORMAT_VERSION, "kind": "lookalike-lora", "metric": cfg.name, "adapter": adapter,
             "backbones": list(cfg.backbones), "patch": cfg.patch, "center": tc.center,
             "preprocess": asdict(cfg.preprocess), "lora": {"r": tc.lora_r, "alpha": tc.lora_alpha,

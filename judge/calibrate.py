@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from lookalike.data.triplets import Pair
-from lookalike.metric.eval import centering, pair_distances
+from lookalike.judge.eval import centering, pair_distances
 
 _logger = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
 """What each metric says about a pair of images: every registered metric at once, unavailable ones explained.
 
 The library function behind ``lookalike compare`` and the app's "Compare metrics" view (2AFC scoring lives in
-``metric.eval``). Nothing here prints or caches, and by default nothing downloads: a metric whose weight files are
-not on disk is reported with the command that fetches them. The caller may pass a caching ``load`` function.
+``lookalike.judge.eval``). Nothing here prints or caches, and by default nothing downloads: a metric whose weight
+files are not on disk is reported with the command that fetches them. The caller may pass a caching ``load`` function.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
+from lookalike.common.errors import WeightsNotFound
 from lookalike.metric._base import Metric
 from lookalike.metric._factory import load_metric
-from lookalike.metric._hub import WeightsNotFound
 from lookalike.metric._registry import get_metric_cfg, list_metrics
 from lookalike.metric.weights import weights_paths
 

@@ -1,0 +1,120 @@
+"""One error hierarchy for the whole library: ``LookalikeError`` and its subclasses, each with a ``hint``.
+
+Every subclass also derives from the builtin it stands for (``WeightsNotFound`` is a ``FileNotFoundError``,
+``IndexMismatch`` a ``ValueError``, ``UnknownName`` a ``KeyError``), so callers can catch either. The message says
+what is wrong and where; ``hint`` says how to fix it (often the ``lookalike`` command that does). Messages never
+spell command-line flags; the CLI prints the message and the hint, and treats anything that is not a
+``LookalikeError`` or an ``OSError`` as a bug.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+
+class LookalikeError(Exception):
+    """Base of every error the library raises on purpose (bad input, damaged or missing files, busy index).
+
+    Attributes:
+        message: what went wrong, naming the value and where it came from.
+        hint: how to fix it, or None.
+    """
+
+    def __init__(self, message: str, *, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message if not self.hint else f"{self.message}\nhint: {self.hint}"
+
+
+class InvalidArgument(LookalikeError, ValueError):
+    """An argument or option value is out of range or of the wrong kind."""
+
+
+class UnknownName(LookalikeError, KeyError):
+    """A name (metric, backbone, dataset, builder, option) is not registered."""
+
+
+class ConfigError(LookalikeError, ValueError):
+    """A metric configuration, or a file that describes one, is malformed."""
+
+
+class WeightFileError(LookalikeError, ValueError):
+    """A weight file exists but does not fit the model (wrong keys or shapes, unreadable format)."""
+
+
+class ChecksumError(LookalikeError, ValueError):
+    """A downloaded or extracted file does not have the expected size or sha256 (it has been deleted)."""
+
+    def __init__(self, url: str, expected: object, actual: object, *, what: str = "sha256"):
+        self.url = url
+        self.expected = expected
+        self.actual = actual
+        self.what = what
+        super().__init__(
+            f"{what} mismatch for {url}: expected {expected}, got {actual}; the file was deleted",
+            hint="run the download again; if it keeps failing, the URL or the checksum in the metric config is wrong",
+        )
+
+
+class _MissingFile(Protocol):
+    @property
+    def path(self) -> str: ...
+
+    @property
+    def url(self) -> str | None: ...
+
+    @property
+    def archive_url(self) -> str | None: ...
+
+
+class WeightsNotFound(LookalikeError, FileNotFoundError):
+    """Weight files a metric needs are not on disk and could not be downloaded.
+
+    Attributes:
+        metric: the metric name.
+        missing: the files not found (``WeightFile`` objects).
+        searched: the folders looked in.
+        reason: why nothing was downloaded ("offline: ...", "download failed: ...").
+    """
+
+    def __init__(self, metric: str, missing: Sequence[_MissingFile], searched: Sequence[str | Path],
+                 reason: str = ""):
+        self.metric = metric
+        self.missing = list(missing)
+        self.searched = [Path(p) for p in searched]
+        self.reason = reason
+        lines = [f"weights for metric {metric!r} not found" + (f" ({reason})" if reason else "") + ":"]
+        for wf in self.missing:
+            src = f"inside {wf.archive_url}" if wf.archive_url else (wf.url or "no public URL")
+            lines.append(f"  - {wf.path}: {src}")
+        lines.append("searched: " + (", ".join(str(p) for p in self.searched) or "(nothing)"))
+        if any(wf.archive_url or wf.url for wf in self.missing):
+            hint = f"fetch them with: lookalike weights download {metric}"
+        else:
+            hint = "put the files in one of the folders searched, or pass a weights folder"
+        super().__init__("\n".join(lines), hint=hint)
+
+
+class IndexNotFound(LookalikeError, FileNotFoundError):
+    """There is no index at the given folder (or catalog URL)."""
+
+
+class IndexLocked(LookalikeError, ValueError):
+    """Another process is writing the index."""
+
+
+class IndexMismatch(LookalikeError, ValueError):
+    """The index and the request disagree: dimension, metric, weights fingerprint or FAISS type."""
+
+
+class IndexDamaged(LookalikeError, ValueError):
+    """A file of the index cannot be read (a damaged catalog or vector file)."""
+
+
+class DatasetError(LookalikeError, ValueError):
+    """A dataset folder or file is missing parts or has malformed rows."""
