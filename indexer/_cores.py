@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
+from lookalike.common.errors import InvalidArgument
+
 _logger = logging.getLogger(__name__)
 
 MAX_WORKERS = 8
@@ -64,9 +66,9 @@ def plan_cores(device: torch.device, *, workers: int | None = None, threads: int
     """
     n = available_cpus() if cpus is None else max(1, cpus)
     if workers is not None and workers < 0:
-        raise ValueError(f"workers must be >= 0, got {workers}")
+        raise InvalidArgument(f"workers must be >= 0, got {workers}")
     if threads is not None and threads < 1:
-        raise ValueError(f"threads must be >= 1, got {threads}")
+        raise InvalidArgument(f"threads must be >= 1, got {threads}")
     if device.type != "cpu":
         w = min(MAX_WORKERS, n - 1) if workers is None else workers
         return CorePlan(workers=max(0, w), threads=threads or torch.get_num_threads(), prefetch=4)

@@ -57,8 +57,8 @@ def declare_dtype(catalog: Catalog, build: BuildRow, dtype: str) -> str | None:
     main = max(others, key=lambda d: others[d])
     keep = "fp32" if main == UNRECORDED else main  # milestone-1 indexes were fp32 unless told
     msg = (f"the index holds {held} vectors of {build.metric!r}; this run adds {dtype} vectors to the same build "
-           f"(bf16 and fp32 embeddings agree to a cosine of ~0.9999, so search and dedup are unaffected; pass "
-           f"--dtype {keep} to keep one precision)")
+           f"(bf16 and fp32 embeddings agree to a cosine of ~0.9999, so search and dedup are unaffected; index "
+           f"with dtype {keep} to keep one precision)")
     _logger.warning(msg)
     return msg
 

@@ -85,7 +85,7 @@ def test_index_records_dtype_and_warns_when_mixing(tmp_path: Path, monkeypatch: 
     copy_photos(root, 2, start=3)
     s2 = build_index(root, idx, metric="test_vit_tiny", device="cpu", dtype="bf16", workers=0, progress=False)
     assert s2.dtype == "bf16" and s2.embedded == 2
-    assert len(s2.warnings) == 1 and "holds 3 fp32 vectors" in s2.warnings[0] and "--dtype fp32" in s2.warnings[0]
+    assert len(s2.warnings) == 1 and "holds 3 fp32 vectors" in s2.warnings[0] and "with dtype fp32" in s2.warnings[0]
     assert "warning: the index holds 3 fp32" in s2.format()
     info = index_info(idx)
     assert info["metrics"][0]["dtypes"] == {"fp32": 3, "bf16": 2}
@@ -111,7 +111,7 @@ def test_index_made_before_dtypes_were_recorded(tmp_path: Path) -> None:
     assert index_info(idx)["metrics"][0]["dtypes"] == {}
     copy_photos(root, 1, start=2)
     s = build_index(root, idx, metric="test_vit_tiny", device="cpu", dtype="bf16", workers=0, progress=False)
-    assert s.warnings and "2 unrecorded vectors" in s.warnings[0] and "--dtype fp32" in s.warnings[0]
+    assert s.warnings and "2 unrecorded vectors" in s.warnings[0] and "with dtype fp32" in s.warnings[0]
     assert index_info(idx)["metrics"][0]["dtypes"] == {"unrecorded": 2, "bf16": 1}
 
 
