@@ -60,15 +60,9 @@ def _devices() -> list[str]:
 
 
 def _metric_dim(name: str) -> int | None:
-    from lookalike.metric._registry import get_backbone_cfg, get_metric_cfg
+    from lookalike.metric import get_metric_cfg, get_metric_dim
 
-    cfg = get_metric_cfg(name)
-    if cfg.kind != "embedding":
-        return None
-    if cfg.backbones:
-        dims = [get_backbone_cfg(b).feature_dim for b in cfg.backbones]
-        return 2 * dims[0] if cfg.patch else sum(dims)
-    return cfg.options.get("dim")
+    return get_metric_dim(get_metric_cfg(name))
 
 
 def collect_info(weights: str | None = None) -> dict[str, object]:

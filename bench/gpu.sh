@@ -33,7 +33,7 @@ if [[ -z "$PHOTOS" ]]; then
 fi
 
 if [[ $DRY == 1 ]]; then
-  DEVICE=cpu; BATCHES="2"; EMBED_DTYPES="auto"; REPEATS=1; JPEGS=24; INDEX_BATCH=8; INDEX_LIMIT=12
+  DEVICE=cpu; BATCHES="2"; EMBED_DTYPES="auto"; REPEATS=1; JPEGS=16; INDEX_BATCH=8; INDEX_LIMIT=8
   VECTORS=20000; CAP=900; BUDGET=${BUDGET:-3600}; export CUDA_VISIBLE_DEVICES=""
   MODEL=dreamsim_dino_vitb16  # one ViT branch: the ensemble's code path at a third of the CPU time
 else

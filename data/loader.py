@@ -2,7 +2,7 @@
 
 Fast decode (opt-in, not bit-exact with the DreamSim reference): large JPEGs are decoded at a reduced DCT scale
 (PIL ``draft``), or, on a GPU, workers only read the JPEG bytes and ``decode_raw_batch`` decodes and resizes them on
-the device (``torchvision.io.decode_jpeg`` + antialiased bicubic ``interpolate``).
+the device (``torchvision.io.decode_jpeg`` + the metric's own resize, ``lookalike.data.transforms.resize_tensor``).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from lookalike.data.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
+from lookalike.data.transforms import PreprocessCfg, resize_tensor
 
 _logger = logging.getLogger(__name__)
 
@@ -253,18 +254,19 @@ def apply_orientation(x: torch.Tensor, orientation: int) -> torch.Tensor:
 
 
 def decode_jpegs(
-    datas: Sequence[torch.Tensor], size: int, device: str | torch.device, orientations: Sequence[int] | None = None,
+    datas: Sequence[torch.Tensor], preprocess: PreprocessCfg | int, device: str | torch.device,
+    orientations: Sequence[int] | None = None,
 ) -> list[torch.Tensor | None]:
-    """Decode JPEG bytes on ``device`` and resize each to (3, size, size) float32 in [0, 1] there.
+    """Decode JPEG bytes on ``device`` and resize each to (3, S, S) float32 in [0, 1] there, as ``preprocess`` says.
 
-    ``torchvision.io.decode_jpeg`` (nvJPEG on CUDA, libjpeg on the CPU), EXIF orientation, then an antialiased
-    bicubic ``interpolate`` to size x size (aspect ratio not kept, like the metrics' PIL "squash" resize), in two
-    passes rounded to 8 bits like PIL's. Close to, but not bit-exact with, PIL decode + PIL bicubic resize (nvJPEG's
-    IDCT and chroma upsampling can differ from libjpeg's by a level or two).
+    ``torchvision.io.decode_jpeg`` (nvJPEG on CUDA, libjpeg on the CPU), EXIF orientation, then
+    ``lookalike.data.transforms.resize_tensor``: the metric's own resize (squash, or shorter side + centre crop),
+    antialiased, in two passes rounded to 8 bits like PIL's. Close to, but not bit-exact with, PIL decode + PIL
+    resize (nvJPEG's IDCT and chroma upsampling can differ from libjpeg's by a level or two).
 
     Args:
         datas: 1-D uint8 CPU tensors holding whole JPEG files.
-        size: output side S.
+        preprocess: the metric's PreprocessCfg (an int S means a bicubic squash to S x S).
         device: where to decode and resize ("cuda", "cuda:1"; "cpu" runs the same code on the CPU).
         orientations: EXIF orientation per file (default: none).
 
@@ -273,6 +275,7 @@ def decode_jpegs(
     """
     from torchvision.io import ImageReadMode, decode_jpeg
 
+    pre = PreprocessCfg(size=preprocess) if isinstance(preprocess, int) else preprocess
     if not datas:
         return []
     dev = torch.device(device)
@@ -296,28 +299,13 @@ def decode_jpegs(
         if img is None:
             out.append(None)
             continue
-        out.append(_resize_like_pil(apply_orientation(img, o), size))
+        out.append(resize_tensor(apply_orientation(img, o), pre))
     return out
 
 
-def _resize_like_pil(img: torch.Tensor, size: int) -> torch.Tensor:
-    """(3, H, W) uint8 → (3, size, size) float32 in [0, 1]: antialiased bicubic (PIL's a = -0.5 kernel), width
-    first, then height, rounding to 8 bits after each pass as PIL does: within a few 1e-5 mean absolute difference
-    of PIL's ``resize(BICUBIC)`` on the same pixels (a single float pass without the rounding is ~1e-3 away)."""
-    x = img.unsqueeze(0).float()
-    h, w = x.shape[-2:]
-    if w != size:
-        x = torch.nn.functional.interpolate(x, size=(h, size), mode="bicubic", align_corners=False, antialias=True)
-        x = x.clamp_(0.0, 255.0).round_()
-    if h != size:
-        x = torch.nn.functional.interpolate(x, size=(size, size), mode="bicubic", align_corners=False,
-                                            antialias=True)
-        x = x.clamp_(0.0, 255.0).round_()
-    return x.squeeze(0).div_(255.0)
-
-
 def decode_raw_batch(
-    batch: ImageBatch, size: int, device: str | torch.device, transform: Callable[[Image.Image], torch.Tensor], *,
+    batch: ImageBatch, preprocess: PreprocessCfg | int, device: str | torch.device,
+    transform: Callable[[Image.Image], torch.Tensor], *,
     max_pixels: int | None = DEFAULT_MAX_PIXELS, draft_size: int | None = None,
 ) -> ImageBatch:
     """Decode a batch's RawJpeg items on ``device`` (``decode_jpegs``) and merge them with the rows decoded by PIL.
@@ -331,7 +319,7 @@ def decode_raw_batch(
     if not batch.raw:
         return batch
     dev = torch.device(device)
-    decoded = decode_jpegs([r.data for r in batch.raw], size, dev, [r.orientation for r in batch.raw])
+    decoded = decode_jpegs([r.data for r in batch.raw], preprocess, dev, [r.orientation for r in batch.raw])
     out = ImageBatch(keys=list(batch.keys), infos=list(batch.infos), failures=list(batch.failures))
     rows = [batch.pixels.to(dev, non_blocking=True)] if batch.pixels is not None else []
     for r, x in zip(batch.raw, decoded, strict=True):

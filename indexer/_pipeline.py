@@ -30,6 +30,7 @@ from lookalike.common.io import file_lock, sha256_file
 from lookalike.data.image_folder import ImageFile, display_path, scan_images
 from lookalike.data.images import DEFAULT_MAX_PIXELS
 from lookalike.data.loader import ImageFileDataset, create_loader, decode_raw_batch
+from lookalike.data.transforms import supports_tensor_resize
 from lookalike.indexer._catalog import (
     STATUS_FAILED,
     STATUS_OK,
@@ -454,19 +455,11 @@ def _sync(device: torch.device) -> None:
 
 
 def _device_decode(m: Metric, fast_decode: bool) -> bool:
-    """Decode JPEGs on the GPU: with ``fast_decode`` on a CUDA metric whose preprocessing is a plain bicubic
-    "squash" resize (what ``decode_jpegs`` reproduces) and a torchvision that can decode JPEGs."""
+    """Decode JPEGs on the GPU: with ``fast_decode`` on a CUDA metric whose preprocessing the tensor resize
+    reproduces (``supports_tensor_resize``) and a torchvision that can decode JPEGs."""
     if not fast_decode or m.device.type != "cuda":
         return False
-    return _squash_bicubic(m) and _has_decode_jpeg()
-
-
-def _squash_bicubic(m: Metric) -> bool:
-    cfg = getattr(m, "cfg", None)
-    pre = getattr(cfg, "preprocess", None)
-    if pre is None or getattr(cfg, "options", {}).get("resize"):
-        return False
-    return pre.resize_mode == "squash" and pre.interpolation == "bicubic"
+    return supports_tensor_resize(m.cfg.preprocess) and _has_decode_jpeg()
 
 
 def _has_decode_jpeg() -> bool:
@@ -634,7 +627,7 @@ def _run(catalog: Catalog, index_dir: Path, roots: list[str], m: Metric, *, batc
                 t = time.perf_counter()
                 batch = next(it, None)
                 if batch is not None and batch.raw:
-                    batch = decode_raw_batch(batch, m.input_size, m.device, m.preprocess, max_pixels=max_pixels,
+                    batch = decode_raw_batch(batch, m.cfg.preprocess, m.device, m.preprocess, max_pixels=max_pixels,
                                              draft_size=draft_size)
                     _sync(m.device)
                 summary.seconds["decode"] += time.perf_counter() - t

@@ -44,6 +44,7 @@ from tqdm import tqdm
 
 from lookalike.common.io import atomic_write_json
 from lookalike.data.images import open_image
+from lookalike.data.transforms import build_transform
 from lookalike.data.triplets import Triplet
 from lookalike.judge.eval import embed_paths, score_2afc
 from lookalike.metric._base import get_device
@@ -51,7 +52,6 @@ from lookalike.metric._pretrained import MetricCfg, WeightFile
 from lookalike.metric._registry import get_metric_cfg, is_metric, register_metric
 from lookalike.metric.ensemble import embedding_head
 from lookalike.metric.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS
-from lookalike.metric.transforms import build_transform
 
 _logger = logging.getLogger(__name__)
 
@@ -310,7 +310,7 @@ def train_metric(
     """
     from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 
-    from lookalike.metric._builders import build_perceptual_net
+    from lookalike.metric.ensemble import build_perceptual_net
 
     cfg = get_metric_cfg(metric)
     if cfg.builder != "perceptual":

@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 from torch import nn
 
+from lookalike.data.transforms import build_transform
 from lookalike.metric._pretrained import MetricCfg
-from lookalike.metric.transforms import build_transform
 
 _logger = logging.getLogger(__name__)
 

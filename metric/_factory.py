@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
 import torch
 
 from lookalike.metric._base import Metric, get_device
 from lookalike.metric._precision import resolve_dtype
-from lookalike.metric._registry import get_builder, get_metric_cfg
+from lookalike.metric._registry import get_builder, get_metric_cfg, with_options
 
 _logger = logging.getLogger(__name__)
 
@@ -20,6 +21,7 @@ def load_metric(
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     weights: str | os.PathLike[str] | None = None,
+    **options: Any,
 ) -> Metric:
     """Build a registered metric, ready for inference (``eval()``, no grad, LoRA merged into the weights).
 
@@ -33,6 +35,8 @@ def load_metric(
         weights: a folder holding the metric's weight files (e.g. an existing dreamsim cache folder, or an adapter
             folder written by ``lookalike train``). Files not found there are looked up in ``$LOOKALIKE_HOME``
             (default ``~/.cache/lookalike``).
+        **options: overrides of the builder's options for this load (e.g. ``center=False`` for the perceptual
+            metrics); a name the builder does not have is an error.
 
     Returns:
         A Metric. ``distance(a, b)`` is higher for more different images when ``lower_is_better`` is True.
@@ -41,8 +45,11 @@ def load_metric(
         KeyError: unknown name (the message suggests close matches).
         WeightsNotFound: weight files missing; the message lists them, their URLs and the download command.
         ValueError: a weight file that does not fit the model, or a bad device / dtype.
+        ConfigError: an option the metric's builder does not have.
     """
     cfg = get_metric_cfg(name)
+    if options:
+        cfg = with_options(cfg, options)
     dev = get_device(device)
     dt = resolve_dtype(dtype, dev)
     metric = get_builder(cfg.builder)(cfg, device=dev, dtype=dt, weights=weights)

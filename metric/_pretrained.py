@@ -1,10 +1,20 @@
-"""Config dataclasses: what a metric is made of, where its weights live, how its inputs are prepared."""
+"""Config dataclasses: what a metric is made of, where its weights live, how its inputs are prepared.
+
+A metric is one ``MetricCfg``, registered in Python beside its builder (``register_metric``). Its ``options`` are an
+instance of the builder's own options dataclass (``register_builder(name, options=...)``), so a misspelt option is
+an error, not a silent default. Weight files come from the one table in ``lookalike.metric.releases``.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
+
+from lookalike.common.errors import ConfigError
+from lookalike.data.transforms import PreprocessCfg
+
+__all__ = ["BackboneCfg", "MetricCfg", "PreprocessCfg", "ViTCfg", "WeightFile", "metric_cfg_from_dict"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -34,15 +44,6 @@ class WeightFile:
     @property
     def source(self) -> str | None:
         return self.archive_url or self.url
-
-
-@dataclass(frozen=True)
-class PreprocessCfg:
-    """PIL image → float tensor (3, size, size) in [0, 1]. Normalization (mean/std) happens inside the model."""
-
-    size: int = 224
-    interpolation: str = "bicubic"
-    resize_mode: str = "squash"  # resize straight to size x size, aspect ratio not kept, no crop
 
 
 @dataclass(frozen=True)
@@ -86,20 +87,40 @@ class BackboneCfg:
 
 @dataclass(frozen=True)
 class MetricCfg:
-    """Everything that defines a registered metric. One per name; JSON files in ``metric/configs``."""
+    """Everything that defines a registered metric; one per name.
+
+    Attributes:
+        name: the registry name.
+        builder: key of the builder registry ("perceptual", "timm_efficientnet", "pixel", "lpips", "open_clip").
+        kind: "embedding" (indexable) | "pairwise" (compares two images only).
+        lower_is_better: True when a lower distance means more similar.
+        description: one line for ``lookalike info``.
+        backbones: registered ViT towers (perceptual metrics), concatenated in this order.
+        patch: DreamSim patch model: distance on [CLS || mean(patch)] of per-token-normalized tokens.
+        adapter: LoRA adapter folder name ("ensemble_lora"), relative to the weights root.
+        adapter_files: the adapter's files.
+        extra_files: other weight files the builder reads, in the order it expects.
+        preprocess: image → input tensor (size, interpolation, resize mode, mean/std).
+        options: the builder's options dataclass (None: its defaults; a dict is converted and checked on
+            registration).
+        dim: embedding width when it does not follow from ``backbones`` (None for pairwise metrics).
+        family: grouping for listings ("dreamsim", "backbone", "cnn", "baseline", ...).
+        unit: what the distance is measured in.
+    """
 
     name: str
-    builder: str  # key of the builder registry ("perceptual", "efficientnet", "pixel", "lpips", ...)
-    kind: str = "embedding"  # "embedding" (indexable) | "pairwise" (compares two images only)
+    builder: str
+    kind: str = "embedding"
     lower_is_better: bool = True
     description: str = ""
     backbones: tuple[str, ...] = ()
-    patch: bool = False  # DreamSim patch model: distance on [CLS || mean(patch)] of per-token-normalized tokens
-    adapter: str | None = None  # adapter folder name ("ensemble_lora"), relative to the weights root
+    patch: bool = False
+    adapter: str | None = None
     adapter_files: tuple[WeightFile, ...] = ()
     extra_files: tuple[WeightFile, ...] = ()
     preprocess: PreprocessCfg = field(default_factory=PreprocessCfg)
-    options: dict[str, Any] = field(default_factory=dict)
+    options: Any = None
+    dim: int | None = None
     family: str = ""
     unit: str = "1 - cosine"
 
@@ -107,18 +128,34 @@ class MetricCfg:
         return dataclasses.replace(self, **changes)
 
 
-def _weight_file(d: dict[str, Any]) -> WeightFile:
-    return WeightFile(**d)
+def _build(cls: type, d: Any, what: str) -> Any:
+    if isinstance(d, cls):
+        return d
+    if not isinstance(d, dict):
+        raise ConfigError(f"{what} must be a mapping, got {type(d).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ConfigError(f"{what}: unknown key(s) {unknown}; valid keys: {sorted(names)}")
+    try:
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+    except TypeError as e:
+        raise ConfigError(f"{what}: {e}") from None
 
 
 def metric_cfg_from_dict(d: dict[str, Any]) -> MetricCfg:
-    """Build a MetricCfg from a JSON-like dict (unknown keys raise TypeError with the key name)."""
+    """A MetricCfg from a JSON-like dict (a user's metric file); unknown keys raise ConfigError naming them.
+
+    ``options`` stays a dict here; ``register_metric`` turns it into the builder's options dataclass.
+    """
     d = dict(d)
     if "preprocess" in d:
-        d["preprocess"] = PreprocessCfg(**d["preprocess"])
+        d["preprocess"] = _build(PreprocessCfg, d["preprocess"], "preprocess")
     for key in ("adapter_files", "extra_files"):
         if key in d:
-            d[key] = tuple(_weight_file(x) for x in d[key])
+            d[key] = tuple(_build(WeightFile, x, key) for x in d[key])
     if "backbones" in d:
         d["backbones"] = tuple(d["backbones"])
-    return MetricCfg(**d)
+    options = d.pop("options", None)
+    cfg = _build(MetricCfg, d, f"metric {d.get('name', '?')!r}")
+    return cfg.replace(options=options) if options is not None else cfg

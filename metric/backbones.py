@@ -1,4 +1,8 @@
-"""The registered ViT towers (design/dreamsim-spec.md §5): architecture, normalization, weights, feature tap."""
+"""The registered ViT towers (design/dreamsim-spec.md §5): architecture, normalization, weights, feature tap.
+
+The metrics built from them are registered beside their builder in ``lookalike.metric.ensemble``; the weight files
+come from the table in ``lookalike.metric.releases``.
+"""
 
 from __future__ import annotations
 
@@ -9,21 +13,9 @@ from lookalike.metric._pretrained import (
     OPENAI_CLIP_STD,
     BackboneCfg,
     ViTCfg,
-    WeightFile,
 )
 from lookalike.metric._registry import register_backbone
-
-RELEASES = "https://github.com/ssundaram21/dreamsim/releases/download"
-ZIPS = {
-    "ensemble": f"{RELEASES}/v0.2.0-checkpoints/dreamsim_ensemble_checkpoint.zip",
-    "dino_vitb16": f"{RELEASES}/v0.2.0-checkpoints/dreamsim_dino_vitb16_checkpoint.zip",
-    "clip_vitb32": f"{RELEASES}/v0.2.0-checkpoints/dreamsim_clip_vitb32_checkpoint.zip",
-    "open_clip_vitb32": f"{RELEASES}/v0.2.0-checkpoints/dreamsim_open_clip_vitb32_checkpoint.zip",
-    "dinov2_vitb14": f"{RELEASES}/v0.2.1-checkpoints/dreamsim_dinov2_vitb14_checkpoint.zip",
-    "synclr_vitb16": f"{RELEASES}/v0.2.1-checkpoints/dreamsim_synclr_vitb16_checkpoint.zip",
-    "dino_vitb16_patch": f"{RELEASES}/v0.2.1-checkpoints/dreamsim_dino_vitb16_patch_checkpoint.zip",
-    "dinov2_vitb14_patch": f"{RELEASES}/v0.2.1-checkpoints/dreamsim_dinov2_vitb14_patch_checkpoint.zip",
-}
+from lookalike.metric.releases import release_file
 
 _DINO = ViTCfg(patch_size=16, act="gelu", ln_eps=1e-6)
 _CLIP16 = ViTCfg(patch_size=16, act="quick_gelu", ln_eps=1e-5, norm_pre=True, proj_dim=512)
@@ -39,10 +31,7 @@ register_backbone(
         vit=_DINO,
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
-        weights=WeightFile(
-            path="checkpoints/dino_vitbase16_pretrain.pth",
-            url="https://dl.fbaipublicfiles.com/dino/dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth",
-        ),
+        weights=release_file("checkpoints/dino_vitbase16_pretrain.pth"),
         weight_format="dino_hub",
         feature="cls",
         description="DINO ViT-B/16 (Caron et al. 2021); CLS of the last block before the final norm",
@@ -55,10 +44,7 @@ register_backbone(
         vit=_DINOV2,
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
-        weights=WeightFile(
-            path="checkpoints/dinov2_vitb14_pretrain.pth",
-            url="https://dl.fbaipublicfiles.com/dinov2/dinov2_vitb14/dinov2_vitb14_pretrain.pth",
-        ),
+        weights=release_file("checkpoints/dinov2_vitb14_pretrain.pth"),
         weight_format="dinov2_hub",
         feature="cls",
         description="DINOv2 ViT-B/14 at 224 (37x37 positions resampled to 16x16); pre-norm CLS",
@@ -71,17 +57,17 @@ register_backbone(
         vit=_DINO,
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
-        weights=WeightFile(path="synclr_vit_b_16.pth", archive_url=ZIPS["synclr_vitb16"]),
+        weights=release_file("synclr_vit_b_16.pth"),
         weight_format="synclr",
         feature="cls",
         description="SynCLR ViT-B/16 (from the DreamSim release zip); pre-norm CLS",
     )
 )
-for _name, _vit, _zip, _desc in (
-    ("clip_vitb16", _CLIP16, "ensemble", "OpenAI CLIP ViT-B/16"),
-    ("clip_vitb32", _CLIP32, "clip_vitb32", "OpenAI CLIP ViT-B/32"),
-    ("open_clip_vitb16", _OPEN_CLIP16, "ensemble", "OpenCLIP ViT-B/16 (LAION-400M)"),
-    ("open_clip_vitb32", _OPEN_CLIP32, "open_clip_vitb32", "OpenCLIP ViT-B/32 (LAION-400M, exact GELU)"),
+for _name, _vit, _desc in (
+    ("clip_vitb16", _CLIP16, "OpenAI CLIP ViT-B/16"),
+    ("clip_vitb32", _CLIP32, "OpenAI CLIP ViT-B/32"),
+    ("open_clip_vitb16", _OPEN_CLIP16, "OpenCLIP ViT-B/16 (LAION-400M)"),
+    ("open_clip_vitb32", _OPEN_CLIP32, "OpenCLIP ViT-B/32 (LAION-400M, exact GELU)"),
 ):
     register_backbone(
         BackboneCfg(
@@ -90,7 +76,7 @@ for _name, _vit, _zip, _desc in (
             vit=_vit,
             mean=OPENAI_CLIP_MEAN,
             std=OPENAI_CLIP_STD,
-            weights=WeightFile(path=f"{_name}_pretrain.pth.tar", archive_url=ZIPS[_zip]),
+            weights=release_file(f"{_name}_pretrain.pth.tar"),
             weight_format="dreamsim_clip",
             feature="proj",
             description=f"{_desc} image tower as converted by DreamSim; ln_post CLS @ proj (512-d)",

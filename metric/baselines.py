@@ -15,15 +15,20 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from lookalike.common.errors import ConfigError
+from lookalike.data.transforms import PreprocessCfg
 from lookalike.metric._base import Metric, compute_fingerprint
+from lookalike.metric._builders import load_state_dict_strict
 from lookalike.metric._hub import resolve_files
 from lookalike.metric._pretrained import MetricCfg
-from lookalike.metric._registry import register_builder
+from lookalike.metric._registry import register_builder, register_metric
+from lookalike.metric.releases import release_file
 
 _logger = logging.getLogger(__name__)
 
@@ -108,12 +113,36 @@ def _mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return nn.functional.mse_loss(a, b, reduction="none").mean(dim=(1, 2, 3))
 
 
-# measure name (cfg.options["measure"]) → (function, lower_is_better)
+# measure name (PixelOptions.measure) → (function, lower_is_better)
 _PIXEL_MEASURES: dict[str, tuple[Callable[[torch.Tensor, torch.Tensor], torch.Tensor], bool]] = {
     "psnr": (_psnr, False),
     "ssim": (_ssim, False),
     "mse": (_mse, True),
 }
+
+
+@dataclass(frozen=True)
+class PixelOptions:
+    """Options of the "pixel" builder: ``measure`` is "psnr", "ssim" or "mse"."""
+
+    measure: str
+
+
+@dataclass(frozen=True)
+class LpipsOptions:
+    """Options of the "lpips" builder.
+
+    Attributes:
+        trunk: "alexnet" | "vgg16" (the torchvision constructor whose ``features`` is the trunk).
+        taps: indices into the trunk's ``features`` whose outputs are compared, increasing.
+        shift: per-channel shift applied to inputs mapped to [-1, 1].
+        scale: per-channel scale applied after the shift.
+    """
+
+    trunk: str
+    taps: tuple[int, ...]
+    shift: tuple[float, float, float] = (-0.030, -0.088, -0.188)
+    scale: tuple[float, float, float] = (0.458, 0.448, 0.450)
 
 
 class PixelMetric(PairwiseMetric):
@@ -145,12 +174,12 @@ def _fp32_only(cfg: MetricCfg, dtype: torch.dtype) -> torch.dtype:
     return torch.float32
 
 
-@register_builder("pixel")
+@register_builder("pixel", options=PixelOptions)
 def build_pixel(cfg: MetricCfg, *, device: torch.device, dtype: torch.dtype, weights: str | Path | None) -> Metric:
-    """PSNR / SSIM / MSE chosen by ``cfg.options["measure"]``; no weight files (``weights`` is ignored)."""
-    measure = cfg.options.get("measure")
+    """PSNR / SSIM / MSE chosen by ``cfg.options.measure``; no weight files (``weights`` is ignored)."""
+    measure = cfg.options.measure
     if measure not in _PIXEL_MEASURES:
-        raise ValueError(f"metric {cfg.name!r}: options.measure is {measure!r}; choose from {sorted(_PIXEL_MEASURES)}")
+        raise ConfigError(f"metric {cfg.name!r}: options.measure is {measure!r}; choose from {sorted(_PIXEL_MEASURES)}")
     fn, lower_is_better = _PIXEL_MEASURES[measure]
     _check_direction(cfg, lower_is_better)
     fingerprint = compute_fingerprint(cfg, {})  # no weight files: name only
@@ -224,7 +253,7 @@ class LpipsMetric(PairwiseMetric):
         return self.net(a, b)
 
 
-# cfg.options["trunk"] → name of the torchvision constructor whose ``features`` is the LPIPS trunk
+# LpipsOptions.trunk → name of the torchvision constructor whose ``features`` is the LPIPS trunk
 _TRUNKS = ("alexnet", "vgg16")
 
 
@@ -272,32 +301,58 @@ def read_lpips_lins(path: Path) -> dict[str, torch.Tensor]:
     return out
 
 
-@register_builder("lpips")
+@register_builder("lpips", options=LpipsOptions)
 def build_lpips(cfg: MetricCfg, *, device: torch.device, dtype: torch.dtype, weights: str | Path | None) -> Metric:
     """LPIPS v0.1 from two files, in ``cfg.extra_files`` order: the torchvision trunk, then the linear layers.
 
-    ``cfg.options``: ``trunk`` ("alexnet" | "vgg16"), ``taps`` (indices into the trunk's ``features``),
-    ``shift`` and ``scale`` (per-channel input scaling after mapping [0, 1] to [-1, 1]).
+    ``cfg.options`` is an ``LpipsOptions``.
 
     Raises:
         WeightsNotFound: a file is neither in ``weights`` nor in ``$LOOKALIKE_HOME/lpips``.
         ValueError: a file that does not fit the model, or a malformed cfg.
     """
-    # Imported here: _builders imports this module to register the builders, so a top-level import would cycle.
-    from lookalike.metric._builders import load_state_dict_strict
-
     _check_direction(cfg, lower_is_better=True)
     if len(cfg.extra_files) != 2:
         raise ValueError(f"metric {cfg.name!r}: LPIPS needs 2 extra_files (trunk, linear layers), "
                          f"got {[wf.path for wf in cfg.extra_files]}")
     trunk_wf, lin_wf = cfg.extra_files
     paths = resolve_files(cfg.name, cfg.extra_files, weights)
-    opts = cfg.options
-    trunk = _empty_trunk(opts["trunk"])
+    opts: LpipsOptions = cfg.options
+    trunk = _empty_trunk(opts.trunk)
     load_state_dict_strict(trunk, read_torchvision_features(paths[trunk_wf.path]), paths[trunk_wf.path])
-    net = LpipsNet(trunk, opts["taps"], opts["shift"], opts["scale"])
+    net = LpipsNet(trunk, opts.taps, opts.shift, opts.scale)
     load_state_dict_strict(net.lins, read_lpips_lins(paths[lin_wf.path]), paths[lin_wf.path])
     net.eval().requires_grad_(False).to(device)
     fingerprint = compute_fingerprint(cfg, paths)
     _logger.debug("LPIPS %s: trunk %s, lins %s", cfg.name, paths[trunk_wf.path], paths[lin_wf.path])
     return LpipsMetric(cfg, net, device=device, dtype=_fp32_only(cfg, dtype), fingerprint=fingerprint)
+
+
+# --- registrations -------------------------------------------------------------------------------------------------
+
+_SQUASH_256 = PreprocessCfg(size=256)
+_ANY_SIZE = "inputs squashed to 256x256 (PIL bicubic) so any two images compare"
+for _name, _measure, _unit, _desc in (
+    ("psnr", "psnr", "dB", "PSNR in dB on RGB pixels in [0, 1] (data range 1); higher = more similar, +inf for "
+                           "identical images"),
+    ("ssim", "ssim", "SSIM", "SSIM (Gaussian window 11, sigma 1.5) on RGB pixels in [0, 1]; in [-1, 1], higher = "
+                             "more similar, 1 for identical images"),
+    ("l2", "mse", "MSE", "mean squared error on RGB pixels in [0, 1]; in [0, 1], lower = more similar, 0 for "
+                         "identical images"),
+):
+    register_metric(MetricCfg(name=_name, builder="pixel", kind="pairwise", family="baseline", unit=_unit,
+                              lower_is_better=_PIXEL_MEASURES[_measure][1], preprocess=_SQUASH_256,
+                              description=f"{_desc}; pairwise only; {_ANY_SIZE}",
+                              options=PixelOptions(measure=_measure)))
+
+for _name, _trunk, _taps, _trunk_file, _lin_file, _title in (
+    ("lpips_alex", "alexnet", (1, 4, 7, 9, 11), "alexnet-owt-7be5be79.pth", "alex.pth", "AlexNet"),
+    ("lpips_vgg", "vgg16", (3, 8, 15, 22, 29), "vgg16-397923af.pth", "vgg.pth", "VGG16"),
+):
+    register_metric(MetricCfg(
+        name=_name, builder="lpips", kind="pairwise", family="baseline", unit="LPIPS", preprocess=_SQUASH_256,
+        description=f"LPIPS v0.1 (Zhang et al. 2018) on an ImageNet {_title} trunk; >= 0, lower = more similar, 0 for "
+                    f"identical images; pairwise only; {_ANY_SIZE}",
+        options=LpipsOptions(trunk=_trunk, taps=_taps),
+        extra_files=(release_file(_trunk_file), release_file(_lin_file)),
+    ))

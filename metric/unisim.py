@@ -13,25 +13,27 @@ dict (``visual.*`` keys, or the visual tower's own keys) is accepted too. The em
 projection (UniSim compares images with plain cosine, no centring); distance = 1 - cosine.
 
 Preprocessing follows the checkpoint's ``CLIPImageProcessor``: bicubic resize of the shorter side to the input size,
-centre crop, OpenAI CLIP mean/std (applied inside the model).
+centre crop (``PreprocessCfg(resize_mode="shorter_center_crop")``), OpenAI CLIP mean/std (applied inside the model).
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 
+from lookalike.data.transforms import PreprocessCfg
 from lookalike.metric._base import Metric, center_l2, compute_fingerprint
+from lookalike.metric._builders import finish_module, load_state_dict_strict
 from lookalike.metric._hub import resolve_files
 from lookalike.metric._pretrained import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, MetricCfg
-from lookalike.metric._registry import register_builder
+from lookalike.metric._registry import register_builder, register_metric
+from lookalike.metric.releases import release_file
 
 _logger = logging.getLogger(__name__)
 
@@ -127,25 +129,23 @@ def read_visual_state_dict(path: Path, *, lora_scale: float) -> dict[str, torch.
                      f"state dict ('visual.*' keys); first keys: {sorted(sd)[:5]}")
 
 
-def shortest_center_crop(size: int) -> Any:
-    """PIL image → (3, size, size) float tensor in [0, 1]: bicubic resize of the shorter side, centre crop (as
-    ``CLIPImageProcessor``)."""
+@dataclass(frozen=True)
+class OpenClipOptions:
+    """Options of the "open_clip" builder.
 
-    def transform(img: Image.Image) -> torch.Tensor:
-        if not isinstance(img, Image.Image):
-            raise TypeError(f"preprocess expects a PIL.Image.Image, got {type(img).__name__}")
-        img = img.convert("RGB")
-        w, h = img.size
-        short, long = (w, h) if w <= h else (h, w)
-        new_long = int(size * long / short)
-        new_w, new_h = (size, new_long) if w <= h else (new_long, size)
-        if (new_w, new_h) != (w, h):
-            img = img.resize((new_w, new_h), resample=Image.Resampling.BICUBIC)
-        top, left = (new_h - size) // 2, (new_w - size) // 2
-        img = img.crop((left, top, left + size, top + size))
-        return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float().div_(255.0)
+    Attributes:
+        open_clip_model: the open_clip architecture (``open_clip.create_model(name, pretrained=None)``).
+        quick_gelu: force QuickGELU (OpenAI CLIP towers).
+        center: mean-centre the embedding before L2 (UniSim compares with plain cosine: False).
+        lora_r: LoRA rank of the checkpoint's adapters (merged at load).
+        lora_alpha: LoRA alpha (scale alpha / r).
+    """
 
-    return transform
+    open_clip_model: str
+    quick_gelu: bool = False
+    center: bool = False
+    lora_r: int = 16
+    lora_alpha: float = 32.0
 
 
 class OpenClipImageMetric(Metric):
@@ -154,14 +154,12 @@ class OpenClipImageMetric(Metric):
     def __init__(self, cfg: MetricCfg, visual: nn.Module, **kw: Any):
         super().__init__(cfg, **kw)
         self.visual = visual
-        self.center = bool(cfg.options.get("center", False))
-        mean = cfg.options.get("mean", OPENAI_CLIP_MEAN)
-        std = cfg.options.get("std", OPENAI_CLIP_STD)
+        self.center = cfg.options.center
+        mean = cfg.preprocess.mean or OPENAI_CLIP_MEAN  # CLIP's normalization unless the cfg says otherwise
+        std = cfg.preprocess.std or OPENAI_CLIP_STD
         self.register_buffer("mean", torch.tensor(mean, device=kw["device"]).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std, device=kw["device"]).view(1, 3, 1, 1))
         self.dim = int(visual.output_dim)
-        if cfg.options.get("resize") == "shortest_center_crop":
-            self._transform = shortest_center_crop(cfg.preprocess.size)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) in [0, 1] → (B, dim) float32 unit vectors."""
@@ -171,25 +169,43 @@ class OpenClipImageMetric(Metric):
             return center_l2(self.visual(x), center=self.center)
 
 
-@register_builder("open_clip")
+@register_builder("open_clip", options=OpenClipOptions)
 def build_open_clip(cfg: MetricCfg, *, device: torch.device, dtype: torch.dtype,
                     weights: str | Path | None) -> Metric:
-    """open_clip architecture ``cfg.options["open_clip_model"]`` + the user's checkpoint (``cfg.extra_files[0]``)."""
+    """open_clip architecture ``cfg.options.open_clip_model`` + the user's checkpoint (``cfg.extra_files[0]``)."""
     paths = resolve_files(cfg.name, list(cfg.extra_files[:1]), weights)
     path = paths[cfg.extra_files[0].path]
     try:
         import open_clip
     except ImportError:
         raise ImportError(f"metric {cfg.name!r} needs open_clip: pip install open_clip_torch") from None
-    opts = cfg.options
-    model = open_clip.create_model(opts["open_clip_model"], pretrained=None,
-                                   force_quick_gelu=bool(opts.get("quick_gelu", False)))
+    opts: OpenClipOptions = cfg.options
+    model = open_clip.create_model(opts.open_clip_model, pretrained=None, force_quick_gelu=opts.quick_gelu)
     visual = model.visual
     del model
-    sd = read_visual_state_dict(path, lora_scale=float(opts.get("lora_alpha", 32)) / float(opts.get("lora_r", 16)))
-    from lookalike.metric._builders import _finish, load_state_dict_strict
-
+    sd = read_visual_state_dict(path, lora_scale=float(opts.lora_alpha) / float(opts.lora_r))
     load_state_dict_strict(visual, sd, path)
-    _finish(visual, device, dtype)
+    finish_module(visual, device, dtype)
     return OpenClipImageMetric(cfg, visual, device=device, dtype=dtype,
                                fingerprint=compute_fingerprint(cfg, {cfg.extra_files[0].path: path}))
+
+
+# --- registrations -------------------------------------------------------------------------------------------------
+
+_GET_IT = ("The checkpoint is not downloadable by URL: get {ckpt} from the links in github.com/SaraGhazanfari/UniSim "
+           "and save it as {file} in $LOOKALIKE_HOME/unisim/ or a folder passed as weights=DIR")
+for _name, _desc, _model, _quick, _size, _dim, _ckpt in (
+    ("unisim_vit_b_32", "UniSim ViT-B/32 (LAION-2B CLIP fine-tuned for multi-task perceptual similarity; Ghazanfari "
+                        "et al. 2024), 512-d, plain cosine.", "ViT-B-32", False, 224, 512, "UniSim_ViT_b_32"),
+    ("unisim_vit_l_14", "UniSim ViT-L/14 at 336 px (OpenAI CLIP fine-tuned for multi-task perceptual similarity; "
+                        "Ghazanfari et al. 2024), 768-d, plain cosine.", "ViT-L-14-336", True, 336, 768,
+     "UniSim_ViT_l_14"),
+):
+    register_metric(MetricCfg(
+        name=_name, builder="open_clip", family="unisim", dim=_dim,
+        description=f"{_desc} " + _GET_IT.format(ckpt=_ckpt, file=f"{_name}.pt"),
+        preprocess=PreprocessCfg(size=_size, resize_mode="shorter_center_crop", mean=OPENAI_CLIP_MEAN,
+                                 std=OPENAI_CLIP_STD),
+        options=OpenClipOptions(open_clip_model=_model, quick_gelu=_quick, center=False, lora_r=16, lora_alpha=32.0),
+        extra_files=(release_file(f"{_name}.pt"),),
+    ))

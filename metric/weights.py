@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from lookalike.common.io import sha256_file
-from lookalike.metric._hub import find_package_file, find_weight_file, get_cache_path, resolve_files
+from lookalike.metric._cache import find_package_file, find_weight_file, get_cache_path
+from lookalike.metric._hub import resolve_files
 from lookalike.metric._pretrained import WeightFile
 
 _logger = logging.getLogger(__name__)
@@ -21,7 +22,7 @@ __all__ = ["download_weights", "verify_weights", "weights_paths"]
 
 
 def _required(name: str) -> list[WeightFile]:
-    # Imported here: _builders imports _hub, and importing it pulls in torch.
+    # Imported here: the registry imports every metric family, which pulls in torch.
     from lookalike.metric._builders import required_files
     from lookalike.metric._registry import get_metric_cfg
 

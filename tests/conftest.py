@@ -40,3 +40,15 @@ def official_dino_adapter() -> Path:
     if not (path / "adapter_model.safetensors").is_file():
         pytest.skip(f"official adapter fixture not found at {path}")
     return path
+
+
+@pytest.fixture
+def registry():  # type: ignore[no-untyped-def]
+    """Use in tests that register metrics or backbones: the registry is put back as it was afterwards."""
+    from lookalike.metric import _registry
+
+    state = _registry.snapshot()
+    try:
+        yield
+    finally:
+        _registry.restore(state)

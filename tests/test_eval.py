@@ -267,9 +267,10 @@ def test_unisim_checkpoint_matches_hugging_face(tmp_path: Path, demo_dir: Path) 
     sd["visual_projection.weight"] = hf.visual_projection.weight
     sd["text_projection.weight"] = hf.text_projection.weight
     torch.save({"state_dict": {f"module.{k}": v for k, v in sd.items()}}, tmp_path / "tiny_unisim.pt")
-    register_metric(MetricCfg(name="test_unisim_tiny", builder="open_clip", preprocess=PreprocessCfg(size=64),
-                              options={"open_clip_model": "tiny-clip-test", "resize": "shortest_center_crop",
-                                       "center": False, "lora_r": 16, "lora_alpha": 32},
+    register_metric(MetricCfg(name="test_unisim_tiny", builder="open_clip",
+                              preprocess=PreprocessCfg(size=64, resize_mode="shorter_center_crop"),
+                              options={"open_clip_model": "tiny-clip-test", "center": False, "lora_r": 16,
+                                       "lora_alpha": 32},
                               extra_files=(WeightFile(path="tiny_unisim.pt", cache_subdir="unisim"),)), overwrite=True)
     metric = load_metric("test_unisim_tiny", weights=tmp_path, device="cpu")
     images = [Image.open(demo_dir / n) for n in ("teaser.jpg", "img_a_1.png", "icon_rgba.png")]

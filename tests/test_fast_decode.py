@@ -27,6 +27,7 @@ from lookalike.data.loader import (
     decode_raw_batch,
     read_raw_jpeg,
 )
+from lookalike.data.transforms import supports_tensor_resize
 from lookalike.indexer import build_index, open_index
 from lookalike.indexer._catalog import ImageRow
 from lookalike.metric import load_metric
@@ -244,7 +245,7 @@ def test_build_index_fast_decode(tmp_path: Path, effnet, monkeypatch: pytest.Mon
 def test_device_decode_only_on_cuda_with_fast_decode(effnet) -> None:
     assert pipeline._device_decode(effnet, True) is False  # a CPU metric: PIL draft instead
     assert pipeline._device_decode(effnet, False) is False
-    assert pipeline._squash_bicubic(effnet) is True
+    assert supports_tensor_resize(effnet.cfg.preprocess) is True  # bicubic: the GPU resize reproduces it
 
 
 def test_cli_fast_decode_flag(tmp_path: Path, capsys) -> None:

@@ -17,8 +17,11 @@ from pathlib import Path
 import pytest
 
 from lookalike.app import cli_weights
+from lookalike.common.errors import ChecksumError
 from lookalike.metric import MetricCfg, WeightsNotFound, load_metric, register_metric
-from lookalike.metric._hub import NETWORK_ERRORS, ChecksumError, download_url, get_cache_path, resolve_files
+from lookalike.metric._cache import get_cache_path
+from lookalike.metric._download import NETWORK_ERRORS, download_url
+from lookalike.metric._hub import resolve_files
 from lookalike.metric._pretrained import WeightFile
 from lookalike.metric.weights import download_weights, verify_weights, weights_paths
 

