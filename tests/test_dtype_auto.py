@@ -73,6 +73,10 @@ def test_load_metric_auto(monkeypatch: pytest.MonkeyPatch) -> None:
     m = load_metric("test_vit_tiny", device="cpu", dtype="auto")
     assert m.dtype == torch.float32 and not m.autocast
     assert load_metric("test_vit_tiny", device="cpu").dtype == torch.float32  # the library default stays exact
+    monkeypatch.setenv(ENV_CPU_BF16, "1")
+    cnn = load_metric("efficientnet_lite0", device="cpu", dtype="auto")  # auto_bf16=False: bf16 moved neighbours
+    assert cnn.dtype == torch.float32
+    assert load_metric("efficientnet_lite0", device="cpu", dtype="bf16").dtype == torch.bfloat16
 
 
 def test_index_records_dtype_and_warns_when_mixing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
