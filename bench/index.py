@@ -112,6 +112,7 @@ def main() -> None:
                     help="re-encode the images into at least N distinct JPEGs (e.g. 2048 for a GPU run)")
     ap.add_argument("--fast-decode", action="store_true",
                     help="index with fast_decode=True (PIL draft on the CPU, GPU JPEG decode on CUDA; not bit-exact)")
+    ap.add_argument("--warmup", type=int, default=2, help="warm-up batches per dtype before timing (default 2)")
     ap.add_argument("--model-images", type=int, default=256,
                     help="images pre-decoded for the model-only rate (default 256)")
     args = ap.parse_args()
@@ -157,7 +158,7 @@ def main() -> None:
     batches = predecode(first, model_paths, batch_size)
     for dt, m in metrics.items():
         with torch_threads(plans[worker_opts[0]].threads):
-            print(f"warm-up {dt}: {warm_up(m, batches[0]):.1f}s", flush=True)
+            print(f"warm-up {dt}: {warm_up(m, batches[0], args.warmup):.1f}s", flush=True)
 
     # each end-to-end run is bracketed by two model-only passes; its reference is their mean (machine load drifts)
     model_rates: dict[tuple[str, int | None], list[float]] = {(dt, w): [] for dt in metrics for w in worker_opts}
