@@ -1,7 +1,9 @@
 """The ``lookalike`` command line: parse flags, call one library function, print the result.
 
 Subcommands live in small modules (``cli_metric``, ``cli_index``, ...), each exposing ``register(subparsers)``,
-which adds its parsers and sets ``func`` to a handler ``(args) -> int``.
+which adds its parsers and sets ``func`` to a handler ``(args) -> int``. Errors: a ``LookalikeError`` (bad input,
+missing or damaged files, a busy index) or an ``OSError`` is printed as ``error: message`` and ``hint: fix`` with
+exit status 2; anything else is a bug and shows its traceback.
 """
 
 from __future__ import annotations
@@ -12,13 +14,15 @@ import logging
 import os
 import sys
 
+from lookalike.common.errors import InvalidArgument, LookalikeError
+
 _COMMAND_MODULES = ("lookalike.app.cli_metric", "lookalike.app.cli_index", "lookalike.app.cli_weights",
                     "lookalike.app.cli_app",
                     "lookalike.app.cli_eval")
 
 
-class CliError(Exception):
-    """An error to print as one line (``error: ...``) with exit status 2."""
+class CliError(InvalidArgument):
+    """A bad combination of command-line flags (printed as ``error: ...`` with exit status 2)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,20 +61,18 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except ImportError as e:
+    except LookalikeError as e:  # the user's mistake or a damaged / missing file: a message, never a traceback
         if os.environ.get("LOOKALIKE_DEBUG"):
             raise
-        missing = getattr(e, "name", None) or str(e)
-        hint = " (for a postgresql:// catalog: pip install 'psycopg[binary]')" if missing == "psycopg" else ""
-        print(f"error: a Python package this needs is not installed: {missing}{hint}", file=sys.stderr)
+        print(f"error: {e.message}", file=sys.stderr)
+        if e.hint:
+            print(f"hint: {e.hint}", file=sys.stderr)
         return 2
-    except (CliError, KeyError, ValueError, FileNotFoundError, PermissionError, TypeError, OSError) as e:
+    except OSError as e:  # unreadable / missing files, full disks, refused connections
         if os.environ.get("LOOKALIKE_DEBUG"):
             raise
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        print(f"error: {msg}", file=sys.stderr)
+        print(f"error: {e}", file=sys.stderr)
         return 2
-
 
 if __name__ == "__main__":
     sys.exit(main())

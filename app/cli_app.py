@@ -9,7 +9,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-from lookalike.app.settings import DEFAULT_MAX_UPLOAD_MB, ENV_IMAGENET_R, ENV_INDEX, ENV_MAX_UPLOAD_MB, ENV_NIGHTS
+from lookalike.app.cli import CliError
+from lookalike.app.settings import (
+    DEFAULT_MAX_UPLOAD_MB,
+    ENV_DB,
+    ENV_IMAGENET_R,
+    ENV_INDEX,
+    ENV_MAX_UPLOAD_MB,
+    ENV_NIGHTS,
+)
 
 _EPILOG = """examples:
   lookalike app --index ~/pictures.idx                 then open http://127.0.0.1:8501
@@ -27,6 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               description="Start the Streamlit app on an index folder and print its URL.",
                               epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--index", required=True, metavar="DIR", help="index folder (need not exist yet)")
+    p.add_argument("--db", default=None, metavar="URL", help="catalog URL when it is not the SQLite file in --index")
     p.add_argument("--port", type=int, default=8501, help="port (default 8501)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1: this machine only; 0.0.0.0 exposes the app)")
@@ -40,9 +49,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def streamlit_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
     """The ``streamlit run`` command line and environment for ``args``."""
     if not 0 < args.port < 65536:
-        raise ValueError(f"--port must be in 1..65535, got {args.port}")
+        raise CliError(f"--port must be in 1..65535, got {args.port}")
     if args.max_upload_mb < 1:
-        raise ValueError(f"--max-upload-mb must be >= 1, got {args.max_upload_mb}")
+        raise CliError(f"--max-upload-mb must be >= 1, got {args.max_upload_mb}")
     cmd = [
         sys.executable, "-m", "streamlit", "run", str(APP_SCRIPT),
         "--server.headless", "true",
@@ -59,6 +68,10 @@ def streamlit_command(args: argparse.Namespace) -> tuple[list[str], dict[str, st
     env = dict(os.environ)
     env[ENV_INDEX] = str(Path(args.index).expanduser().absolute())
     env[ENV_MAX_UPLOAD_MB] = str(args.max_upload_mb)
+    if getattr(args, "db", None):
+        env[ENV_DB] = args.db
+    else:
+        env.pop(ENV_DB, None)
     for var, value in ((ENV_NIGHTS, args.nights), (ENV_IMAGENET_R, args.imagenet_r)):
         if value:
             env[var] = str(Path(value).expanduser().absolute())

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lookalike.app.cli import CliError
+
 _EVAL_2AFC_EPILOG = """examples:
   lookalike eval 2afc --dataset nights --root ~/data/nights --metric dreamsim --uncentered
   lookalike eval 2afc --dataset nights --root ~/data/nights --metric dreamsim_dino_vitb16 --split test --json
@@ -127,7 +129,7 @@ def _load(args: argparse.Namespace) -> Any:
     from lookalike.metric import load_metric
 
     if args.batch_size is not None and args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+        raise CliError(f"--batch-size must be >= 1, got {args.batch_size}")
     return load_metric(args.metric, device=args.device, weights=args.weights)
 
 
@@ -178,10 +180,10 @@ def run_calibrate(args: argparse.Namespace) -> int:
     pairs = read_pairs_csv(args.pairs)
     metric = _load(args)
     if args.index and args.center is not None:
-        raise ValueError("--index stores a threshold for the index's own vectors; drop --centered/--uncentered")
+        raise CliError("--index stores a threshold for the index's own vectors; drop --centered/--uncentered")
     if args.index and not metric.lower_is_better:
-        raise ValueError(f"metric {metric.name!r} is a similarity (higher = more alike); an index threshold is a "
-                         "distance: calibrate an embedding metric")
+        raise CliError(f"metric {metric.name!r} is a similarity (higher = more alike); an index threshold is a "
+                       "distance: calibrate an embedding metric")
     cal = calibrate_threshold(metric, pairs, target_precision=args.target_precision, center=args.center,
                               batch_size=args.batch_size, workers=args.workers, progress=not args.no_progress)
     plot = Path(args.plot) if args.plot else Path(args.pairs).with_suffix(".calibration.png")

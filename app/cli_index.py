@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from lookalike.app.cli import CliError
+
 _INDEX_EPILOG = """examples:
   lookalike index ~/Pictures --index ~/pictures.idx
   lookalike index photos/ scans/ --index idx --metric efficientnet_lite0 --batch-size 64 --workers 4
@@ -148,7 +150,7 @@ def run_dedup(args: argparse.Namespace) -> int:
         print(json.dumps({"restored": n}) if args.json else f"restored {n} files")
         return 0
     if not args.index:
-        raise ValueError("dedup needs --index DIR (or --undo MANIFEST)")
+        raise CliError("dedup needs --index DIR (or --undo MANIFEST)")
     report = find_duplicates(args.index, threshold=args.threshold, group=args.group, keep=args.keep,
                              metric=args.metric, db_url=args.db)
     if args.out:

@@ -8,6 +8,8 @@ import platform
 import sys
 from pathlib import Path
 
+from lookalike.app.cli import CliError
+
 _INFO_EPILOG = """examples:
   lookalike info                      metrics, devices, which weights are present and where
   lookalike info --json               the same, as JSON
@@ -137,7 +139,7 @@ def run_compare(args: argparse.Namespace) -> int:
     from lookalike.metric import load_metric
 
     if args.all and args.metric:
-        raise ValueError("give either --all or --metric NAME, not both")
+        raise CliError("give either --all or --metric NAME, not both")
     names = list_compare_metrics() if args.all else (args.metric or ["dreamsim"])
     img_a, img_b = open_image(Path(args.a)), open_image(Path(args.b))
 

@@ -25,14 +25,14 @@ _logger = logging.getLogger(__name__)
 
 
 @st.cache_resource(show_spinner="Opening the index...", max_entries=8)
-def get_index(index_dir: str, metric: str | None) -> ImageIndex:
+def get_index(index_dir: str, metric: str | None, db_url: str | None = None) -> ImageIndex:
     """The index of ``metric`` in ``index_dir`` (None when it holds one metric), opened once per process."""
-    return open_index(index_dir, metric=metric)
+    return open_index(index_dir, metric=metric, db_url=db_url)
 
 
-def get_fresh_index(index_dir: Path, metric: str | None) -> ImageIndex:
+def get_fresh_index(index_dir: Path, metric: str | None, db_url: str | None = None) -> ImageIndex:
     """``get_index``, reloaded from disk when a writer replaced its vectors since it was opened."""
-    idx = get_index(str(index_dir), metric)
+    idx = get_index(str(index_dir), metric, db_url)
     idx.refresh()
     return idx
 
@@ -44,16 +44,16 @@ def get_metric(name: str) -> Metric:
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def get_index_info(index_dir: str, stamp: tuple) -> dict:
+def get_index_info(index_dir: str, stamp: tuple, db_url: str | None = None) -> dict:
     """``index_info`` of the folder at this ``stamp``."""
-    return index_info(index_dir)
+    return index_info(index_dir, db_url=db_url)
 
 
 @st.cache_data(show_spinner="Finding duplicates...", max_entries=16)
 def get_duplicates(index_dir: str, metric: str | None, threshold: float, group: str, keep: str,
-                   stamp: tuple) -> DedupReport:
+                   stamp: tuple, db_url: str | None = None) -> DedupReport:
     """``find_duplicates`` at these settings (recomputed when the index changes)."""
-    return find_duplicates(index_dir, threshold=threshold, group=group, keep=keep, metric=metric)
+    return find_duplicates(index_dir, threshold=threshold, group=group, keep=keep, metric=metric, db_url=db_url)
 
 
 @st.cache_data(show_spinner=False, max_entries=4096)

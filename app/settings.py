@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ENV_INDEX = "LOOKALIKE_APP_INDEX"
+ENV_DB = "LOOKALIKE_APP_DB"
 ENV_NIGHTS = "LOOKALIKE_APP_NIGHTS"
 ENV_IMAGENET_R = "LOOKALIKE_APP_IMAGENET_R"
 ENV_MAX_UPLOAD_MB = "LOOKALIKE_APP_MAX_UPLOAD_MB"
@@ -26,12 +27,14 @@ class AppSettings:
         nights_root: a NIGHTS folder (holding data.csv) for the Datasets page, or None.
         imagenet_r_root: an ImageNet-R folder for the Datasets page, or None.
         max_upload_bytes: largest upload accepted.
+        db_url: SQLAlchemy URL of the catalog when it is not the SQLite file in ``index_dir`` (``--db``).
     """
 
     index_dir: Path | None
     nights_root: Path | None = None
     imagenet_r_root: Path | None = None
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_MB * 1024 * 1024
+    db_url: str | None = None
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> AppSettings:
@@ -47,4 +50,4 @@ def load_settings(env: Mapping[str, str] | None = None) -> AppSettings:
     except ValueError:
         mb = DEFAULT_MAX_UPLOAD_MB
     return AppSettings(index_dir=path(ENV_INDEX), nights_root=path(ENV_NIGHTS), imagenet_r_root=path(ENV_IMAGENET_R),
-                       max_upload_bytes=mb * 1024 * 1024)
+                       max_upload_bytes=mb * 1024 * 1024, db_url=env.get(ENV_DB, "").strip() or None)

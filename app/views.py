@@ -19,8 +19,9 @@ from PIL import Image
 
 from lookalike.app.settings import AppSettings as AppSettings
 from lookalike.app.settings import load_settings as load_settings
+from lookalike.common.errors import InvalidArgument
 from lookalike.data.images import ImageDecodeError, open_image
-from lookalike.indexer import DedupReport, Hit, ImageIndex, write_report
+from lookalike.indexer import DedupReport, Hit, ImageIndex, ImageInfo, index_exists, write_report
 
 _logger = logging.getLogger(__name__)
 
@@ -30,11 +31,11 @@ UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"]
 THUMB_SIZE = 320
 
 
-def index_state(index_dir: Path | None) -> str:
+def index_state(index_dir: Path | None, db_url: str | None = None) -> str:
     """"none" (no folder given), "missing" (no catalog there yet) or "ok"."""
     if index_dir is None:
         return "none"
-    return "ok" if (index_dir / "catalog.sqlite").is_file() else "missing"
+    return "ok" if index_exists(index_dir, db_url=db_url) else "missing"
 
 
 def index_stamp(index_dir: Path | str) -> tuple[tuple[str, int, int], ...]:
@@ -56,16 +57,16 @@ def build_command(index_dir: Path | str, folder: str = "FOLDER", metric: str = "
     return f"lookalike index {folder} --index {index_dir} --metric {metric}"
 
 
-class NotInCatalog(ValueError):
+class NotInCatalog(InvalidArgument):
     """A path that the index catalog does not hold; the app never reads such a file."""
 
     def __init__(self, path: str, reason: str = "it is not in the index catalog"):
         self.path = path
-        super().__init__(f"refused to open {path!r}: {reason}; only indexed images can be shown")
+        super().__init__(f"refused to open {path!r}: {reason}", hint="only indexed images can be shown")
 
 
-def catalog_row(index: ImageIndex, path: str):  # -> ImageRow (a private type of lookalike.indexer)
-    """The catalog row of ``path`` (absolute, or relative to an indexed root).
+def catalog_row(index: ImageIndex, path: str) -> ImageInfo:
+    """The catalogued image at ``path`` (absolute, or relative to an indexed root).
 
     Raises:
         NotInCatalog: the path is not catalogued (or is ambiguous), so it must not be read.
@@ -74,7 +75,7 @@ def catalog_row(index: ImageIndex, path: str):  # -> ImageRow (a private type of
     if not p or "\x00" in p:
         raise NotInCatalog(p, "empty or malformed path")
     try:
-        row = index.find_row(p)
+        row = index.find_image(p)
     except ValueError as e:
         raise NotInCatalog(p, str(e)) from None
     if row is None:

@@ -30,9 +30,10 @@ from lookalike.app.views import (
     index_state,
     is_under,
 )
+from lookalike.common.errors import LookalikeError
 from lookalike.data.image_folder import scan_images
 from lookalike.data.images import ImageDecodeError, open_image
-from lookalike.indexer import Hit, ImageIndex, build_index, index_info
+from lookalike.indexer import GROUP_MODES, KEEP_RULES, Hit, ImageIndex, build_index, index_info
 from lookalike.metric import WeightsNotFound, get_metric_cfg, list_metrics
 
 _logger = logging.getLogger(__name__)
@@ -47,10 +48,12 @@ def error_ui(e: BaseException, what: str = "") -> None:
     if isinstance(e, WeightsNotFound):
         st.error(f"{prefix}the weights of metric **{e.metric}** are not on this machine.")
         st.code(str(e), language=None)
-    elif isinstance(e, NotInCatalog):
-        st.error(f"{prefix}{e}")
     elif isinstance(e, ImageDecodeError):
         st.error(f"{prefix}cannot read the image: {e.reason}")
+    elif isinstance(e, LookalikeError):  # NotInCatalog included: the message, then the fix
+        st.error(f"{prefix}{e.message}")
+        if e.hint:
+            st.info(e.hint)
     else:
         st.error(f"{prefix}{e}")
     _logger.info("shown to the user: %s%s", prefix, e)
@@ -58,7 +61,7 @@ def error_ui(e: BaseException, what: str = "") -> None:
 
 def require_index_ui(settings: AppSettings, metric: str | None = None) -> ImageIndex:
     """The index to work on; otherwise an explanation of how to get one, and the page stops."""
-    state = index_state(settings.index_dir)
+    state = index_state(settings.index_dir, settings.db_url)
     if state == "none":
         st.info("No index folder was given. Start the app with `lookalike app --index DIR`.")
         st.stop()
@@ -67,24 +70,24 @@ def require_index_ui(settings: AppSettings, metric: str | None = None) -> ImageI
         st.code(build_command(settings.index_dir), language="bash")
         st.stop()
     try:
-        index = resources.get_fresh_index(settings.index_dir, metric)
+        index = resources.get_fresh_index(settings.index_dir, metric, settings.db_url)
     except (ValueError, FileNotFoundError) as e:
         st.info(f"The index at `{settings.index_dir}` cannot be searched yet: {e}")
         st.code(build_command(settings.index_dir), language="bash")
         st.stop()
     if index.vectors.ntotal == 0:
         st.info(f"The index at `{settings.index_dir}` is empty (no image has been indexed yet). Add images with:")
-        st.code(build_command(settings.index_dir, metric=index.build.metric), language="bash")
+        st.code(build_command(settings.index_dir, metric=index.info.metric), language="bash")
         st.stop()
     return index
 
 
 def indexed_metrics(settings: AppSettings) -> list[str]:
     """Names of the metrics whose vectors the index holds (empty when there is no index)."""
-    if index_state(settings.index_dir) != "ok":
+    if index_state(settings.index_dir, settings.db_url) != "ok":
         return []
     try:
-        info = resources.get_index_info(str(settings.index_dir), index_stamp(settings.index_dir))
+        info = resources.get_index_info(str(settings.index_dir), index_stamp(settings.index_dir), settings.db_url)
     except (ValueError, FileNotFoundError):
         return []
     return sorted({m["metric"] for m in info["metrics"] if m["vectors"]})
@@ -305,8 +308,8 @@ def search_options_ui(metrics: list[str]) -> SearchOptions:
 class DedupOptions:
     metric: str | None = None
     threshold: float = 0.1
-    group: str = "components"
-    keep: str = "largest"
+    group: str = GROUP_MODES[0]
+    keep: str = KEEP_RULES[0]
     max_groups: int = 50
 
 
@@ -317,8 +320,8 @@ def dedup_options_ui(metrics: list[str], default_threshold: float | None) -> Ded
         threshold = st.slider("Distance threshold (1 - cosine)", 0.0, 1.0, float(default_threshold or 0.1), 0.005,
                               key="dup_threshold", format="%.3f",
                               help="pairs at most this far apart are duplicates (lower = more similar)")
-        group = st.radio("Groups", ["components", "star"], key="dup_group", horizontal=True,
+        group = st.radio("Groups", list(GROUP_MODES), key="dup_group", horizontal=True,
                          help="components: everything linked, even through chains; star: files near one keeper")
-        keep = st.selectbox("Keep", ["largest", "oldest", "newest", "first"], key="dup_keep")
+        keep = st.selectbox("Keep", list(KEEP_RULES), key="dup_keep")
         max_groups = st.slider("Groups shown", 5, 200, 50, 5, key="dup_max_groups")
     return DedupOptions(metric, threshold, group, keep, max_groups)

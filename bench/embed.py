@@ -1,6 +1,6 @@
 """Embedding throughput: lookalike vs the reference dreamsim==0.2.1 on identical random weights, in one run.
 
-Both load the same files written in the official formats (tests/official_formats.py); same batch, same threads,
+Both load the same files written in the official formats (tests/support.py); same batch, same threads,
 warm-up first, median of timed repeats. Prints a table with ours/reference ratios.
 
     python bench/embed.py                                 # dreamsim + dreamsim_dino_vitb16, fp32 + bf16, batch 8
@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from official_formats import LOOKALIKE_TO_REFERENCE, load_reference, write_official_cache  # noqa: E402
+from support import LOOKALIKE_TO_REFERENCE, load_reference, write_official_cache  # noqa: E402
 
 from lookalike.metric import load_metric  # noqa: E402
 

@@ -116,5 +116,9 @@ class IndexDamaged(LookalikeError, ValueError):
     """A file of the index cannot be read (a damaged catalog or vector file)."""
 
 
+class MissingDependency(LookalikeError, ImportError):
+    """An optional Python package that this feature needs is not installed (the hint names the pip command)."""
+
+
 class DatasetError(LookalikeError, ValueError):
     """A dataset folder or file is missing parts or has malformed rows."""

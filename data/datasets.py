@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from lookalike.common.errors import DatasetError, UnknownName
+
 _logger = logging.getLogger(__name__)
 
 
@@ -33,7 +35,7 @@ _DATASETS: dict[str, DatasetSpec] = {}
 def register_dataset(spec: DatasetSpec) -> DatasetSpec:
     """Register a dataset reader under ``spec.name`` (KeyError on a duplicate)."""
     if spec.name in _DATASETS:
-        raise KeyError(f"dataset {spec.name!r} is already registered")
+        raise UnknownName(f"dataset {spec.name!r} is already registered")
     _DATASETS[spec.name] = spec
     return spec
 
@@ -68,7 +70,7 @@ def get_dataset_spec(name: str) -> DatasetSpec:
     try:
         return _DATASETS[name]
     except KeyError:
-        raise KeyError(f"unknown dataset {name!r}; choose from {', '.join(sorted(_DATASETS))}") from None
+        raise UnknownName(f"unknown dataset {name!r}; choose from {', '.join(sorted(_DATASETS))}") from None
 
 
 def _function(module: str, attr: str) -> Any:
@@ -128,7 +130,7 @@ def _read_pairs(root: str | os.PathLike[str], split: str | None = None, **kwargs
     from lookalike.data.triplets import read_pairs_csv
 
     if split not in (None, "all"):
-        raise ValueError(f"a pairs CSV has no splits (got split={split!r})")
+        raise DatasetError(f"a pairs CSV has no splits (got split={split!r})")
     return read_pairs_csv(root, **kwargs)
 
 
@@ -136,5 +138,5 @@ def _read_imagenet_r(root: str | os.PathLike[str], split: str | None = None, **k
     from lookalike.data.imagenet_r import read_imagenet_r
 
     if split not in (None, "all"):
-        raise ValueError(f"ImageNet-R has no splits (got split={split!r})")
+        raise DatasetError(f"ImageNet-R has no splits (got split={split!r})")
     return read_imagenet_r(root, **kwargs)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from lookalike.common.errors import DatasetError
 from lookalike.data.image_folder import list_images
 
 _logger = logging.getLogger(__name__)
@@ -119,13 +120,13 @@ def read_imagenet_r(root: str | os.PathLike[str], *, strict: bool = True) -> Ima
         if c is None:
             msg = f"{d}: folder name {d.name!r} is not one of the 200 ImageNet-R WordNet ids (e.g. 'n01443537')"
             if strict:
-                raise ValueError(msg)
+                raise DatasetError(msg)
             _logger.warning("%s; skipped", msg)
             continue
         for path in list_images(d):
             items.append(ImageNetRItem(path, c.index, c.wnid, c.name))
     if not items:
-        raise ValueError(f"{r}: no images in WordNet-id folders (expected <root>/n01443537/*.jpg ...)")
+        raise DatasetError(f"{r}: no images in WordNet-id folders (expected <root>/n01443537/*.jpg ...)")
     items.sort(key=lambda it: it.label)  # stable: file order within a class is kept
     _logger.info("ImageNet-R: %d images in %d classes from %s", len(items), len({i.label for i in items}), r)
     return ImageNetR(os.fspath(r.resolve()), tuple(items))

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from lookalike.common.errors import LookalikeError
+
 _logger = logging.getLogger(__name__)
 
 #: Default pixel limit (width x height) checked from the header, before any pixel is decoded. Twice PIL's own
@@ -30,7 +32,7 @@ _plugins_lock = threading.Lock()
 _plugins_done = False
 
 
-class ImageDecodeError(ValueError):
+class ImageDecodeError(LookalikeError, ValueError):
     """A file that cannot be read as an image.
 
     Attributes:
@@ -41,7 +43,7 @@ class ImageDecodeError(ValueError):
     def __init__(self, path: str | os.PathLike[str], reason: str):
         self.path = os.fspath(path)
         self.reason = reason
-        super().__init__(f"cannot read image {self.path!r}: {reason}")
+        super().__init__(f"cannot read image {self.path!r}: {reason}")  # no hint: the file itself is the problem
 
     def __reduce__(self) -> tuple[type, tuple[str, str]]:  # picklable across DataLoader workers
         return (type(self), (self.path, self.reason))

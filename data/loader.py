@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from lookalike.common.errors import InvalidArgument
 from lookalike.data.images import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image
 from lookalike.data.transforms import PreprocessCfg, resize_tensor
 
@@ -220,9 +221,9 @@ def create_loader(
             CUDA is not available).
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise InvalidArgument(f"batch_size must be >= 1, got {batch_size}")
     if workers < 0:
-        raise ValueError(f"workers must be >= 0, got {workers}")
+        raise InvalidArgument(f"workers must be >= 0, got {workers}")
     kwargs: dict[str, Any] = {}
     if workers > 0:
         kwargs["prefetch_factor"] = prefetch

@@ -14,6 +14,7 @@ import logging
 import os
 from pathlib import Path
 
+from lookalike.common.errors import DatasetError
 from lookalike.data.triplets import Triplet, TripletSet, open_csv, parse_fraction, resolve_image
 
 _logger = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ def _parse_bool(value: str, where: str) -> bool:
         return True
     if v in _FALSE:
         return False
-    raise ValueError(f"{where}: column 'is_imagenet' = {value!r} is not a boolean (True/False)")
+    raise DatasetError(f"{where}: column 'is_imagenet' = {value!r} is not a boolean (True/False)")
 
 
 def read_nights(root: str | os.PathLike[str], split: str = "test", *, min_votes: int = DEFAULT_MIN_VOTES,
@@ -69,9 +70,9 @@ def read_nights(root: str | os.PathLike[str], split: str = "test", *, min_votes:
         ValueError: unknown split, a missing column, or a bad value (named with its line).
     """
     if split not in NIGHTS_SPLITS:
-        raise ValueError(f"unknown NIGHTS split {split!r}; choose from {', '.join(NIGHTS_SPLITS)}")
+        raise DatasetError(f"unknown NIGHTS split {split!r}; choose from {', '.join(NIGHTS_SPLITS)}")
     if min_votes < 0:
-        raise ValueError(f"min_votes must be >= 0, got {min_votes}")
+        raise DatasetError(f"min_votes must be >= 0, got {min_votes}")
     p, header, rows = open_csv(_csv_path(root), NIGHTS_COLUMNS)
     base = p.parent
     csv_split = "test" if split.startswith("test") else split
@@ -82,15 +83,15 @@ def read_nights(root: str | os.PathLike[str], split: str = "test", *, min_votes:
             continue
         where = f"{p}, line {line}"
         if len(row) != len(header):
-            raise ValueError(f"{where}: {len(row)} fields but the header has {len(header)}")
+            raise DatasetError(f"{where}: {len(row)} fields but the header has {len(header)}")
         cells = dict(zip(header, row, strict=True))
         try:
             votes = int(float(cells["votes"]))
         except ValueError:
-            raise ValueError(f"{where}: column 'votes' = {cells['votes']!r} is not a number") from None
+            raise DatasetError(f"{where}: column 'votes' = {cells['votes']!r} is not a number") from None
         s = cells["split"].strip()
         if s not in ("train", "val", "test"):
-            raise ValueError(f"{where}: column 'split' = {s!r}; expected train, val or test")
+            raise DatasetError(f"{where}: column 'split' = {s!r}; expected train, val or test")
         if votes < min_votes or s != csv_split:
             continue
         if want_imagenet is not None and _parse_bool(cells["is_imagenet"], where) != want_imagenet:
@@ -103,6 +104,6 @@ def read_nights(root: str | os.PathLike[str], split: str = "test", *, min_votes:
             id=cells["id"].strip() or str(line),
         ))
     if not out:
-        raise ValueError(f"{p}: no triplets in split {split!r} with votes >= {min_votes}")
+        raise DatasetError(f"{p}: no triplets in split {split!r} with votes >= {min_votes}")
     _logger.info("NIGHTS %s: %d triplets (votes >= %d) from %s", split, len(out), min_votes, p)
     return TripletSet("nights", split, os.fspath(p), tuple(out))

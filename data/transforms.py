@@ -82,7 +82,8 @@ def build_transform(cfg: PreprocessCfg) -> Callable[[Image.Image], torch.Tensor]
         if not isinstance(img, Image.Image):
             raise TypeError(f"preprocess expects a PIL.Image.Image, got {type(img).__name__}")
         img = img.convert("RGB")
-        new = _resized_shape(*img.size, cfg)
+        w, h = img.size
+        new = _resized_shape(w, h, cfg)
         if img.size != new:
             img = img.resize(new, resample=resample)
         if new != (size, size):

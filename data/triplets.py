@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lookalike.common.errors import DatasetError
+
 _logger = logging.getLogger(__name__)
 
 TRIPLET_COLUMNS = ("ref", "left", "right", "p")
@@ -134,10 +136,10 @@ def parse_fraction(value: str, *, where: str, column: str) -> float:
     try:
         x = float(value.strip())
     except (ValueError, AttributeError):
-        raise ValueError(f"{where}: column {column!r} = {value!r} is not a number (expected a value in [0, 1])"
-                         ) from None
+        raise DatasetError(f"{where}: column {column!r} = {value!r} is not a number (expected a value in [0, 1])"
+                           ) from None
     if not math.isfinite(x) or not 0.0 <= x <= 1.0:
-        raise ValueError(f"{where}: column {column!r} = {value!r} is outside [0, 1]")
+        raise DatasetError(f"{where}: column {column!r} = {value!r} is outside [0, 1]")
     return x
 
 
@@ -145,7 +147,7 @@ def resolve_image(base: Path, value: str, *, where: str, column: str, check: boo
     """``value`` (relative to ``base`` unless absolute) as an absolute path; it must be an existing file."""
     v = (value or "").strip()
     if not v:
-        raise ValueError(f"{where}: column {column!r} is empty (expected an image path relative to {base})")
+        raise DatasetError(f"{where}: column {column!r} is empty (expected an image path relative to {base})")
     p = Path(v).expanduser()
     if not p.is_absolute():
         p = base / p
@@ -170,25 +172,25 @@ def open_csv(path: str | os.PathLike[str], required: Sequence[str]) -> tuple[Pat
     try:
         text = p.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
-        raise ValueError(f"{p}: not a UTF-8 text file ({e})") from None
+        raise DatasetError(f"{p}: not a UTF-8 text file ({e})") from None
     rows = csv.reader(text.splitlines())
     try:
         header = [h.strip() for h in next(rows)]
     except StopIteration:
-        raise ValueError(f"{p}: empty file; expected a header line with columns {','.join(required)}") from None
+        raise DatasetError(f"{p}: empty file; expected a header line with columns {','.join(required)}") from None
     missing = [c for c in required if c not in header]
     if missing:
-        raise ValueError(f"{p}, line 1: missing column(s) {', '.join(missing)}; the header must name "
-                         f"{','.join(required)} (found {','.join(header) or 'nothing'})")
+        raise DatasetError(f"{p}, line 1: missing column(s) {', '.join(missing)}; the header must name "
+                           f"{','.join(required)} (found {','.join(header) or 'nothing'})")
     dupes = sorted({c for c in header if header.count(c) > 1 and c})
     if dupes:
-        raise ValueError(f"{p}, line 1: column(s) {', '.join(dupes)} appear more than once")
+        raise DatasetError(f"{p}, line 1: column(s) {', '.join(dupes)} appear more than once")
     return p.resolve(), header, rows
 
 
 def _cells(p: Path, header: list[str], row: list[str], line: int) -> dict[str, str]:
     if len(row) != len(header):
-        raise ValueError(f"{p}, line {line}: {len(row)} fields but the header has {len(header)}")
+        raise DatasetError(f"{p}, line {line}: {len(row)} fields but the header has {len(header)}")
     return dict(zip(header, row, strict=True))
 
 
@@ -213,7 +215,7 @@ def read_triplet_csv(path: str | os.PathLike[str], split: str | None = None, *,
     """
     p, header, rows = open_csv(path, TRIPLET_COLUMNS)
     if split not in (None, ALL_SPLIT) and "split" not in header:
-        raise ValueError(f"{p}: split {split!r} requested but the CSV has no 'split' column")
+        raise DatasetError(f"{p}: split {split!r} requested but the CSV has no 'split' column")
     base = p.parent
     out: list[Triplet] = []
     seen_splits: set[str] = set()
@@ -235,9 +237,9 @@ def read_triplet_csv(path: str | os.PathLike[str], split: str | None = None, *,
             id=str(line),
         ))
     if split not in (None, ALL_SPLIT) and not out:
-        raise ValueError(f"{p}: no rows with split {split!r}; splits present: {sorted(seen_splits) or 'none'}")
+        raise DatasetError(f"{p}: no rows with split {split!r}; splits present: {sorted(seen_splits) or 'none'}")
     if not out:
-        raise ValueError(f"{p}: no triplets (only a header)")
+        raise DatasetError(f"{p}: no triplets (only a header)")
     _logger.info("read %d triplets from %s", len(out), p)
     return TripletSet("triplets", split or ALL_SPLIT, os.fspath(p), tuple(out))
 
@@ -275,7 +277,7 @@ def read_pairs_csv(path: str | os.PathLike[str], *, check_files: bool = True) ->
             id=str(line),
         ))
     if not out:
-        raise ValueError(f"{p}: no pairs (only a header)")
+        raise DatasetError(f"{p}: no pairs (only a header)")
     _logger.info("read %d pairs from %s", len(out), p)
     return PairSet("pairs", ALL_SPLIT, os.fspath(p), tuple(out))
 
@@ -301,7 +303,7 @@ def bapps_splits(root: str | os.PathLike[str], kind: str = "2afc") -> list[str]:
         return [ALL_SPLIT]
     found = sorted(d.relative_to(r).as_posix() for d in r.rglob("*") if d.is_dir() and _is_leaf(d, dirs))
     if not found:
-        raise ValueError(f"{r}: no BAPPS {kind} folders (a folder holding {'/, '.join(dirs)}/) found here or below")
+        raise DatasetError(f"{r}: no BAPPS {kind} folders (a folder holding {'/, '.join(dirs)}/) found here or below")
     return found
 
 
@@ -309,13 +311,13 @@ def _read_judgement(path: Path, where: str) -> float:
     try:
         arr = np.load(path, allow_pickle=False)
     except Exception as e:
-        raise ValueError(f"{where}: cannot read {path} as a .npy array ({e})") from None
+        raise DatasetError(f"{where}: cannot read {path} as a .npy array ({e})") from None
     arr = np.asarray(arr, dtype=np.float64).reshape(-1)
     if arr.size != 1:
-        raise ValueError(f"{where}: {path} holds {arr.size} values; expected one judgement in [0, 1]")
+        raise DatasetError(f"{where}: {path} holds {arr.size} values; expected one judgement in [0, 1]")
     x = float(arr[0])
     if not math.isfinite(x) or not 0.0 <= x <= 1.0:
-        raise ValueError(f"{where}: {path} holds {x}, outside [0, 1]")
+        raise DatasetError(f"{where}: {path} holds {x}, outside [0, 1]")
     return x
 
 
@@ -323,7 +325,7 @@ def _bapps_items(folder: Path, image_dirs: Sequence[str], judge_dir: str) -> Ite
     judge = folder / judge_dir
     stems = sorted(f.stem for f in judge.iterdir() if f.suffix == ".npy")
     if not stems:
-        raise ValueError(f"{judge}: no .npy judgement files")
+        raise DatasetError(f"{judge}: no .npy judgement files")
     listings = {d: {f.stem: f for f in (folder / d).iterdir() if f.is_file()} for d in image_dirs}
     for stem in stems:
         where = f"{folder}, item {stem!r}"
@@ -341,12 +343,12 @@ def _bapps_folder(root: str | os.PathLike[str], split: str | None, kind: str) ->
     splits = bapps_splits(r, kind)
     if split in (None, ALL_SPLIT):
         if splits != [ALL_SPLIT] and len(splits) > 1:
-            raise ValueError(f"{r} holds several BAPPS subsets ({', '.join(splits)}); choose one with split=")
+            raise DatasetError(f"{r} holds several BAPPS subsets ({', '.join(splits)}); choose one with split=")
         s = splits[0]
     elif split in splits:
         s = split
     else:
-        raise ValueError(f"{r}: unknown BAPPS subset {split!r}; available: {', '.join(splits)}")
+        raise DatasetError(f"{r}: unknown BAPPS subset {split!r}; available: {', '.join(splits)}")
     return (r if s == ALL_SPLIT else r / s), s
 
 
@@ -401,11 +403,11 @@ def holdout_split(triplets: TripletSet, fraction: float = 0.1, *, seed: int = 0)
         (train, val) TripletSets with splits "train" and "val".
     """
     if not 0.0 < fraction < 1.0:
-        raise ValueError(f"the held-out fraction must be in (0, 1), got {fraction}")
+        raise DatasetError(f"the held-out fraction must be in (0, 1), got {fraction}")
     refs = list(dict.fromkeys(t.ref for t in triplets))
     if len(refs) < 2:
-        raise ValueError(f"{triplets.source}: need triplets with at least 2 different reference images to hold some "
-                         f"out (found {len(refs)})")
+        raise DatasetError(f"{triplets.source}: need triplets with at least 2 different reference images to hold some "
+                           f"out (found {len(refs)})")
     rng = np.random.default_rng(seed)
     n_val = min(len(refs) - 1, max(1, round(fraction * len(refs))))
     held = {refs[i] for i in rng.permutation(len(refs))[:n_val]}

@@ -1,6 +1,14 @@
-"""A crash-safe, incremental FAISS + SQLite index of image collections; search and dedup."""
+"""A crash-safe, incremental FAISS + SQLite index of image collections; search and dedup.
 
+Import order between rooms: common -> data -> metric -> {judge, indexer} -> app. Callers see the catalog only
+through the read models exported here (``ImageInfo``, ``BuildInfo``, ``index_info``) and the constants
+(``KEEP_RULES``, ``GROUP_MODES``, ``CATALOG_FILE``).
+"""
+
+from lookalike.indexer._catalog import CATALOG_FILE as CATALOG_FILE
 from lookalike.indexer._catalog import SCHEMA_VERSION as SCHEMA_VERSION
+from lookalike.indexer._dedup import GROUP_MODES as GROUP_MODES
+from lookalike.indexer._dedup import KEEP_RULES as KEEP_RULES
 from lookalike.indexer._dedup import DedupReport as DedupReport
 from lookalike.indexer._dedup import DuplicateGroup as DuplicateGroup
 from lookalike.indexer._dedup import DuplicateMember as DuplicateMember
@@ -11,10 +19,13 @@ from lookalike.indexer._dedup import undo_moves as undo_moves
 from lookalike.indexer._dedup import write_report as write_report
 from lookalike.indexer._dtypes import format_dtypes as format_dtypes
 from lookalike.indexer._index import ImageIndex as ImageIndex
+from lookalike.indexer._index import index_exists as index_exists
 from lookalike.indexer._index import open_index as open_index
 from lookalike.indexer._index import set_dedup_threshold as set_dedup_threshold
 from lookalike.indexer._info import format_info as format_info
 from lookalike.indexer._info import index_info as index_info
+from lookalike.indexer._models import BuildInfo as BuildInfo
+from lookalike.indexer._models import ImageInfo as ImageInfo
 from lookalike.indexer._pipeline import IndexSummary as IndexSummary
 from lookalike.indexer._pipeline import build_index as build_index
 from lookalike.indexer._search import Hit as Hit

@@ -26,6 +26,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from lookalike.common.errors import IndexDamaged, IndexNotFound, MissingDependency
+
 _logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
@@ -143,13 +145,17 @@ class Catalog:
         if db_url is None:
             db_file = self.index_dir / CATALOG_FILE
             if not create and not db_file.is_file():
-                raise FileNotFoundError(
-                    f"no index at {self.index_dir} (missing {CATALOG_FILE}); build one with "
-                    f"'lookalike index FOLDER --index {self.index_dir}'"
-                )
+                raise IndexNotFound(f"no index at {self.index_dir} (missing {CATALOG_FILE})",
+                                    hint=f"build one with: lookalike index FOLDER --index {self.index_dir}")
             db_url = f"sqlite:///{db_file}"
         self.db_url = db_url
-        self.engine: Engine = create_engine(db_url, future=True)
+        try:
+            self.engine: Engine = create_engine(db_url, future=True)
+        except ImportError as e:  # the URL's database driver is not installed
+            missing = getattr(e, "name", None) or str(e)
+            hint = "pip install 'psycopg[binary]'" if "psycopg" in missing else f"pip install {missing}"
+            raise MissingDependency(f"the catalog {db_url.split('@')[-1]} needs the package {missing}",
+                                    hint=hint) from None
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False, future=True)
@@ -168,9 +174,9 @@ class Catalog:
         with self.sessions() as s:
             version = s.scalar(select(SchemaVersion.version).order_by(SchemaVersion.version.desc()).limit(1))
         if version is None:
-            raise ValueError(f"catalog {self.db_url} has an empty schema_version table; it is not a lookalike index")
+            raise IndexDamaged(f"catalog {self.db_url} has an empty schema_version table; it is not a lookalike index")
         if version > SCHEMA_VERSION:
-            raise ValueError(
+            raise IndexDamaged(
                 f"index catalog {self.db_url} has schema version {version}, newer than this lookalike supports "
                 f"({SCHEMA_VERSION}); upgrade lookalike (pip install -U lookalike)"
             )
@@ -187,11 +193,11 @@ class Catalog:
     def set_dedup_threshold(self, fingerprint: str, threshold: float) -> None:
         """Store ``threshold`` as the default ``find_duplicates`` distance of one build (metric fingerprint)."""
         if not 0.0 <= threshold <= 2.0:
-            raise ValueError(f"dedup threshold {threshold} is outside [0, 2] (the distance is 1 - cosine)")
+            raise IndexDamaged(f"dedup threshold {threshold} is outside [0, 2] (the distance is 1 - cosine)")
         with self.sessions.begin() as s:
             row = s.get(BuildRow, fingerprint)
             if row is None:
-                raise ValueError(f"no build {fingerprint!r} in index catalog {self.db_url}")
+                raise IndexDamaged(f"no build {fingerprint!r} in index catalog {self.db_url}")
             row.dedup_threshold = float(threshold)
 
     def close(self) -> None:

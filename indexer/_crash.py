@@ -7,6 +7,8 @@ import os
 import signal
 from collections import Counter
 
+from lookalike.common.errors import InvalidArgument
+
 _logger = logging.getLogger(__name__)
 
 ENV_VAR = "LOOKALIKE_CRASH_AT"
@@ -36,7 +38,7 @@ class CrashHook:
                 continue
             name, _, n = part.partition(":")
             if name not in CRASH_POINTS:
-                raise ValueError(f"unknown crash point {name!r}; choose from {', '.join(CRASH_POINTS)}")
+                raise InvalidArgument(f"unknown crash point {name!r}; choose from {', '.join(CRASH_POINTS)}")
             self.targets[name] = int(n or 1)
         self.seen: Counter[str] = Counter()
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from sqlalchemy import select
 
+from lookalike.common.errors import InvalidArgument
 from lookalike.common.io import atomic_write_json
 from lookalike.data.image_folder import natural_key
 from lookalike.indexer._catalog import ImageRow, VectorRow
@@ -134,7 +135,7 @@ def _keep_key(rule: str) -> Callable[[ImageRow], tuple]:
         return lambda r: (-r.mtime_ns, *first(r))
     if rule == "first":
         return first
-    raise ValueError(f"unknown keep rule {rule!r}; choose from {', '.join(KEEP_RULES)}")
+    raise InvalidArgument(f"unknown keep rule {rule!r}; choose from {', '.join(KEEP_RULES)}")
 
 
 def find_pairs(index: ImageIndex, threshold: float, *, block_size: int = 4096) -> dict[tuple[int, int], float]:
@@ -193,7 +194,7 @@ def find_duplicates(
         ValueError: bad threshold, group or keep rule; no threshold given or stored.
     """
     if group not in GROUP_MODES:
-        raise ValueError(f"unknown group mode {group!r}; choose from {', '.join(GROUP_MODES)}")
+        raise InvalidArgument(f"unknown group mode {group!r}; choose from {', '.join(GROUP_MODES)}")
     key_fn = _keep_key(keep)
     if isinstance(index, (str, os.PathLike)):
         with open_index(index, metric=metric, db_url=db_url) as idx:
@@ -201,9 +202,11 @@ def find_duplicates(
     if threshold is None:
         threshold = index.build.dedup_threshold
         if threshold is None:
-            raise ValueError("give a distance threshold (e.g. --threshold 0.05; 1 - cosine, lower = more similar)")
+            raise InvalidArgument("no distance threshold given, and the index stores none for this metric",
+                                  hint="give one, e.g. 0.05 (1 - cosine, lower = more similar), or store one with "
+                                       "'lookalike calibrate'")
     if not 0.0 <= threshold <= 2.0:
-        raise ValueError(f"threshold {threshold} is outside [0, 2] (the distance is 1 - cosine)")
+        raise InvalidArgument(f"threshold {threshold} is outside [0, 2] (the distance is 1 - cosine)")
     pairs = find_pairs(index, threshold, block_size=block_size)
     rows = index.rows({i for p in pairs for i in p})
     pairs = {k: d for k, d in pairs.items() if k[0] in rows and k[1] in rows}
@@ -264,7 +267,7 @@ def write_report(report: DedupReport, path: str | os.PathLike[str]) -> Path:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (".json", ".csv"):
-        raise ValueError(f"report file must end in .csv or .json, got {path.name!r}")
+        raise InvalidArgument(f"report file must end in .csv or .json, got {path.name!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
     if suffix == ".json":
         path.write_text(json.dumps(report.as_dict(), indent=1))
@@ -334,7 +337,7 @@ def undo_moves(manifest: str | os.PathLike[str]) -> int:
         data = json.loads(p.read_text())
         moves = data["moves"]
     except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ValueError(f"{p} is not a lookalike dedup manifest ({e})") from None
+        raise InvalidArgument(f"{p} is not a lookalike dedup manifest ({e})") from None
     restored = 0
     for mv in reversed(moves):
         src, dst = mv["src"], mv["dst"]

@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 from sqlalchemy import select
 
-from lookalike.indexer._catalog import BuildRow, Catalog, ImageRow, VectorRow
+from lookalike.common.errors import IndexMismatch, InvalidArgument
+from lookalike.indexer._catalog import CATALOG_FILE, BuildRow, Catalog, ImageRow, VectorRow
+from lookalike.indexer._models import BuildInfo, ImageInfo
 from lookalike.indexer._vectors import VectorIndex, vectors_file
 
 if TYPE_CHECKING:
@@ -28,12 +30,13 @@ def is_metric(obj: object) -> bool:
 def select_build(builds: list[BuildRow], metric: str | Metric | None, where: object) -> BuildRow:
     """The build (vector index) of ``metric`` among ``builds``; clear errors when there is none or several."""
     if not builds:
-        raise ValueError(f"index {where} holds no vectors yet; run 'lookalike index FOLDER --index {where}'")
+        raise IndexMismatch(f"index {where} holds no vectors yet",
+                            hint=f"build them with: lookalike index FOLDER --index {where}")
     have = ", ".join(f"{b.metric} ({b.fingerprint}, {b.dim}-d)" for b in builds)
     if metric is None:
         if len(builds) > 1:
-            raise ValueError(f"index {where} holds vectors of several metrics: {have}; "
-                             f"choose one with metric=/--metric")
+            raise IndexMismatch(f"index {where} holds vectors of several metrics: {have}",
+                                hint="choose one of these metrics")
         return builds[0]
     if is_metric(metric):
         for b in builds:
@@ -41,15 +44,15 @@ def select_build(builds: list[BuildRow], metric: str | Metric | None, where: obj
                 return b
         same = [b for b in builds if b.metric == metric.name]
         if same:
-            raise ValueError(
+            raise InvalidArgument(
                 f"index {where} was built with metric {metric.name!r} but other weights (fingerprint "
                 f"{same[0].fingerprint}, loaded {metric.fingerprint}); vectors of different weights never mix: "
                 f"re-index with these weights or load the ones the index was built with"
             )
-        raise ValueError(f"index {where} has no vectors for metric {metric.name!r}; it holds: {have}")
+        raise InvalidArgument(f"index {where} has no vectors for metric {metric.name!r}; it holds: {have}")
     matches = [b for b in builds if b.metric == metric or b.fingerprint == metric]
     if not matches:
-        raise ValueError(f"index {where} has no vectors for metric {metric!r}; it holds: {have}")
+        raise InvalidArgument(f"index {where} has no vectors for metric {metric!r}; it holds: {have}")
     return max(matches, key=lambda b: b.updated)
 
 
@@ -60,7 +63,7 @@ def load_vectors(index_dir: str | os.PathLike[str], build: BuildRow) -> VectorIn
         return VectorIndex.create(build.dim, "Flat")
     vi = VectorIndex.load(path, build.current_factory)
     if vi.dim != build.dim:
-        raise ValueError(
+        raise InvalidArgument(
             f"vector file {path} holds {vi.dim}-d vectors but the catalog says metric {build.metric!r} is "
             f"{build.dim}-d; the index folder is damaged: delete {path.name} and re-run 'lookalike index'"
         )
@@ -122,7 +125,7 @@ class ImageIndex:
 
             m = load_metric(self.build.metric, device=self._device, dtype=self._dtype)
             if m.fingerprint != self.build.fingerprint:
-                raise ValueError(
+                raise InvalidArgument(
                     f"index {self.index_dir} was built with metric {self.build.metric!r} fingerprint "
                     f"{self.build.fingerprint}, but the weights found now give {m.fingerprint}; load the weights the "
                     f"index was built with (weights=...) or re-index"
@@ -173,11 +176,25 @@ class ImageIndex:
             if row is None:
                 rows = list(s.scalars(select(ImageRow).where(ImageRow.relpath == rel).limit(2)))
                 if len(rows) > 1:
-                    raise ValueError(f"{p!r} is indexed under several roots; give the full path")
+                    raise InvalidArgument(f"{p!r} is indexed under several roots", hint="give the full path")
                 row = rows[0] if rows else None
         return row
 
-    def vector_of(self, row: ImageRow) -> np.ndarray | None:
+    def find_image(self, path: str | os.PathLike[str]) -> ImageInfo | None:
+        """The catalogued image at ``path`` (absolute, or relative to an indexed root), or None.
+
+        Raises:
+            InvalidArgument: a relative path indexed under several roots.
+        """
+        row = self.find_row(path)
+        return None if row is None else ImageInfo.from_row(row)
+
+    @property
+    def info(self) -> BuildInfo:
+        """What this index holds for its metric (name, fingerprint, dim, FAISS type, count, dedup threshold)."""
+        return BuildInfo.from_row(self.build)
+
+    def vector_of(self, row: ImageRow | ImageInfo) -> np.ndarray | None:
         """The stored vector of a catalogued image for this metric (None when it has none)."""
         with self.catalog.session() as s:
             fid = s.scalar(select(VectorRow.faiss_id).where(VectorRow.image_id == row.id,
@@ -194,6 +211,18 @@ class ImageIndex:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def index_exists(index_dir: str | os.PathLike[str], *, db_url: str | None = None) -> bool:
+    """True when there is an index catalog: the SQLite file in ``index_dir``, or the catalog at ``db_url``."""
+    if db_url is None:
+        return (Path(index_dir) / CATALOG_FILE).is_file()
+    try:
+        with Catalog(index_dir, db_url=db_url, create=False) as cat:
+            cat.builds()
+    except Exception:  # noqa: BLE001 - any failure to open the catalog means "no index there"
+        return False
+    return True
 
 
 def open_index(

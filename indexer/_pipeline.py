@@ -25,7 +25,7 @@ import torch
 from sqlalchemy import delete, exists, insert, select, update
 from tqdm.auto import tqdm
 
-from lookalike.common.errors import IndexLocked
+from lookalike.common.errors import IndexLocked, IndexMismatch, InvalidArgument
 from lookalike.common.io import file_lock, sha256_file
 from lookalike.data.image_folder import ImageFile, display_path, scan_images
 from lookalike.data.images import DEFAULT_MAX_PIXELS
@@ -169,15 +169,13 @@ def _open_build(catalog: Catalog, index_dir: Path, metric: Metric, faiss_factory
             s.add(b)
         else:
             if b.dim != metric.dim:
-                raise ValueError(
+                raise IndexMismatch(
                     f"index {index_dir} holds {b.dim}-d vectors for {b.metric!r} but the metric gives {metric.dim}-d "
-                    f"vectors; use another --index folder"
-                )
+                    f"vectors", hint="use another index folder")
             if faiss_factory and faiss_factory.strip() != b.factory:
-                raise ValueError(
-                    f"index {index_dir} stores {b.metric!r} vectors as faiss {b.factory!r}, not {faiss_factory!r}; "
-                    f"leave out --faiss, or use a new --index folder"
-                )
+                raise IndexMismatch(
+                    f"index {index_dir} stores {b.metric!r} vectors as faiss {b.factory!r}, not {faiss_factory!r}",
+                    hint="leave out the FAISS type to keep the index's own, or use a new index folder")
     return b
 
 
@@ -189,7 +187,7 @@ def _load_for_write(index_dir: Path, catalog: Catalog, build: BuildRow) -> Vecto
     if path.is_file():
         vi = VectorIndex.load(path, build.current_factory)
         if vi.dim != build.dim:
-            raise ValueError(
+            raise InvalidArgument(
                 f"vector file {path} holds {vi.dim}-d vectors but metric {build.metric!r} is {build.dim}-d; "
                 f"delete {path.name} and re-run to re-embed"
             )
@@ -537,19 +535,19 @@ def build_index(
     crash = CrashHook(crash_at)
     root_list = [roots] if isinstance(roots, (str, os.PathLike)) else list(roots)
     if not root_list:
-        raise ValueError("no folder to index; give at least one root")
+        raise InvalidArgument("no folder to index; give at least one root")
     abs_roots = []
     for r in root_list:
         a = os.path.abspath(os.fspath(r))
         if not os.path.exists(a):
             raise FileNotFoundError(f"folder to index not found: {display_path(a)}")
         if not os.path.isdir(a):
-            raise ValueError(f"index roots must be folders, got a file: {display_path(a)}")
+            raise InvalidArgument(f"index roots must be folders, got a file: {display_path(a)}")
         abs_roots.append(a)
     if batch_size is not None and batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise InvalidArgument(f"batch_size must be >= 1, got {batch_size}")
     if dedup_threshold is not None and not 0.0 <= dedup_threshold <= 2.0:
-        raise ValueError(f"dedup_threshold {dedup_threshold} is outside [0, 2] (the distance is 1 - cosine)")
+        raise InvalidArgument(f"dedup_threshold {dedup_threshold} is outside [0, 2] (the distance is 1 - cosine)")
     index_path = Path(index_dir)
     # The model loads before the folder is created: a missing weight file leaves nothing behind.
     if is_metric(metric):
@@ -559,8 +557,8 @@ def build_index(
 
         m = load_metric(metric, device=device, dtype=dtype)
     if m.kind != "embedding" or not m.dim:
-        raise ValueError(f"metric {m.name!r} is pairwise (it compares two images) and cannot be indexed; "
-                         f"choose an embedding metric such as 'dreamsim' or 'efficientnet_lite0'")
+        raise InvalidArgument(f"metric {m.name!r} is pairwise (it compares two images) and cannot be indexed; "
+                              f"choose an embedding metric such as 'dreamsim' or 'efficientnet_lite0'")
     if batch_size is None:
         from lookalike.metric import suggest_batch_size
 

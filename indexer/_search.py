@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from lookalike.common.errors import InvalidArgument
 from lookalike.data.images import open_image
 from lookalike.indexer._index import ImageIndex, open_index
 
@@ -63,25 +64,25 @@ def query_vector(index: ImageIndex, query: str | os.PathLike[str] | Image.Image)
                 return v
         return embed_images(index.metric, [open_image(p)])[0]
     if os.path.isdir(p):
-        raise ValueError(f"query {p!r} is a folder; give an image file or an indexed path")
+        raise InvalidArgument(f"query {p!r} is a folder; give an image file or an indexed path")
     row = index.find_row(p)
     if row is None:
         raise FileNotFoundError(f"query {p!r} is neither an image file nor a path in index {index.index_dir}")
     v = index.vector_of(row)
     if v is None:
-        raise ValueError(f"{p!r} is catalogued but has no vector for {index.build.metric!r} "
-                         f"(status {row.status}{': ' + row.error if row.error else ''})")
+        raise InvalidArgument(f"{p!r} is catalogued but has no vector for {index.build.metric!r} "
+                              f"(status {row.status}{': ' + row.error if row.error else ''})")
     return v
 
 
 def search_vectors(index: ImageIndex, xq: np.ndarray, k: int) -> list[list[Hit]]:
     """k nearest indexed images of each query vector (rows of ``xq``), nearest first."""
     if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
+        raise InvalidArgument(f"k must be >= 1, got {k}")
     xq = np.atleast_2d(np.asarray(xq, np.float32))
     if xq.shape[1] != index.vectors.dim:
-        raise ValueError(f"query dim {xq.shape[1]} != index dim {index.vectors.dim} (index built with "
-                         f"{index.build.metric!r}); embed queries with the same metric")
+        raise InvalidArgument(f"query dim {xq.shape[1]} != index dim {index.vectors.dim} (index built with "
+                              f"{index.build.metric!r}); embed queries with the same metric")
     kk = k
     while True:
         D, I = index.vectors.search(xq, min(kk, max(1, index.vectors.ntotal)))  # noqa: E741

@@ -17,6 +17,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from lookalike.common.errors import InvalidArgument
 from lookalike.common.io import fsync_dir
 
 _logger = logging.getLogger(__name__)
@@ -103,7 +104,7 @@ class VectorIndex:
     def create(cls, dim: int, factory: str = "Flat") -> VectorIndex:
         """An empty index of ``dim``-d vectors; ``factory`` as in ``faiss.index_factory`` ("Flat", "HNSW32"...)."""
         if dim < 1:
-            raise ValueError(f"dim must be >= 1, got {dim}")
+            raise InvalidArgument(f"dim must be >= 1, got {dim}")
         spec = factory.strip()
         if spec.upper().startswith("IDMAP"):
             spec = spec.split(",", 1)[1] if "," in spec else "Flat"
@@ -111,8 +112,8 @@ class VectorIndex:
             inner = faiss.IndexFlatIP(dim) if spec == "Flat" else faiss.index_factory(dim, spec,
                                                                                        faiss.METRIC_INNER_PRODUCT)
         except RuntimeError as e:
-            raise ValueError(f"invalid faiss factory string {factory!r}: {str(e).strip().splitlines()[-1]}; "
-                             f"examples: 'Flat', 'HNSW32', 'IVF4096,Flat', 'IVF4096,PQ64,RFlat'") from None
+            raise InvalidArgument(f"invalid faiss factory string {factory!r}: {str(e).strip().splitlines()[-1]}; "
+                                  f"examples: 'Flat', 'HNSW32', 'IVF4096,Flat', 'IVF4096,PQ64,RFlat'") from None
         raw = inner
         inner = faiss.downcast_index(raw)
         vi = cls(inner if isinstance(inner, faiss.IndexIVF) else faiss.IndexIDMap2(inner), spec)
@@ -178,7 +179,7 @@ class VectorIndex:
             elif key == "efSearch":
                 faiss.downcast_index(self._inner).hnsw.efSearch = int(val)
             else:
-                raise ValueError(f"unknown search parameter {key!r}; use nprobe=N or efSearch=N")
+                raise InvalidArgument(f"unknown search parameter {key!r}; use nprobe=N or efSearch=N")
 
     # ---- updates --------------------------------------------------------------------------------------------
     def _check(self, x: np.ndarray, what: str) -> np.ndarray:
@@ -186,7 +187,7 @@ class VectorIndex:
         if x.ndim == 1:
             x = x[None]
         if x.ndim != 2 or x.shape[1] != self.dim:
-            raise ValueError(f"{what} has shape {x.shape}; this index holds {self.dim}-d vectors")
+            raise InvalidArgument(f"{what} has shape {x.shape}; this index holds {self.dim}-d vectors")
         return x
 
     def train(self, xs: np.ndarray) -> None:
@@ -199,11 +200,11 @@ class VectorIndex:
         xb = self._check(xb, "xb")
         ids_arr = np.asarray(list(ids), dtype=np.int64)
         if len(ids_arr) != len(xb):
-            raise ValueError(f"{len(xb)} vectors but {len(ids_arr)} ids")
+            raise InvalidArgument(f"{len(xb)} vectors but {len(ids_arr)} ids")
         if len(set(ids_arr.tolist())) != len(ids_arr):
-            raise ValueError("duplicate ids in one add")
+            raise InvalidArgument("duplicate ids in one add")
         if not self.index.is_trained:
-            raise ValueError(f"faiss index {self.factory!r} is not trained; train it on a sample first")
+            raise InvalidArgument(f"faiss index {self.factory!r} is not trained; train it on a sample first")
         existing = [i for i in ids_arr.tolist() if i in self._ids]
         if existing:
             self.remove(existing)
@@ -287,7 +288,7 @@ class VectorIndex:
         """
         xq = self._check(xq, "xq")
         if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
+            raise InvalidArgument(f"k must be >= 1, got {k}")
         n = self.ntotal
         if n == 0:
             return np.full((len(xq), k), np.inf, np.float32), np.full((len(xq), k), -1, np.int64)

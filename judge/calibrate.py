@@ -18,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from lookalike.common.errors import InvalidArgument
 from lookalike.data.triplets import Pair
-from lookalike.judge.eval import centering, pair_distances
+from lookalike.judge.eval import pair_distances
 
 _logger = logging.getLogger(__name__)
 
@@ -93,13 +94,13 @@ def precision_recall_curve(values: Any, same: Any, *, lower_is_better: bool = Tr
     v = np.asarray(values, dtype=np.float64).reshape(-1)
     s = np.asarray(same, dtype=np.float64).reshape(-1)
     if v.shape != s.shape:
-        raise ValueError(f"values and same must have the same length, got {v.size} and {s.size}")
+        raise InvalidArgument(f"values and same must have the same length, got {v.size} and {s.size}")
     if np.isnan(v).any() or np.isnan(s).any():
-        raise ValueError("values and same must not hold NaN")
+        raise InvalidArgument("values and same must not hold NaN")
     if ((s < 0) | (s > 1)).any():
-        raise ValueError("same must be in [0, 1]")
+        raise InvalidArgument("same must be in [0, 1]")
     if s.sum() <= 0:
-        raise ValueError("no pair was judged the same: precision/recall are undefined; add pairs with same = 1")
+        raise InvalidArgument("no pair was judged the same: precision/recall are undefined; add pairs with same = 1")
     key = v if lower_is_better else -v
     order = np.argsort(key, kind="stable")
     k, ss = key[order], s[order]
@@ -119,7 +120,7 @@ def threshold_at_precision(curve: PRCurve, target_precision: float) -> tuple[flo
         precision found and its recall.
     """
     if not 0.0 < target_precision <= 1.0:
-        raise ValueError(f"target precision must be in (0, 1], got {target_precision}")
+        raise InvalidArgument(f"target precision must be in (0, 1], got {target_precision}")
     ok = np.flatnonzero(curve.precision >= target_precision - 1e-12)
     if ok.size == 0:
         j = int(np.argmax(curve.precision))
@@ -147,10 +148,9 @@ def calibrate_threshold(metric: Any, pairs: Sequence[Pair], *, target_precision:
         A Calibration (``threshold`` None when the target precision is out of reach).
     """
     if len(pairs) == 0:
-        raise ValueError("no pairs to calibrate on")
-    with centering(metric, center):
-        d = pair_distances(metric, [(q.a, q.b) for q in pairs], batch_size=batch_size, workers=workers,
-                           progress=progress)
+        raise InvalidArgument("no pairs to calibrate on")
+    d = pair_distances(metric, [(q.a, q.b) for q in pairs], center=center, batch_size=batch_size, workers=workers,
+                       progress=progress)
     same = np.array([q.same for q in pairs])
     curve = precision_recall_curve(d, same, lower_is_better=metric.lower_is_better)
     thr, prec, rec = threshold_at_precision(curve, target_precision)
@@ -183,7 +183,7 @@ def plot_calibration(cal: Calibration, path: str | os.PathLike[str], *, title: s
     from PIL import Image, ImageDraw, ImageFont
 
     if cal.curve is None:
-        raise ValueError("the calibration has no curve to plot")
+        raise InvalidArgument("the calibration has no curve to plot")
     c = cal.curve
     w, h, pad = 1000, 460, 60
     img = Image.new("RGB", (w, h), "white")

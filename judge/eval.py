@@ -15,9 +15,9 @@ DreamSim metrics centre by default, like ``dreamsim()``.
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -27,6 +27,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from lookalike.common.errors import InvalidArgument
 from lookalike.data.images import ImageDecodeError, open_image
 from lookalike.data.loader import ImageFileDataset, create_loader
 from lookalike.data.triplets import Pair, Triplet
@@ -97,7 +98,7 @@ class JNDResult:
 def _as_1d(x: Any, name: str) -> np.ndarray:
     a = np.asarray(x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x, dtype=np.float64).reshape(-1)
     if np.isnan(a).any():
-        raise ValueError(f"{name} holds NaN at position(s) {np.flatnonzero(np.isnan(a))[:5].tolist()}")
+        raise InvalidArgument(f"{name} holds NaN at position(s) {np.flatnonzero(np.isnan(a))[:5].tolist()}")
     return a
 
 
@@ -119,9 +120,9 @@ def score_2afc(d_left: Any, d_right: Any, p: Any, *, lower_is_better: bool = Tru
     """
     d0, d1, pp = _as_1d(d_left, "d_left"), _as_1d(d_right, "d_right"), _as_1d(p, "p")
     if not d0.shape == d1.shape == pp.shape:
-        raise ValueError(f"d_left, d_right and p must have the same length, got {d0.size}, {d1.size}, {pp.size}")
+        raise InvalidArgument(f"d_left, d_right and p must have the same length, got {d0.size}, {d1.size}, {pp.size}")
     if ((pp < 0) | (pp > 1)).any():
-        raise ValueError("p must be in [0, 1] (the fraction of people who judged 'right' closer)")
+        raise InvalidArgument("p must be in [0, 1] (the fraction of people who judged 'right' closer)")
     if not lower_is_better:
         d0, d1 = -d0, -d1
     return np.where(d0 < d1, 1.0 - pp, np.where(d1 < d0, pp, 0.5))
@@ -141,9 +142,9 @@ def bootstrap_ci(scores: Any, *, level: float = 0.95, n_boot: int = 1000, seed: 
     """
     s = _as_1d(scores, "scores")
     if not 0.0 < level < 1.0:
-        raise ValueError(f"level must be in (0, 1), got {level}")
+        raise InvalidArgument(f"level must be in (0, 1), got {level}")
     if n_boot < 1:
-        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+        raise InvalidArgument(f"n_boot must be >= 1, got {n_boot}")
     if s.size == 0:
         return float("nan"), float("nan")
     rng = np.random.default_rng(seed)
@@ -184,11 +185,11 @@ def jnd_map(distances: Any, same: Any, *, lower_is_better: bool = True) -> float
     """
     d, s = _as_1d(distances, "distances"), _as_1d(same, "same")
     if d.shape != s.shape:
-        raise ValueError(f"distances and same must have the same length, got {d.size} and {s.size}")
+        raise InvalidArgument(f"distances and same must have the same length, got {d.size} and {s.size}")
     if ((s < 0) | (s > 1)).any():
-        raise ValueError("same must be in [0, 1]")
+        raise InvalidArgument("same must be in [0, 1]")
     if s.sum() <= 0:
-        raise ValueError("no pair was judged the same: average precision is undefined")
+        raise InvalidArgument("no pair was judged the same: average precision is undefined")
     order = np.argsort(d if lower_is_better else -d, kind="stable")
     s_sorted = s[order]
     tp = np.cumsum(s_sorted)
@@ -256,35 +257,32 @@ class _PairImages(Dataset):
         return i, self.transform(open_image(a)), self.transform(open_image(b))
 
 
-@contextlib.contextmanager
-def centering(metric: Any, center: bool | None) -> Iterator[bool | None]:
-    """Temporarily set a perceptual metric's mean-centring (None: leave it); yields the value in effect.
+def resolve_center(metric: Any, center: bool | None) -> bool | None:
+    """The mean-centring in effect for ``metric`` when ``center`` is asked for (None: the metric's own default).
+
+    Nothing is changed on ``metric``: models shared between callers (the app's sessions) keep their settings;
+    ``center`` travels as an argument to ``metric.embed``.
 
     Raises:
-        ValueError: ``center`` is given but the metric has no centring option.
+        InvalidArgument: ``center`` is given but the metric has no centring option.
     """
     has = hasattr(metric, "center")
     if center is None:
-        yield bool(metric.center) if has else None
-        return
+        return bool(metric.center) if has else None
     if not has:
-        raise ValueError(f"metric {metric.name!r} has no centring option (--centered/--uncentered apply to the "
-                         f"DreamSim-style metrics only)")
-    old = metric.center
-    metric.center = bool(center)
-    try:
-        yield bool(center)
-    finally:
-        metric.center = old
+        raise InvalidArgument(f"metric {metric.name!r} has no centring option",
+                              hint="mean-centring applies to the DreamSim-style and UniSim metrics only")
+    return bool(center)
 
 
-def pair_distances(metric: Any, pairs: Sequence[tuple[str, str]], *, batch_size: int = 32, workers: int = 0,
-                   progress: bool = False, cache: dict[str, np.ndarray] | None = None) -> np.ndarray:
+def pair_distances(metric: Any, pairs: Sequence[tuple[str, str]], *, center: bool | None = None, batch_size: int = 32,
+                   workers: int = 0, progress: bool = False, cache: dict[str, np.ndarray] | None = None) -> np.ndarray:
     """``metric`` distances for image-file pairs, each distinct image embedded once.
 
     Args:
         metric: a loaded Metric (embedding or pairwise).
         pairs: (path a, path b) tuples.
+        center: mean-centre the embeddings (True/False) or use the metric's default (None); see ``resolve_center``.
         batch_size: images (or pairs) per batch.
         workers: decoding processes.
         progress: progress bar on stderr.
@@ -296,11 +294,14 @@ def pair_distances(metric: Any, pairs: Sequence[tuple[str, str]], *, batch_size:
     """
     if not pairs:
         return np.zeros(0)
+    if center is not None:
+        resolve_center(metric, center)  # validates
     if metric.kind == "embedding":
         cache = {} if cache is None else cache
         todo = [p for p in dict.fromkeys(x for pr in pairs for x in pr) if p not in cache]
         if todo:
-            emb = embed_paths(metric.embed, metric.preprocess, todo, batch_size=batch_size, workers=workers,
+            embed = metric.embed if center is None else functools.partial(metric.embed, center=center)
+            emb = embed_paths(embed, metric.preprocess, todo, batch_size=batch_size, workers=workers,
                               progress=progress, desc=f"embed ({metric.name})")
             cache.update(zip(todo, emb, strict=True))
         out = np.empty(len(pairs))
@@ -356,10 +357,10 @@ def evaluate_2afc(metric: Any, triplets: Sequence[Triplet], *, center: bool | No
         ValueError: no triplets, an unreadable image, or ``center`` on a metric without that option.
     """
     if len(triplets) == 0:
-        raise ValueError("no triplets to evaluate")
-    with centering(metric, center) as centered:
-        d0, d1 = triplet_distances(metric, triplets, batch_size=batch_size, workers=workers, progress=progress,
-                                   cache=cache)
+        raise InvalidArgument("no triplets to evaluate")
+    centered = resolve_center(metric, center)
+    d0, d1 = triplet_distances(metric, triplets, center=center, batch_size=batch_size, workers=workers,
+                               progress=progress, cache=cache)
     scores = score_2afc(d0, d1, [t.p for t in triplets], lower_is_better=metric.lower_is_better)
     lo, hi = bootstrap_ci(scores, level=level, n_boot=n_boot, seed=seed)
     res = TwoAFCResult(metric=metric.name, dataset=getattr(triplets, "name", "triplets"),
@@ -374,10 +375,10 @@ def evaluate_jnd(metric: Any, pairs: Sequence[Pair], *, center: bool | None = No
                  workers: int = 0, progress: bool = False, cache: dict[str, np.ndarray] | None = None) -> JNDResult:
     """JND mAP of ``metric`` on same/different ``pairs`` (a PairSet); arguments as ``evaluate_2afc``."""
     if len(pairs) == 0:
-        raise ValueError("no pairs to evaluate")
-    with centering(metric, center) as centered:
-        d = pair_distances(metric, [(q.a, q.b) for q in pairs], batch_size=batch_size, workers=workers,
-                           progress=progress, cache=cache)
+        raise InvalidArgument("no pairs to evaluate")
+    centered = resolve_center(metric, center)
+    d = pair_distances(metric, [(q.a, q.b) for q in pairs], center=center, batch_size=batch_size, workers=workers,
+                       progress=progress, cache=cache)
     m = jnd_map(d, [q.same for q in pairs], lower_is_better=metric.lower_is_better)
     res = JNDResult(metric=metric.name, dataset=getattr(pairs, "name", "pairs"), split=getattr(pairs, "split", "all"),
                     map=m, count=len(pairs), centered=centered)

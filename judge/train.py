@@ -42,6 +42,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from lookalike.common.errors import InvalidArgument
 from lookalike.common.io import atomic_write_json
 from lookalike.data.images import open_image
 from lookalike.data.transforms import build_transform
@@ -113,15 +114,15 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "lora_r"):
             v = getattr(self, name)
             if v is not None and v < 1:
-                raise ValueError(f"{name} must be >= 1, got {v}")
+                raise InvalidArgument(f"{name} must be >= 1, got {v}")
         if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+            raise InvalidArgument(f"lr must be > 0, got {self.lr}")
         if self.margin < 0:
-            raise ValueError(f"margin must be >= 0, got {self.margin}")
+            raise InvalidArgument(f"margin must be >= 0, got {self.margin}")
         if self.lora_dropout is not None and not 0 <= self.lora_dropout < 1:
-            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+            raise InvalidArgument(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
         if self.lora_alpha is not None and not self.lora_alpha > 0:
-            raise ValueError(f"lora_alpha must be > 0, got {self.lora_alpha}")
+            raise InvalidArgument(f"lora_alpha must be > 0, got {self.lora_alpha}")
 
 
 @dataclass
@@ -314,12 +315,13 @@ def train_metric(
 
     cfg = get_metric_cfg(metric)
     if cfg.builder != "perceptual":
-        raise ValueError(f"metric {metric!r} cannot be fine-tuned: LoRA training needs a ViT (perceptual) metric, "
-                         f"e.g. dreamsim_dino_vitb16, dreamsim or dino_vitb16 (this one is built by {cfg.builder!r})")
+        raise InvalidArgument(f"metric {metric!r} cannot be fine-tuned: LoRA training needs a ViT (perceptual) metric "
+                              f"(this one is built by {cfg.builder!r})",
+                              hint="use e.g. dreamsim_dino_vitb16, dreamsim or dino_vitb16")
     if len(train) == 0:
-        raise ValueError("no training triplets")
+        raise InvalidArgument("no training triplets")
     if len(val) == 0:
-        raise ValueError("no validation triplets (the best epoch is chosen on them)")
+        raise InvalidArgument("no validation triplets (the best epoch is chosen on them)")
     (config or TrainConfig()).check()
     tc = (config or TrainConfig()).resolved(cfg)
     out_dir = Path(out).expanduser()
@@ -331,14 +333,15 @@ def train_metric(
     state: dict[str, Any] | None = None
     if state_path.is_file():
         if not resume:
-            raise ValueError(f"{out_dir} holds an unfinished run; resume it (resume=True, the default) or choose "
-                             f"another folder")
+            raise InvalidArgument(f"{out_dir} holds an unfinished run; resume it (resume=True, the default) or choose "
+                                  f"another folder")
         state = torch.load(state_path, map_location="cpu", weights_only=False)
         if state.get("run_key") != run_key:
-            raise ValueError(f"{out_dir} holds an unfinished run with other settings ({state.get('run_key')}); "
-                             f"use another folder or delete {state_path.parent}")
+            raise InvalidArgument(f"{out_dir} holds an unfinished run with other settings ({state.get('run_key')}); "
+                                  f"use another folder or delete {state_path.parent}")
     elif (out_dir / CONFIG_FILE).is_file() and (out_dir / adapter).is_dir():
-        raise ValueError(f"{out_dir} already holds a finished run ({CONFIG_FILE}, {adapter}/); choose another folder")
+        raise InvalidArgument(f"{out_dir} already holds a finished run ({CONFIG_FILE}, {adapter}/)",
+                              hint="choose another output folder")
 
     _seed_all(tc.seed)
     dev = get_device(device)
@@ -461,7 +464,7 @@ def read_train_config(out: str | os.PathLike[str]) -> dict[str, Any]:
         raise FileNotFoundError(f"{path} not found: not a 'lookalike train' output folder")
     data = json.loads(path.read_text(encoding="utf-8"))
     if data.get("kind") != "lookalike-lora" or "metric" not in data or "adapter" not in data:
-        raise ValueError(f"{path} is not a lookalike LoRA config (kind {data.get('kind')!r})")
+        raise InvalidArgument(f"{path} is not a lookalike LoRA config (kind {data.get('kind')!r})")
     return data
 
 
@@ -480,7 +483,7 @@ def register_trained(out: str | os.PathLike[str], name: str | None = None) -> st
     adapter = data["adapter"]
     new = name or f"{base.name}+{Path(out).expanduser().resolve().name}"
     if is_metric(new) and get_metric_cfg(new).adapter != adapter:
-        raise ValueError(f"metric name {new!r} is taken; choose another name")
+        raise InvalidArgument(f"metric name {new!r} is taken; choose another name")
     files = tuple(WeightFile(path=f"{adapter}/{f}", cache_subdir="trained") for f in (ADAPTER_CONFIG, ADAPTER_WEIGHTS))
     cfg = base.replace(name=new, adapter=adapter, adapter_files=files, family="trained",
                        description=f"{base.name} + LoRA fine-tuned by lookalike train ({Path(out).name})")

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from lookalike.common.errors import InvalidArgument
 from lookalike.data.transforms import build_transform
 from lookalike.metric._pretrained import MetricCfg
 
@@ -34,7 +35,7 @@ def get_device(device: str | torch.device | None = None) -> torch.device:
     if device is not None:
         dev = torch.device(device)
         if dev.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} requested but CUDA is not available here; use 'cpu'")
+            raise InvalidArgument(f"device {device!r} requested but CUDA is not available here; use 'cpu'")
         return dev
     if torch.cuda.is_available():
         return torch.device("cuda")
@@ -47,12 +48,12 @@ def get_device(device: str | torch.device | None = None) -> torch.device:
 def get_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         if dtype not in (torch.float32, torch.bfloat16, torch.float16):
-            raise ValueError(f"dtype {dtype} not supported; use float32, bfloat16 or float16")
+            raise InvalidArgument(f"dtype {dtype} not supported; use float32, bfloat16 or float16")
         return dtype
     try:
         return _DTYPES[dtype]
     except KeyError:
-        raise ValueError(f"unknown dtype {dtype!r}; choose from auto, fp32, bf16, fp16") from None
+        raise InvalidArgument(f"unknown dtype {dtype!r}; choose from auto, fp32, bf16, fp16") from None
 
 
 def sample_hash(path: Path, *, chunks: int = 16, chunk_size: int = 1 << 16) -> str:
@@ -97,12 +98,41 @@ class Metric(nn.Module):
         self.kind = cfg.kind
         self.lower_is_better = cfg.lower_is_better
         self.fingerprint = fingerprint
-        self.device = device
+        self._device = torch.device(device)  # only for metrics without tensors (pixel measures); see ``device``
         self.dtype = dtype
         self.dim: int | None = None
-        # Reduced precision: autocast on the CPU (weights stay fp32), weights cast to ``dtype`` elsewhere.
-        self.autocast = dtype != torch.float32 and device.type == "cpu"
+        self._autocast: bool | None = None
         self._transform = build_transform(cfg.preprocess)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model is now: the device of its first parameter or buffer (so it follows ``metric.to(...)``)."""
+        for t in self.parameters():
+            return t.device
+        for t in self.buffers():
+            return t.device
+        return self._device
+
+    def _apply(self, fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+        # ``to()`` / ``cuda()`` / ``cpu()`` end here: follow them for metrics that hold no tensor.
+        out = super()._apply(fn, *args, **kwargs)
+        with contextlib.suppress(Exception):
+            self._device = fn(torch.empty(0, device=self._device)).device
+        return out
+
+    @property
+    def autocast(self) -> bool:
+        """Reduced precision runs as autocast on the CPU (weights stay fp32 there); weights are cast elsewhere.
+
+        Follows the current device unless set explicitly (``metric.autocast = False`` after casting the weights).
+        """
+        if self._autocast is not None:
+            return self._autocast
+        return self.dtype != torch.float32 and self.device.type == "cpu"
+
+    @autocast.setter
+    def autocast(self, value: bool) -> None:
+        self._autocast = bool(value)
 
     @property
     def input_size(self) -> int:
@@ -113,20 +143,20 @@ class Metric(nn.Module):
         return self._transform(img)
 
     def check_batch(self, x: torch.Tensor, what: str = "batch") -> torch.Tensor:
-        """Validate a (B, 3, S, S) float batch in [0, 1] and move it to the metric's device."""
+        """Validate a (B, 3, S, S) float batch in [0, 1] and move it to the metric's current device."""
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
         if x.dim() == 3:
             x = x.unsqueeze(0)
         s = self.input_size
         if x.dim() != 4 or x.shape[1] != 3 or tuple(x.shape[-2:]) != (s, s):
-            raise ValueError(
+            raise InvalidArgument(
                 f"{what} has shape {tuple(x.shape)}; {self.name} expects (B, 3, {s}, {s}) in [0, 1] "
                 f"(use metric.preprocess on each PIL image)"
             )
         if not x.is_floating_point():
-            raise ValueError(f"{what} has dtype {x.dtype}; expected floats in [0, 1] (use metric.preprocess)")
-        return x.to(self.device, torch.float32, non_blocking=True)
+            raise InvalidArgument(f"{what} has dtype {x.dtype}; expected floats in [0, 1] (use metric.preprocess)")
+        return x.to(self.device, torch.float32, non_blocking=True)  # the device now, not the one at load time
 
     @contextlib.contextmanager
     def _precision(self) -> Iterator[None]:
@@ -169,7 +199,7 @@ class Metric(nn.Module):
         a = self.check_batch(a, "a")
         b = self.check_batch(b, "b")
         if a.shape[0] != b.shape[0]:
-            raise ValueError(f"a and b must have the same batch size, got {a.shape[0]} and {b.shape[0]}")
+            raise InvalidArgument(f"a and b must have the same batch size, got {a.shape[0]} and {b.shape[0]}")
         return self.distance_embeddings(self.embed(a), self.embed(b)).float().cpu()
 
     def extra_repr(self) -> str:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from lookalike.common.errors import WeightFileError
 from lookalike.metric._registry import register_reader
 
 _logger = logging.getLogger(__name__)
@@ -17,17 +18,17 @@ def load_torch_file(path: Path) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises a zoo of types for bad files
-        raise ValueError(f"cannot read weight file {path}: {type(e).__name__}: {e}") from e
+        raise WeightFileError(f"cannot read weight file {path}: {type(e).__name__}: {e}") from e
 
 
 def _expect_dict(obj: object, path: Path, key: str | None = None) -> dict[str, torch.Tensor]:
     if key is not None:
         if not isinstance(obj, dict) or key not in obj:
             found = sorted(obj)[:8] if isinstance(obj, dict) else type(obj).__name__
-            raise ValueError(f"{path}: expected a dict with key {key!r}, found {found}")
+            raise WeightFileError(f"{path}: expected a dict with key {key!r}, found {found}")
         obj = obj[key]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{path}: expected a state dict of tensors")
+        raise WeightFileError(f"{path}: expected a state dict of tensors")
     return dict(obj)
 
 
@@ -53,7 +54,7 @@ def read_dreamsim_clip(path: Path) -> dict[str, torch.Tensor]:
     """
     sd = _expect_dict(load_torch_file(path), path, "state_dict")
     if "proj" not in sd:
-        raise ValueError(f"{path}: converted CLIP file without 'proj'")
+        raise WeightFileError(f"{path}: converted CLIP file without 'proj'")
     return {("norm_pre." + k[len("pos_drop.") :] if k.startswith("pos_drop.") else k): v for k, v in sd.items()}
 
 
@@ -64,7 +65,7 @@ def read_synclr(path: Path) -> dict[str, torch.Tensor]:
     prefix = "module.visual."
     bad = [k for k in sd if not k.startswith(prefix)]
     if bad:
-        raise ValueError(f"{path}: SynCLR keys must start with {prefix!r}; found {bad[:3]}")
+        raise WeightFileError(f"{path}: SynCLR keys must start with {prefix!r}; found {bad[:3]}")
     return {k[len(prefix) :]: v for k, v in sd.items()}
 
 
@@ -96,5 +97,5 @@ def read_efficientnet_lite_flat(path: Path) -> dict[str, torch.Tensor]:
             else:
                 out[".".join([_EFFNET_TOP[parts[0]], *parts[1:]])] = value
         except (KeyError, IndexError, ValueError):
-            raise ValueError(f"{path}: unexpected key {key!r} for an EfficientNet-Lite0 file") from None
+            raise WeightFileError(f"{path}: unexpected key {key!r} for an EfficientNet-Lite0 file") from None
     return out

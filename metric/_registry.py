@@ -78,8 +78,11 @@ def with_options(cfg: MetricCfg, overrides: dict[str, Any]) -> MetricCfg:
     Raises:
         ConfigError: an option the builder does not have, or a builder without options.
     """
-    base = cfg.options if cfg.options is not None else {}
-    current = dataclasses.asdict(base) if dataclasses.is_dataclass(base) else dict(base)
+    base: Any = cfg.options if cfg.options is not None else {}
+    if dataclasses.is_dataclass(base) and not isinstance(base, type):
+        current = dataclasses.asdict(base)
+    else:
+        current = dict(base)
     return _typed_options(cfg.replace(options={**current, **overrides}))
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lookalike.common.errors import ConfigError
+from lookalike.common.errors import ConfigError, InvalidArgument
 from lookalike.data.transforms import PreprocessCfg
 from lookalike.metric._base import Metric, compute_fingerprint
 from lookalike.metric._builders import load_state_dict_strict
@@ -54,13 +54,13 @@ class PairwiseMetric(Metric):
         a = self.check_batch(a, "a")
         b = self.check_batch(b, "b")
         if a.shape[0] != b.shape[0]:
-            raise ValueError(f"a and b must have the same batch size, got {a.shape[0]} and {b.shape[0]}")
+            raise InvalidArgument(f"a and b must have the same batch size, got {a.shape[0]} and {b.shape[0]}")
         for what, x in (("a", a), ("b", b)):
             if x.numel() == 0:
                 continue
             lo, hi = (float(v) for v in torch.aminmax(x))
             if lo < -_RANGE_TOL or hi > 1.0 + _RANGE_TOL:
-                raise ValueError(
+                raise InvalidArgument(
                     f"{what} has values in [{lo:.3g}, {hi:.3g}]; {self.name} expects [0, 1] "
                     f"(use metric.preprocess on each PIL image)"
                 )
@@ -162,10 +162,11 @@ class PixelMetric(PairwiseMetric):
 
 def _check_direction(cfg: MetricCfg, lower_is_better: bool) -> None:
     if cfg.kind != "pairwise":
-        raise ValueError(f"metric {cfg.name!r}: builder {cfg.builder!r} makes pairwise metrics, cfg says {cfg.kind!r}")
+        raise ConfigError(f"metric {cfg.name!r}: builder {cfg.builder!r} makes pairwise metrics, cfg says "
+                          f"{cfg.kind!r}")
     if cfg.lower_is_better != lower_is_better:
-        raise ValueError(f"metric {cfg.name!r}: cfg says lower_is_better={cfg.lower_is_better}, but its measure "
-                         f"has lower_is_better={lower_is_better}; fix the config")
+        raise InvalidArgument(f"metric {cfg.name!r}: cfg says lower_is_better={cfg.lower_is_better}, but its measure "
+                              f"has lower_is_better={lower_is_better}; fix the config")
 
 
 def _fp32_only(cfg: MetricCfg, dtype: torch.dtype) -> torch.dtype:
@@ -205,7 +206,7 @@ class LpipsNet(nn.Module):
         super().__init__()
         taps = tuple(int(t) for t in taps)
         if not taps or list(taps) != sorted(set(taps)) or taps[0] < 0 or taps[-1] >= len(trunk):
-            raise ValueError(f"LPIPS taps {taps} must be increasing indices into a trunk of {len(trunk)} layers")
+            raise InvalidArgument(f"LPIPS taps {taps} must be increasing indices into a trunk of {len(trunk)} layers")
         self.taps = taps
         self.trunk = trunk[: taps[-1] + 1]  # layers after the last tap never contribute
         self.lins = nn.ModuleList(nn.Conv2d(c, 1, kernel_size=1, bias=False) for c in self._tap_channels())
@@ -220,7 +221,7 @@ class LpipsNet(nn.Module):
                 width = layer.out_channels
             if i in self.taps:
                 if width is None:
-                    raise ValueError(f"LPIPS tap {i} comes before any convolution of the trunk")
+                    raise InvalidArgument(f"LPIPS tap {i} comes before any convolution of the trunk")
                 channels.append(width)
         return channels
 
@@ -260,7 +261,7 @@ _TRUNKS = ("alexnet", "vgg16")
 def _empty_trunk(name: str) -> nn.Sequential:
     """The ``features`` of a torchvision classifier, allocated but not initialized (weights are loaded next)."""
     if name not in _TRUNKS:
-        raise ValueError(f"unknown LPIPS trunk {name!r}; choose from {sorted(_TRUNKS)}")
+        raise InvalidArgument(f"unknown LPIPS trunk {name!r}; choose from {sorted(_TRUNKS)}")
     import torchvision
 
     with torch.device("meta"):  # skip the random init of the (large) classifier head
@@ -273,7 +274,7 @@ def _empty_trunk(name: str) -> nn.Sequential:
 def _load(path: Path) -> dict[str, torch.Tensor]:
     sd = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise ValueError(f"{path} is not a flat state dict of tensors; is it the right file?")
+        raise InvalidArgument(f"{path} is not a flat state dict of tensors; is it the right file?")
     return sd
 
 
@@ -313,8 +314,8 @@ def build_lpips(cfg: MetricCfg, *, device: torch.device, dtype: torch.dtype, wei
     """
     _check_direction(cfg, lower_is_better=True)
     if len(cfg.extra_files) != 2:
-        raise ValueError(f"metric {cfg.name!r}: LPIPS needs 2 extra_files (trunk, linear layers), "
-                         f"got {[wf.path for wf in cfg.extra_files]}")
+        raise InvalidArgument(f"metric {cfg.name!r}: LPIPS needs 2 extra_files (trunk, linear layers), "
+                              f"got {[wf.path for wf in cfg.extra_files]}")
     trunk_wf, lin_wf = cfg.extra_files
     paths = resolve_files(cfg.name, cfg.extra_files, weights)
     opts: LpipsOptions = cfg.options

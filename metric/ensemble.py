@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lookalike.common.errors import InvalidArgument
 from lookalike.metric._base import Metric, center_l2, compute_fingerprint
 from lookalike.metric._builders import finish_module, load_state_dict_strict, required_files, seeded_init
 from lookalike.metric._hub import resolve_files
@@ -58,7 +59,7 @@ class PerceptualNet(nn.Module):
     def __init__(self, backbones: list[BackboneCfg], *, patch: bool = False):
         super().__init__()
         if patch and (len(backbones) != 1 or backbones[0].feature != "cls"):
-            raise ValueError("patch models need exactly one DINO-family branch with a 'cls' feature")
+            raise InvalidArgument("patch models need exactly one DINO-family branch with a 'cls' feature")
         self.patch = patch
         self.extractor_list = nn.ModuleList([Extractor(b) for b in backbones])
 
@@ -105,20 +106,25 @@ class PerceptualMetric(Metric):
         self.center = (cfg.options or PerceptualOptions()).center
         self.dim = 2 * net.extractor_list[0].dim if net.patch else net.dim
 
-    def embed_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """Patch models: (B, T, 768) tokens of the last block, each centred and L2-normalized (the reference's
-        ``embed``)."""
+    def embed_tokens(self, x: torch.Tensor, *, center: bool | None = None) -> torch.Tensor:
+        """Patch models: (B, T, 768) tokens of the last block, each (centred and) L2-normalized (the reference's
+        ``embed``); ``center`` None uses ``self.center``."""
         if not self.net.patch:
             raise TypeError(f"{self.name} is not a patch model; use embed()")
         x = self.check_batch(x)
         with torch.inference_mode(), self._precision():
-            return center_l2(self.net(x), center=self.center)
+            return center_l2(self.net(x), center=self.center if center is None else center)
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, 224, 224) in [0, 1] → (B, dim) float32 unit vectors; cosine = DreamSim similarity."""
+    def embed(self, x: torch.Tensor, *, center: bool | None = None) -> torch.Tensor:
+        """(B, 3, 224, 224) in [0, 1] → (B, dim) float32 unit vectors; cosine = DreamSim similarity.
+
+        ``center`` overrides the metric's mean-centring for this call only (None: ``self.center``); the model itself
+        is never changed, so one loaded metric can serve callers that want either.
+        """
         x = self.check_batch(x)
         with torch.inference_mode(), self._precision():
-            return embedding_head(self.net(x), center=self.center, patch=self.net.patch)
+            return embedding_head(self.net(x), center=self.center if center is None else center,
+                                  patch=self.net.patch)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from lookalike.common.errors import WeightFileError
+
 _logger = logging.getLogger(__name__)
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -35,14 +37,15 @@ def read_adapter(folder: str | Path) -> tuple[dict[str, Any], dict[str, torch.Te
         raise FileNotFoundError(f"adapter config {cfg_path} not found")
     cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
     if cfg.get("peft_type", "LORA") != "LORA":
-        raise ValueError(f"{cfg_path}: peft_type {cfg.get('peft_type')!r} is not LORA")
+        raise WeightFileError(f"{cfg_path}: peft_type {cfg.get('peft_type')!r} is not LORA")
     if cfg.get("bias", "none") != "none":
-        raise ValueError(f"{cfg_path}: bias={cfg.get('bias')!r} adapters are not supported (released ones use 'none')")
+        raise WeightFileError(f"{cfg_path}: bias={cfg.get('bias')!r} adapters are not supported "
+                              f"(released ones use 'none')")
     if cfg.get("use_dora"):
-        raise ValueError(f"{cfg_path}: DoRA adapters are not supported")
+        raise WeightFileError(f"{cfg_path}: DoRA adapters are not supported")
     for key in ("r", "lora_alpha"):
         if key not in cfg:
-            raise ValueError(f"{cfg_path}: missing {key!r}")
+            raise WeightFileError(f"{cfg_path}: missing {key!r}")
     st = folder / ADAPTER_WEIGHTS
     if st.is_file():
         from safetensors.torch import load_file
@@ -50,7 +53,7 @@ def read_adapter(folder: str | Path) -> tuple[dict[str, Any], dict[str, torch.Te
         try:
             tensors = load_file(str(st))
         except Exception as e:
-            raise ValueError(f"cannot read adapter weights {st}: {e}") from e
+            raise WeightFileError(f"cannot read adapter weights {st}: {e}") from e
     elif (folder / "adapter_model.bin").is_file():
         tensors = torch.load(folder / "adapter_model.bin", map_location="cpu", weights_only=True)
     else:
@@ -80,7 +83,7 @@ def adapter_deltas(folder: str | Path, *, branches: int | None = None) -> dict[t
     for key, value in tensors.items():
         m = _KEY.match(key)
         if m is None:
-            raise ValueError(
+            raise WeightFileError(
                 f"{folder / ADAPTER_WEIGHTS}: unexpected key {key!r}; expected "
                 "'base_model.model.extractor_list.K.model.blocks.I.attn.qkv.lora_A|B.weight'"
             )
@@ -89,16 +92,17 @@ def adapter_deltas(folder: str | Path, *, branches: int | None = None) -> dict[t
     deltas: dict[tuple[int, int], torch.Tensor] = {}
     for module, ab in pairs.items():
         if set(ab) != {"A", "B"}:
-            raise ValueError(f"{folder}: {module} has lora_{''.join(ab)} only")
+            raise WeightFileError(f"{folder}: {module} has lora_{''.join(ab)} only")
         a, b = ab["A"].double(), ab["B"].double()
         if a.shape[0] != b.shape[1]:
-            raise ValueError(f"{folder}: {module} lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)} do not chain")
+            raise WeightFileError(f"{folder}: {module} lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)} "
+                                  f"do not chain")
         k, i = where[module]
         if branches is not None and k >= branches:
-            raise ValueError(f"{folder}: adapter targets branch {k} but the model has {branches} branch(es)")
+            raise WeightFileError(f"{folder}: adapter targets branch {k} but the model has {branches} branch(es)")
         deltas[(k, i)] = (lora_scale(cfg, module) * (b @ a)).float()
     if not deltas:
-        raise ValueError(f"{folder}: adapter holds no LoRA tensors")
+        raise WeightFileError(f"{folder}: adapter holds no LoRA tensors")
     return deltas
 
 
@@ -113,10 +117,10 @@ def merge_adapter(extractors: nn.ModuleList, folder: str | Path) -> int:
     for (k, i), delta in deltas.items():
         blocks = extractors[k].model.blocks
         if i >= len(blocks):
-            raise ValueError(f"{folder}: adapter targets block {i} but branch {k} has {len(blocks)} blocks")
+            raise WeightFileError(f"{folder}: adapter targets block {i} but branch {k} has {len(blocks)} blocks")
         w = blocks[i].attn.qkv.weight
         if w.shape != delta.shape:
-            raise ValueError(
+            raise WeightFileError(
                 f"{folder}: delta for branch {k} block {i} is {tuple(delta.shape)}, qkv is {tuple(w.shape)}"
             )
         w.add_(delta.to(w.dtype))

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lookalike.common.errors import MissingDependency, WeightFileError
 from lookalike.data.transforms import PreprocessCfg
 from lookalike.metric._base import Metric, center_l2, compute_fingerprint
 from lookalike.metric._builders import finish_module, load_state_dict_strict
@@ -48,7 +49,7 @@ def _unwrap(obj: Any, source: Path | str) -> dict[str, torch.Tensor]:
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not obj:
-        raise ValueError(f"{source}: not a state dict (got {type(obj).__name__})")
+        raise WeightFileError(f"{source}: not a state dict (got {type(obj).__name__})")
     return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in obj.items()
             if isinstance(v, torch.Tensor)}
 
@@ -69,10 +70,10 @@ def merge_peft_linear(sd: dict[str, torch.Tensor], scale: float) -> dict[str, to
         out[k.replace(".base_layer.", ".")] = v
     for module, ab in lora.items():
         if set(ab) != {"A", "B"}:
-            raise ValueError(f"LoRA weights of {module} are incomplete (have lora_{''.join(sorted(ab))})")
+            raise WeightFileError(f"LoRA weights of {module} are incomplete (have lora_{''.join(sorted(ab))})")
         key = f"{module}.weight"
         if key not in out:
-            raise ValueError(f"LoRA weights for {module} but no base weight {key}")
+            raise WeightFileError(f"LoRA weights for {module} but no base weight {key}")
         delta = scale * (ab["B"].double() @ ab["A"].double())
         out[key] = (out[key].double() + delta).to(out[key].dtype)
     return out
@@ -83,7 +84,8 @@ def hf_clip_vision_to_open_clip(sd: dict[str, torch.Tensor]) -> dict[str, torch.
     merged) to the keys of open_clip's ``VisionTransformer`` (``model.visual``)."""
     vis = {k[len("vision_model."):]: v for k, v in sd.items() if k.startswith("vision_model.")}
     if "visual_projection.weight" not in sd or not vis:
-        raise ValueError("not a Hugging Face CLIP checkpoint: 'vision_model.*' or 'visual_projection.weight' missing")
+        raise WeightFileError("not a Hugging Face CLIP checkpoint: 'vision_model.*' or 'visual_projection.weight' "
+                              "missing")
     out = {
         "class_embedding": vis.pop("embeddings.class_embedding"),
         "conv1.weight": vis.pop("embeddings.patch_embedding.weight"),
@@ -97,7 +99,7 @@ def hf_clip_vision_to_open_clip(sd: dict[str, torch.Tensor]) -> dict[str, torch.
     for k, v in vis.items():
         m = _HF_LAYER.match(k)
         if m is None:
-            raise ValueError(f"unexpected key in the CLIP vision tower: vision_model.{k}")
+            raise WeightFileError(f"unexpected key in the CLIP vision tower: vision_model.{k}")
         layers.setdefault(int(m[1]), {})[m[2]] = v
     for i, p in sorted(layers.items()):
         pre = f"transformer.resblocks.{i}."
@@ -106,7 +108,7 @@ def hf_clip_vision_to_open_clip(sd: dict[str, torch.Tensor]) -> dict[str, torch.
             for hf, oc in _HF_TO_OPEN_CLIP_LAYER.items():
                 out[pre + f"{oc}.{kind}"] = p.pop(f"{hf}.{kind}")
         if p:
-            raise ValueError(f"unexpected keys in CLIP vision layer {i}: {sorted(p)}")
+            raise WeightFileError(f"unexpected keys in CLIP vision layer {i}: {sorted(p)}")
     return out
 
 
@@ -115,7 +117,7 @@ def read_visual_state_dict(path: Path, *, lora_scale: float) -> dict[str, torch.
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ValueError(f"cannot read {path} as a PyTorch checkpoint: {e}") from None
+        raise WeightFileError(f"cannot read {path} as a PyTorch checkpoint: {e}") from None
     sd = _unwrap(obj, path)
     if any(k.startswith("vision_model.") for k in sd):
         sd = merge_peft_linear({k: v for k, v in sd.items() if k.startswith(("vision_model.", "visual_projection."))},
@@ -125,8 +127,8 @@ def read_visual_state_dict(path: Path, *, lora_scale: float) -> dict[str, torch.
         return {k[len("visual."):]: v for k, v in sd.items() if k.startswith("visual.")}
     if "conv1.weight" in sd and "proj" in sd:
         return sd
-    raise ValueError(f"{path}: neither a UniSim checkpoint (Hugging Face CLIP 'vision_model.*' keys) nor an open_clip "
-                     f"state dict ('visual.*' keys); first keys: {sorted(sd)[:5]}")
+    raise WeightFileError(f"{path}: neither a UniSim checkpoint (Hugging Face CLIP 'vision_model.*' keys) nor an "
+                          f"open_clip state dict ('visual.*' keys); first keys: {sorted(sd)[:5]}")
 
 
 @dataclass(frozen=True)
@@ -161,12 +163,13 @@ class OpenClipImageMetric(Metric):
         self.register_buffer("std", torch.tensor(std, device=kw["device"]).view(1, 3, 1, 1))
         self.dim = int(visual.output_dim)
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) in [0, 1] → (B, dim) float32 unit vectors."""
+    def embed(self, x: torch.Tensor, *, center: bool | None = None) -> torch.Tensor:
+        """(B, 3, S, S) in [0, 1] → (B, dim) float32 unit vectors; ``center`` overrides ``self.center`` for this
+        call only."""
         x = self.check_batch(x)
         with torch.inference_mode(), self._precision():
             x = ((x - self.mean) / self.std).to(next(self.visual.parameters()).dtype)
-            return center_l2(self.visual(x), center=self.center)
+            return center_l2(self.visual(x), center=self.center if center is None else center)
 
 
 @register_builder("open_clip", options=OpenClipOptions)
@@ -178,7 +181,8 @@ def build_open_clip(cfg: MetricCfg, *, device: torch.device, dtype: torch.dtype,
     try:
         import open_clip
     except ImportError:
-        raise ImportError(f"metric {cfg.name!r} needs open_clip: pip install open_clip_torch") from None
+        raise MissingDependency(f"metric {cfg.name!r} needs the package open_clip",
+                                hint="pip install open_clip_torch") from None
     opts: OpenClipOptions = cfg.options
     model = open_clip.create_model(opts.open_clip_model, pretrained=None, force_quick_gelu=opts.quick_gelu)
     visual = model.visual

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lookalike.common.errors import InvalidArgument
 from lookalike.metric._pretrained import ViTCfg
 
 
@@ -25,7 +26,7 @@ class QuickGELU(nn.Module):
 def create_act(name: str) -> nn.Module:
     acts = {"gelu": nn.GELU, "quick_gelu": QuickGELU}
     if name not in acts:
-        raise ValueError(f"unknown activation {name!r}; choose from {sorted(acts)}")
+        raise InvalidArgument(f"unknown activation {name!r}; choose from {sorted(acts)}")
     return acts[name]()
 
 
@@ -123,7 +124,7 @@ class VisionTransformer(nn.Module):
         patch = pos[:, 1:].reshape(1, m, m, -1).permute(0, 3, 1, 2)
         patch = F.interpolate(patch, scale_factor=((gh + 0.1) / m, (gw + 0.1) / m), mode="bicubic")
         if patch.shape[-2:] != (gh, gw):
-            raise ValueError(f"position grid resampled to {tuple(patch.shape[-2:])}, expected {(gh, gw)}")
+            raise InvalidArgument(f"position grid resampled to {tuple(patch.shape[-2:])}, expected {(gh, gw)}")
         patch = patch.permute(0, 2, 3, 1).reshape(1, gh * gw, -1)
         return torch.cat([pos[:, :1], patch], dim=1).to(dtype)
 
@@ -142,5 +143,5 @@ class VisionTransformer(nn.Module):
     def project(self, tokens: torch.Tensor) -> torch.Tensor:
         """CLIP head: ln_post on the CLS token, then ``@ proj``."""
         if self.proj is None:
-            raise ValueError("this tower has no projection (feature 'proj' needs proj_dim in its ViTCfg)")
+            raise InvalidArgument("this tower has no projection (feature 'proj' needs proj_dim in its ViTCfg)")
         return self.norm(tokens[:, 0]) @ self.proj

@@ -9,12 +9,30 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("LOOKALIKE_OFFLINE", "1")
-os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
-FIXTURES = Path(__file__).parent / "fixtures"
-DEMO = FIXTURES / "dreamsim-demo"
-PHOTOS = FIXTURES / "photos"
-SHARED_FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+
+def pytest_configure(config: pytest.Config) -> None:
+    # CPU only, unless the run selects the GPU tests (``python -m pytest -m gpu``): then CUDA stays visible.
+    if "gpu" not in (config.getoption("markexpr", "") or ""):
+        os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``gpu`` need CUDA: skipped (with the reason) where there is none."""
+    gpu_items = [it for it in items if it.get_closest_marker("gpu") is not None]
+    if not gpu_items:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA (run 'python -m pytest -m gpu' on a GPU machine)")
+    for it in gpu_items:
+        it.add_marker(skip)
+
+from support import DEMO, PHOTOS, SHARED  # noqa: E402
+
+SHARED_FIXTURES = SHARED / "fixtures"
 
 
 @pytest.fixture(autouse=True)

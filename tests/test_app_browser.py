@@ -12,7 +12,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,8 @@ from pathlib import Path
 
 import pytest
 from PIL import ImageEnhance
+from support import PHOTOS
+from support import free_port as _free_port
 
 from lookalike.data.images import open_image
 
@@ -30,7 +31,6 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "test-output" / "screenshots"
-PHOTOS = Path(__file__).parent / "fixtures" / "photos"
 DUP_OF = "bsd68_101085.jpg"  # indexed together with an edited copy: the known duplicate group
 QUERY_OF = "sunhays_beach_sun_bgtlposotyokcsdg.jpg"  # an edit of it (not indexed) is uploaded: its known nearest
 TIMEOUT_MS = 60_000
@@ -42,12 +42,6 @@ if not CHROMIUM.is_file():
         raise RuntimeError(f"{CHROMIUM} is missing; CI must run .ci/install-system.sh first")
     pytest.skip(f"{CHROMIUM} not installed (run .ci/install-system.sh)", allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _get(url: str) -> tuple[int, bytes]:

@@ -15,23 +15,17 @@ from pathlib import Path
 
 import pytest
 from PIL import Image, ImageEnhance
+from support import PHOTOS, jpeg_bytes
 
 from lookalike.app.settings import ENV_IMAGENET_R, ENV_INDEX, ENV_MAX_UPLOAD_MB, ENV_NIGHTS, load_settings
 from lookalike.data.images import open_image
 
 st_testing = pytest.importorskip("streamlit.testing.v1")
 APP = Path(__file__).resolve().parents[1] / "app" / "streamlit_app.py"
-PHOTOS = Path(__file__).parent / "fixtures" / "photos"
 NAMES = ["bsd68_101085.jpg", "bsd68_101087.jpg", "bsd68_102061.jpg", "sunhays_beach_sun_bgtlposotyokcsdg.jpg",
          "sunhays_barn_sun_btulbiaoilnxcseh.jpg", "sunhays_butte_sun_aidickeaxixvkuxv.jpg"]
 EDITED = "edits/bsd68_101085_edited.jpg"
 TIMEOUT = 120
-
-
-def _jpeg(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=90)
-    return buf.getvalue()
 
 
 def _copy_photos(dst: Path, names: list[str] = NAMES) -> Path:
@@ -183,7 +177,7 @@ def test_search_rejects_bad_uploads(monkeypatch: pytest.MonkeyPatch, collection:
     _ok(at)
     assert any("cannot read 'notes.jpg' as an image" in t for t in _texts(at.error))
     assert not _hits(at)
-    big = _jpeg(Image.effect_noise((1400, 1400), 90).convert("RGB"))
+    big = jpeg_bytes(Image.effect_noise((1400, 1400), 90).convert("RGB"))
     assert len(big) > 1024 * 1024
     at.file_uploader(key="query_upload").clear().upload("big.jpg", big, "image/jpeg").run()
     _ok(at)
@@ -201,7 +195,7 @@ def test_search_missing_weights_shows_the_download_command(monkeypatch: pytest.M
         raise WeightsNotFound(name, required_files(get_metric_cfg("dreamsim")), [Path("/cache")], "offline")
 
     monkeypatch.setattr(metric_mod, "load_metric", no_weights)  # ImageIndex.metric loads the model through it
-    monkeypatch.setattr(index_mod, "load_metric", no_weights, raising=False)
+    assert not hasattr(index_mod, "load_metric")  # (imported on use from lookalike.metric, so that patch suffices)
     at = _app(monkeypatch, collection["index"], "search")
     at.file_uploader(key="query_upload").upload("q.jpg", (collection["photos"] / NAMES[3]).read_bytes(),
                                                 "image/jpeg").run()
@@ -342,14 +336,14 @@ def test_imagenet_r_neighbours(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
 def test_decode_upload_limits() -> None:
     from lookalike.app.views import decode_upload
 
-    img = decode_upload(_jpeg(Image.new("RGB", (40, 30), "red")), "red.jpg", max_bytes=10_000)
+    img = decode_upload(jpeg_bytes(Image.new("RGB", (40, 30), "red")), "red.jpg", max_bytes=10_000)
     assert img.size == (40, 30) and img.mode == "RGB"
     with pytest.raises(ValueError, match="empty"):
         decode_upload(b"", "e.jpg", max_bytes=10)
     with pytest.raises(ValueError, match="limited to"):
         decode_upload(b"x" * 11, "big.jpg", max_bytes=10)
     with pytest.raises(ValueError, match="decompression bomb"):
-        decode_upload(_jpeg(Image.new("RGB", (300, 300))), "bomb.jpg", max_bytes=10**6, max_pixels=1000)
+        decode_upload(jpeg_bytes(Image.new("RGB", (300, 300))), "bomb.jpg", max_bytes=10**6, max_pixels=1000)
 
 
 def test_settings_from_environment(tmp_path: Path) -> None:
@@ -422,10 +416,16 @@ def test_neighbours_under_two_indexed_metrics(monkeypatch: pytest.MonkeyPatch, t
     at.selectbox(key="cmp_a_path").set_value(NAMES[2]).run()
     _ok(at)
     assert at.multiselect(key="nb_metrics").value == ["efficientnet_lite0", "test_vit_tiny"]
+    at.slider(key="nb_k").set_value(3).run()  # k below the 6 indexed images, so the overlap says something
+    _ok(at)
     columns, overlap = at.table[0].value, at.table[-1].value
     assert columns["path"].iloc[0] == NAMES[2]  # an indexed query finds itself first under each metric
     assert overlap.iloc[0]["metric A"] == "efficientnet_lite0" and overlap.iloc[0]["metric B"] == "test_vit_tiny"
-    assert overlap.iloc[0]["of k"] == 6 and 1 <= overlap.iloc[0]["shared"] <= 6
+    from lookalike.indexer import search
+
+    tops = [{h.relpath for h in search(tmp_path / "index", NAMES[2], k=3, metric=m)}
+            for m in ("efficientnet_lite0", "test_vit_tiny")]
+    assert overlap.iloc[0]["of k"] == 3 and overlap.iloc[0]["shared"] == len(tops[0] & tops[1])
     at.switch_page("app_pages/search.py").run()
     at.selectbox(key="search_metric").set_value("test_vit_tiny")
     at.query_params["q"] = NAMES[2]
@@ -433,3 +433,23 @@ def test_neighbours_under_two_indexed_metrics(monkeypatch: pytest.MonkeyPatch, t
     _ok(at)
     assert any("under test_vit_tiny" in h.value for h in at.subheader)
     assert _hits(at)[0].endswith(NAMES[2])
+
+
+def test_app_respects_a_catalog_outside_the_folder(tmp_path: Path) -> None:
+    """``lookalike app --db URL``: the catalog is found through the URL, never by a hard-coded file name."""
+    import argparse
+
+    from lookalike.app.cli_app import streamlit_command
+    from lookalike.app.settings import ENV_DB
+    from lookalike.app.views import index_state
+    from lookalike.indexer import build_index, index_exists
+
+    photos = _copy_photos(tmp_path / "photos", NAMES[:2])
+    url = f"sqlite:///{tmp_path / 'elsewhere.sqlite'}"
+    build_index(photos, tmp_path / "index", metric="efficientnet_lite0", workers=0, progress=False, db_url=url)
+    assert not index_exists(tmp_path / "index") and index_exists(tmp_path / "index", db_url=url)
+    assert index_state(tmp_path / "index") == "missing" and index_state(tmp_path / "index", url) == "ok"
+    args = argparse.Namespace(index=str(tmp_path / "index"), db=url, port=8501, host="127.0.0.1", nights=None,
+                              imagenet_r=None, max_upload_mb=20)
+    _, env = streamlit_command(args)
+    assert env[ENV_DB] == url and load_settings(env).db_url == url

@@ -108,9 +108,12 @@ def test_registered_as_pairwise() -> None:
         cfg = get_metric_cfg(name)
         assert cfg.kind == "pairwise"
         assert cfg.unit == UNITS[name]
-        assert cfg.preprocess.size == 256
-        assert "256x256" in cfg.description
+        assert cfg.preprocess.size == 256 and cfg.preprocess.resize_mode == "squash"
         assert cfg.lower_is_better is (name not in ("psnr", "ssim"))
+    psnr = load_metric("psnr", device="cpu")  # any two images compare: each is squashed to 256x256, nothing cropped
+    wide, tall = Image.new("RGB", (300, 100), "red"), Image.new("RGB", (90, 400), "red")
+    a, b = psnr.preprocess(wide).unsqueeze(0), psnr.preprocess(tall).unsqueeze(0)
+    assert a.shape == b.shape == (1, 3, 256, 256) and torch.isinf(psnr.distance(a, b)).all()  # both all red
     for name in LPIPS:
         files = get_metric_cfg(name).extra_files
         assert tuple(wf.path for wf in files) == LPIPS_FILES[name]
@@ -275,7 +278,7 @@ def test_lpips_rejects_wrong_file(tmp_path: Path, lpips_refs: Callable[[str], tu
         load_metric("lpips_alex", device="cpu", weights=folder)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.gpu
 def test_cuda_matches_cpu(ref: Image.Image, lpips_refs: Callable[[str], tuple[torch.nn.Module, Path]]) -> None:
     _, folder = lpips_refs("lpips_alex")
     for name in PIXEL + ["lpips_alex"]:

@@ -76,6 +76,8 @@ def test_bad_input_is_one_line_and_exit_2(args: tuple[str, ...], message: str, d
     notimage.write_text("this is not a PNG")
     fill = {"a": str(demo_dir / "ref_1.png"), "missing": str(tmp_path / "nope.png"), "notimage": str(notimage)}
     r = run(*(x.format(**fill) for x in args))
-    assert r.returncode != 0
+    assert r.returncode == 2, r.stderr
     assert "Traceback" not in r.stderr
-    assert r.stderr.startswith("error: ") and message in r.stderr, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert lines[0].startswith("error: ") and message in r.stderr, r.stderr
+    assert all(ln.startswith(("error: ", "hint: ", "  ", "searched: ")) for ln in lines), r.stderr  # no log noise

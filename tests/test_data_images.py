@@ -12,12 +12,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from support import PHOTOS, jpeg_bytes
 
 from lookalike.data.image_folder import display_path, natural_key, scan_images
 from lookalike.data.images import ImageDecodeError, decode_image, open_image
 from lookalike.data.loader import ImageFileDataset, create_loader
 
-PHOTOS = Path(__file__).parent / "fixtures" / "photos"
+
+def _jpeg92(img, **kw):  # type: ignore[no-untyped-def]
+    return jpeg_bytes(img, quality=92, **kw)
+
+
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
 
@@ -30,12 +35,6 @@ def bomb_png(w: int = 40000, h: int = 40000) -> bytes:
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
     return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 64))
             + _png_chunk(b"IEND", b""))
-
-
-def _jpeg(img: Image.Image, **kw: object) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=92, **kw)
-    return buf.getvalue()
 
 
 def make_corpus(root: Path) -> dict[str, str]:
@@ -56,14 +55,14 @@ def make_corpus(root: Path) -> dict[str, str]:
         p.write_bytes(data)
         exp[rel] = e
 
-    jpg = _jpeg(photo)
+    jpg = _jpeg92(photo)
     put("zero.jpg", b"", "fail")
     put("truncated.jpg", jpg[: len(jpg) // 3], "fail")
     put("random.jpg", np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes(), "fail")
     buf = io.BytesIO()
     photo3.save(buf, "PNG")
     put("png_named.jpg", buf.getvalue(), "ok")
-    put("cmyk.jpg", _jpeg(photo.convert("CMYK")), "ok")
+    put("cmyk.jpg", _jpeg92(photo.convert("CMYK")), "ok")
     g16 = (np.linspace(0, 65535, 64 * 48).reshape(48, 64)).astype(np.uint16)
     buf = io.BytesIO()
     Image.fromarray(g16).save(buf, "PNG")
@@ -73,17 +72,17 @@ def make_corpus(root: Path) -> dict[str, str]:
     buf = io.BytesIO()
     pal.save(buf, "PNG", transparency=0)
     put("palette_alpha.png", buf.getvalue(), "ok")
-    put("gray.jpg", _jpeg(photo.convert("L")), "ok")
+    put("gray.jpg", _jpeg92(photo.convert("L")), "ok")
     frames = [Image.new("RGB", (32, 32), c) for c in ("red", "blue", "green")]
     buf = io.BytesIO()
     frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
     put("anim.gif", buf.getvalue(), "ok")
-    put("upright.jpg", _jpeg(photo2), "ok")
+    put("upright.jpg", _jpeg92(photo2), "ok")
     exif = Image.Exif()
     exif[0x0112] = 6  # orientation: rotate 90 CW to display
-    put("rotated_exif.jpg", _jpeg(photo2.transpose(Image.Transpose.ROTATE_90), exif=exif.tobytes()), "ok")
+    put("rotated_exif.jpg", _jpeg92(photo2.transpose(Image.Transpose.ROTATE_90), exif=exif.tobytes()), "ok")
     put("bomb.png", bomb_png(), "fail")
-    put("UPPER.JPEG", _jpeg(photo.resize((200, 150))), "ok")
+    put("UPPER.JPEG", _jpeg92(photo.resize((200, 150))), "ok")
     put("folder.jpg/inside.png", buf.getvalue(), "ok")  # a directory named like an image: walked, not listed
     noperm = "noperm.jpg"
     put(noperm, jpg, "ok" if IS_ROOT else "fail")
@@ -94,7 +93,7 @@ def make_corpus(root: Path) -> dict[str, str]:
     if sys.platform != "darwin":  # macOS refuses non-UTF-8 names
         raw = os.fsencode(str(root)) + b"/caf\xe9.jpg"
         with open(raw, "wb") as f:
-            f.write(_jpeg(photo.resize((160, 120))))
+            f.write(_jpeg92(photo.resize((160, 120))))
         exp[os.fsdecode(b"caf\xe9.jpg")] = "ok"
     put("notes.txt", b"not an image", "skip")
     return exp

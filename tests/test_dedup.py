@@ -101,7 +101,7 @@ def test_keep_rules_and_blocks(chain: tuple[Path, Path]) -> None:
         find_duplicates(idx, threshold=0.05, group="cliques")
     with pytest.raises(ValueError, match="outside"):
         find_duplicates(idx, threshold=3.0)
-    with pytest.raises(ValueError, match="give a distance threshold"):
+    with pytest.raises(ValueError, match="no distance threshold given"):
         find_duplicates(idx)
     with Catalog(idx) as cat, cat.session() as s, s.begin():
         s.execute(update(BuildRow).values(dedup_threshold=0.05))

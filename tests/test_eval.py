@@ -17,6 +17,7 @@ from lookalike.judge.eval import (
     evaluate_2afc,
     evaluate_jnd,
     jnd_map,
+    pair_distances,
     score_2afc,
 )
 from lookalike.metric import load_metric
@@ -175,9 +176,21 @@ def test_centering_flag(photo_triplets: Path, cnn) -> None:  # type: ignore[no-u
     triplets = read_triplet_csv(photo_triplets)
     metric = load_metric("test_vit_tiny", device="cpu")
     assert metric.center is True
+    seen: list[bool] = []  # metric.center as another session sharing this model would see it, at every embed
+    embed = metric.embed
+
+    def watching_embed(x, **kw):  # type: ignore[no-untyped-def]
+        seen.append(metric.center)
+        return embed(x, **kw)
+
+    metric.embed = watching_embed  # type: ignore[method-assign]
     r_unc = evaluate_2afc(metric, triplets, center=False)
-    assert r_unc.centered is False and metric.center is True  # restored
-    assert evaluate_2afc(metric, triplets).centered is True
+    assert r_unc.centered is False and seen and set(seen) == {True}  # never toggled, not even for a moment
+    r_cen = evaluate_2afc(metric, triplets)
+    assert r_cen.centered is True
+    d_unc = pair_distances(metric, [(t.ref, t.left) for t in triplets], center=False)
+    d_cen = pair_distances(metric, [(t.ref, t.left) for t in triplets])
+    assert not np.allclose(d_unc, d_cen)  # the argument really changes the embeddings
     with pytest.raises(ValueError, match="no centring option"):
         evaluate_2afc(cnn, triplets, center=False)
 
@@ -232,7 +245,7 @@ def test_unisim_absent_checkpoint_is_a_typed_error() -> None:
             load_metric(name, device="cpu")
 
 
-def test_unisim_checkpoint_matches_hugging_face(tmp_path: Path, demo_dir: Path) -> None:
+def test_unisim_checkpoint_matches_hugging_face(tmp_path: Path, demo_dir: Path, registry) -> None:
     """A tiny UniSim-format checkpoint (HF CLIPModel, peft LoRA on the vision tower, 'module.'-prefixed state dict)
     loads into the open_clip tower and gives the Hugging Face model's embeddings; preprocessing equals
     CLIPImageProcessor's."""

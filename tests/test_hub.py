@@ -303,9 +303,7 @@ def test_http_404_is_weights_not_found(server: FileServer) -> None:
 
 
 @pytest.fixture
-def hub_metric(server: FileServer) -> Iterator[tuple[str, dict[str, bytes]]]:
-    from lookalike.metric import _registry
-
+def hub_metric(server: FileServer, registry) -> Iterator[tuple[str, dict[str, bytes]]]:
     direct, a, b = _bytes(7000, 9), _bytes(3000, 10), b'{"peft_type": "LORA"}'
     server.files["/direct.bin"] = direct
     server.files["/pack.zip"] = _zip({"pack/a.bin": a, "pack/b.json": b})
@@ -319,10 +317,7 @@ def hub_metric(server: FileServer) -> Iterator[tuple[str, dict[str, bytes]]]:
             WeightFile(path="pack/b.json", archive_url=server.url("/pack.zip"), cache_subdir="t"),
         ),
     ), overwrite=True)
-    try:
-        yield name, {"direct.bin": direct, "pack/a.bin": a, "pack/b.json": b}
-    finally:
-        _registry._METRICS.pop(name, None)
+    yield name, {"direct.bin": direct, "pack/a.bin": a, "pack/b.json": b}  # the registry fixture removes it
 
 
 def _cli(argv: list[str]) -> int:

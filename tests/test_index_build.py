@@ -11,13 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 from sqlalchemy import select, update
+from support import PHOTOS
 
 from lookalike.indexer import VectorIndex, build_index, index_info, open_index, search
 from lookalike.indexer._catalog import STATUS_OK, BuildRow, Catalog, ImageRow, SchemaVersion, VectorRow
 from lookalike.indexer._vectors import vectors_file
 from lookalike.metric import load_metric
-
-PHOTOS = Path(__file__).parent / "fixtures" / "photos"
 
 
 @pytest.fixture(scope="module")

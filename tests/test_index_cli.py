@@ -10,10 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from support import PHOTOS
 
 from lookalike.app.cli import main
-
-PHOTOS = Path(__file__).parent / "fixtures" / "photos"
 
 
 @pytest.fixture()

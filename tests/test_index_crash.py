@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
+from support import PHOTOS
 
 from lookalike.indexer import open_index, search
 from lookalike.indexer._catalog import Catalog, VectorRow
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
 
-PHOTOS = Path(__file__).parent / "fixtures" / "photos"
 BATCH = 2
 
 

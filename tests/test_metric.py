@@ -35,10 +35,11 @@ def test_every_metric_loads_or_names_its_missing_weights(name: str, demo_dir: Pa
         metric = load_metric(name, device="cpu")
     except WeightsNotFound as e:
         msg = str(e)
+        assert e.hint and e.hint in msg  # the CLI prints message + hint; str() carries both for library users
         if any(wf.source for wf in e.missing):
-            assert f"lookalike weights download {name}" in msg
+            assert e.hint == f"fetch them with: lookalike weights download {name}"
         else:  # user-provided files (UniSim): say where to put them
-            assert "--weights DIR" in msg
+            assert "weights folder" in e.hint and "lookalike weights download" not in msg
         for wf in e.missing:
             assert wf.path in msg
             if wf.source:
@@ -249,3 +250,43 @@ def test_batch_size_fits_memory() -> None:
     assert fit_batch_size(20e6, 10e6) == 1  # never below the floor
     assert fit_batch_size(0, gb, cap=256) == 256
     assert suggest_batch_size(load_metric("test_vit_tiny", device="cpu")) == 32
+
+
+def test_device_follows_the_model_after_to() -> None:
+    """``metric.device`` is read from the weights, so inputs follow ``metric.to(...)`` (here to "meta", which every
+    machine has; the gpu test below does the same with CUDA)."""
+    m = load_metric("test_vit_tiny", device="cpu")
+    assert m.device.type == "cpu"
+    m.to("meta")
+    assert m.device.type == "meta"
+    assert m.check_batch(torch.rand(1, 3, 224, 224)).device.type == "meta"  # not the load-time device
+    psnr = load_metric("psnr", device="cpu")  # no tensors at all: the device is tracked through to()
+    psnr.to("meta")
+    assert psnr.device.type == "meta"
+
+
+@pytest.mark.gpu
+def test_device_follows_the_model_to_cuda(demo_dir: Path) -> None:
+    m = load_metric("test_vit_tiny", device="cpu")
+    x = torch.stack([m.preprocess(Image.open(demo_dir / n)) for n in ("ref_1.png", "img_a_1.png")])
+    want = m.embed(x)
+    m.to("cuda")
+    assert m.device.type == "cuda"
+    got = m.embed(x)  # a CPU batch goes to the model's device now
+    assert got.device.type == "cuda" and torch.allclose(got.cpu(), want, atol=1e-4)
+    assert m.distance(x, x.flip(0)).shape == (2,)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_reduced_precision_casts_weights_on_cuda(dtype: str) -> None:
+    from lookalike.metric._base import suggest_batch_size
+
+    m = load_metric("test_vit_tiny", device="cuda", dtype=dtype)
+    ref = load_metric("test_vit_tiny", device="cuda")
+    assert not m.autocast and next(m.net.parameters()).dtype == m.dtype != torch.float32
+    x = torch.rand(4, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    e, e32 = m.embed(x), ref.embed(x)
+    assert e.dtype == torch.float32 and float(torch.nn.functional.cosine_similarity(e, e32).min()) > 0.99
+    size = suggest_batch_size(ref)
+    assert size >= 8 and size & (size - 1) == 0  # a power of two fitted to the free GPU memory

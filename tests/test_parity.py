@@ -1,6 +1,6 @@
 """Exactness against the reference ``dreamsim==0.2.1`` on random weights written in the official formats.
 
-Both packages load the same files (tests/official_formats.py); embeddings and distances must agree to 1e-5 in fp32
+Both packages load the same files (tests/support.py); embeddings and distances must agree to 1e-5 in fp32
 on the real fixture images and on random tensors, at batch sizes 1 and 3.
 """
 
@@ -17,7 +17,7 @@ from lookalike.metric import load_metric
 pytest.importorskip("dreamsim", reason="reference package dreamsim==0.2.1 (test extra) not installed")
 pytest.importorskip("dinov2", reason="dinov2==0.0.1.dev2 (installed with --no-deps) is needed for the DINOv2 hubconf")
 
-from official_formats import LOOKALIKE_TO_REFERENCE, load_reference, write_official_cache  # noqa: E402
+from support import LOOKALIKE_TO_REFERENCE, load_reference, write_official_cache  # noqa: E402
 
 pytestmark = pytest.mark.parity
 TOL = 1e-5

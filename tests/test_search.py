@@ -7,13 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support import PHOTOS
 
 from lookalike.data.images import open_image
 from lookalike.indexer import build_index, open_index, search
 from lookalike.indexer._search import search_vectors
 from lookalike.metric import load_metric
-
-PHOTOS = Path(__file__).parent / "fixtures" / "photos"
 
 
 @pytest.fixture(scope="module")

@@ -12,11 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image, ImageEnhance
+from support import PHOTOS, SHARED
 
 from lookalike.indexer import build_index, find_duplicates, open_index, search
 
-FIXTURE_PHOTOS = Path(__file__).parent / "fixtures" / "photos"
-SHARED_PHOTOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "photos"
+FIXTURE_PHOTOS = PHOTOS
+SHARED_PHOTOS = SHARED / "data" / "photos"
 THRESHOLD = 0.25  # 1 - cosine: the middle of the gap this test prints (true pairs <= 0.21, other photos >= 0.29)
 EDITS = ("q30", "half", "crop85", "bright", "exifrot")
 

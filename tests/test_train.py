@@ -150,7 +150,7 @@ def test_reference_package_loads_our_adapter(tmp_path: Path, monkeypatch: pytest
     """Train a DreamSim DINO adapter (one big step on one triplet, random official-format weights), then load it with
     ``load_metric(..., weights=OUT)`` and with ``dreamsim==0.2.1``: same embeddings and distances."""
     pytest.importorskip("dreamsim", reason="reference package dreamsim==0.2.1 (test extra) not installed")
-    from official_formats import load_reference, write_official_cache
+    from support import load_reference, write_official_cache
 
     home = tmp_path / "home"
     monkeypatch.setenv("LOOKALIKE_HOME", str(home))

@@ -25,7 +25,7 @@ def neighbours_ui(settings: AppSettings, metrics: list[str], picked: widgets.Pic
     columns = {}
     for name in chosen:
         try:
-            idx = resources.get_fresh_index(settings.index_dir, name)
+            idx = resources.get_fresh_index(settings.index_dir, name, settings.db_url)
             columns[name] = search(idx, picked.image if picked.image is not None else picked.path, k=k)
         except (ValueError, FileNotFoundError) as e:
             widgets.error_ui(e, name)
@@ -44,8 +44,8 @@ def main() -> None:
     st.title("Compare metrics")
     st.caption("Two images under every registered metric; each row says which direction means more similar.")
     metrics = widgets.indexed_metrics(settings)
-    index = resources.get_fresh_index(settings.index_dir, metrics[0]) if metrics else None
-    if index_state(settings.index_dir) != "ok":
+    index = resources.get_fresh_index(settings.index_dir, metrics[0], settings.db_url) if metrics else None
+    if index_state(settings.index_dir, settings.db_url) != "ok":
         st.info("No index yet: compare two uploaded images (build an index to pick indexed ones).")
     col_a, col_b = st.columns(2)
     with col_a:

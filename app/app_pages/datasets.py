@@ -78,7 +78,8 @@ def imagenet_r_ui(settings: AppSettings) -> None:
         st.info("Index this folder to see neighbours: `lookalike index "
                 f"{settings.imagenet_r_root} --index {settings.index_dir}`.")
         return
-    index = resources.get_fresh_index(settings.index_dir, widgets.metric_choice_ui(metrics, key="inr_metric"))
+    index = resources.get_fresh_index(settings.index_dir, widgets.metric_choice_ui(metrics, key="inr_metric"),
+                                      settings.db_url)
     try:
         catalog_row(index, path)
         hits = search(index, path, k=st.slider("Neighbours (k)", 1, 30, 12, key="inr_k"))

@@ -31,12 +31,12 @@ def main() -> None:
     st.title("Duplicates")
     metrics = widgets.indexed_metrics(settings)
     index = widgets.require_index_ui(settings, metrics[0] if metrics else None)
-    opts = widgets.dedup_options_ui(metrics, index.build.dedup_threshold)
-    if opts.metric and opts.metric != index.build.metric:
+    opts = widgets.dedup_options_ui(metrics, index.info.dedup_threshold)
+    if opts.metric and opts.metric != index.info.metric:
         index = widgets.require_index_ui(settings, opts.metric)
     try:
         report = resources.get_duplicates(str(settings.index_dir), opts.metric, opts.threshold, opts.group,
-                                          opts.keep, index_stamp(settings.index_dir))
+                                          opts.keep, index_stamp(settings.index_dir), settings.db_url)
     except (ValueError, FileNotFoundError) as e:
         widgets.error_ui(e, "cannot find duplicates")
         return

@@ -13,7 +13,7 @@ def main() -> None:
     settings = load_settings()
     st.title("lookalike")
     st.caption("Perceptual image similarity: search, compare metrics, find duplicates. Lower distance = more similar.")
-    state = index_state(settings.index_dir)
+    state = index_state(settings.index_dir, settings.db_url)
     if state == "none":
         st.info("No index folder was given. Start the app with `lookalike app --index DIR`.")
         return
@@ -27,7 +27,7 @@ def main() -> None:
             st.button("Open the index")
         return
     try:
-        info = resources.get_index_info(str(settings.index_dir), index_stamp(settings.index_dir))
+        info = resources.get_index_info(str(settings.index_dir), index_stamp(settings.index_dir), settings.db_url)
     except (ValueError, FileNotFoundError) as e:
         widgets.error_ui(e, "cannot read the index")
         return

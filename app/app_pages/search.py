@@ -41,7 +41,7 @@ def main() -> None:
     except (ValueError, FileNotFoundError) as e:
         widgets.error_ui(e, "search failed")
         return
-    st.subheader(f"{len(hits)} nearest under {index.build.metric} (1 - cosine, lower = more similar)")
+    st.subheader(f"{len(hits)} nearest under {index.info.metric} (1 - cosine, lower = more similar)")
     widgets.hit_grid_ui(index, hits, columns=opts.columns, key="hit", on_pick=use_as_query)
 
 

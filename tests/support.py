@@ -1,6 +1,8 @@
-"""Write random weights in the official DreamSim on-disk formats (design/dreamsim-spec.md §8, §10.3).
+"""Helpers shared by the test modules (tests never import each other; they import this module and conftest's
+fixtures): fixture paths, small image and network helpers, and random weights in the official DreamSim on-disk
+formats (design/dreamsim-spec.md §8, §10.3).
 
-The layout is a dreamsim cache folder: what the release zips extract to, plus torch.hub's ``checkpoints/`` and
+The weights' layout is a dreamsim cache folder: what the release zips extract to, plus torch.hub's ``checkpoints/`` and
 hubconf folders for DINO / DINOv2 whose ``hubconf.py`` builds the upstream architectures (DreamSim's own copy of
 DINO's ViT; the ``dinov2`` package for DINOv2) and loads the files written here. Both the reference package and
 lookalike read the same files.
@@ -8,11 +10,33 @@ lookalike read the same files.
 
 from __future__ import annotations
 
+import io
 import json
+import socket
 from pathlib import Path
 
 import torch
+from PIL import Image
 from safetensors.torch import save_file
+
+FIXTURES = Path(__file__).parent / "fixtures"
+DEMO = FIXTURES / "dreamsim-demo"
+PHOTOS = FIXTURES / "photos"
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def jpeg_bytes(img: Image.Image, *, quality: int = 90, **kw: object) -> bytes:
+    """``img`` encoded as a JPEG file in memory."""
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=quality, **kw)
+    return buf.getvalue()
 
 VARIANT_ADAPTERS = {
     "ensemble": ("ensemble_lora", 3),
