@@ -60,11 +60,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_catalog_flags(p)
     p.add_argument("--metric", default="dreamsim", help="embedding metric (see 'lookalike info'; default dreamsim)")
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
-    p.add_argument("--dtype", default=None, choices=["fp32", "bf16", "fp16"], help="precision (default fp32)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="precision (default auto: bf16 where the device runs it natively - CUDA compute capability "
+                        ">= 8, CPUs with AMX / AVX-512 BF16 - else fp32; 'lookalike info' says which). The dtype is "
+                        "recorded with the index; fp32 is the exact path")
     p.add_argument("--batch-size", type=int, default=None,
                    help="images per batch (default: 32 on the CPU; on a GPU the largest power of two up to 1024 that "
                         "fits in its free memory)")
-    p.add_argument("--workers", type=int, default=None, help="decoding processes (default: CPUs - 1, at most 8)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="decoding processes (default: on a GPU CPUs - 1, at most 8; on the CPU a quarter of the "
+                        "cores, at least 1)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads of the model on the CPU (default: the cores not used for decoding)")
     p.add_argument("--fast-decode", action="store_true",
                    help="faster but NOT bit-exact decoding: large JPEGs are decoded at a reduced scale (PIL draft, "
                         ">= 2x the model input), and on a CUDA device JPEGs are decoded and resized on the GPU. "
@@ -112,6 +119,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--rerank-k", type=int, default=50, metavar="K", help="results the re-ranker scores (default 50)")
     p.add_argument("--rerank-weights", default=None, metavar="DIR", help="folder searched first for the "
                    "re-ranker's weight files (e.g. a diffusers Stable Diffusion 1.5 folder for diffsim)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="precision for embedding the query (default auto, as for index)")
     p.add_argument("--json", action="store_true", help="print results as JSON")
     p.set_defaults(func=run_search)
 
@@ -185,7 +194,8 @@ def run_index(args: argparse.Namespace) -> int:
     try:
         summary = build_index(
             args.roots, args.index, metric=args.metric, device=args.device, dtype=args.dtype,
-            batch_size=args.batch_size, workers=args.workers, faiss=args.faiss, db_url=args.db,
+            batch_size=args.batch_size, workers=args.workers, threads=args.threads, faiss=args.faiss,
+            db_url=args.db,
             progress=bars if bars is not None else False, checkpoint_every=args.checkpoint_every,
             max_pixels=args.max_pixels if args.max_pixels is not None else DEFAULT_MAX_PIXELS,
             dedup_threshold=args.dedup_threshold, fast_decode=args.fast_decode, storage=args.storage,
@@ -207,7 +217,7 @@ def run_search(args: argparse.Namespace) -> int:
     from lookalike.indexer import search
 
     hits = search(args.index, args.query, k=args.k, metric=args.metric, db_url=args.db, device=args.device,
-                  rerank=args.rerank, rerank_k=args.rerank_k, rerank_weights=args.rerank_weights)
+                  dtype=args.dtype, rerank=args.rerank, rerank_k=args.rerank_k, rerank_weights=args.rerank_weights)
     if args.json:
         print(json.dumps([h.as_dict() for h in hits], indent=1))
         return 0

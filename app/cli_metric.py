@@ -93,10 +93,14 @@ def collect_info(weights: str | None = None) -> dict[str, object]:
             "files": [{"path": f["path"], "present": f["present"], "location": f["location"]} for f in files],
             "description": cfg.description,
         })
+    from lookalike.metric._precision import describe_auto
+
+    auto = [describe_auto("cpu")] + [describe_auto(f"cuda:{i}") for i in range(torch.cuda.device_count())]
     return {
         "python": platform.python_version(),
         "torch": torch.__version__,
         "devices": _devices(),
+        "dtype_auto": auto,
         "cache_dir": str(get_cache_dir()),
         "metrics": metrics,
     }
@@ -115,6 +119,7 @@ def run_info(args: argparse.Namespace) -> int:
         return 0
     print(f"python {info['python']}, torch {info['torch']}")
     print(f"devices: {', '.join(info['devices'])}")  # type: ignore[arg-type]
+    print(f"--dtype auto (index, search, app): {'; '.join(info['dtype_auto'])}")  # type: ignore[arg-type]
     print(f"weights cache: {info['cache_dir']}  (set $LOOKALIKE_HOME to move it)")
     print()
     rows = [(m["name"], m["kind"], str(m["dim"] or "-"), m["direction"], m["weights"])

@@ -21,6 +21,7 @@ from lookalike.indexer._dedup import move_duplicates as move_duplicates
 from lookalike.indexer._dedup import undo_moves as undo_moves
 from lookalike.indexer._dedup import write_report as write_report
 from lookalike.indexer._dedup_lists import ProbeReport as ProbeReport
+from lookalike.indexer._dtypes import format_dtypes as format_dtypes
 from lookalike.indexer._import import ImportSummary as ImportSummary
 from lookalike.indexer._import import import_embeddings as import_embeddings
 from lookalike.indexer._index import ImageIndex as ImageIndex

@@ -177,6 +177,20 @@ class IndexDamaged(_IndexDamaged):
         super().__init__(f"damaged index file {self.path}: {what}{fix}")
 
 
+class BuildDtypeRow(Base):
+    """Which precisions computed the vectors of a build, and how many each (counted at every checkpoint).
+
+    A table of its own (not a column of ``builds``), so catalogs written before it gain it with ``create_all``.
+    """
+
+    __tablename__ = "build_dtypes"
+    fingerprint: Mapped[str] = mapped_column(String(128), primary_key=True)
+    dtype: Mapped[str] = mapped_column(String(16), primary_key=True)  # "fp32", "bf16", "fp16" or "unrecorded"
+    embedded: Mapped[int] = mapped_column(BigInteger, default=0)
+    first: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+    updated: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
+
+
 def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")  # readers see the last commit while a run writes

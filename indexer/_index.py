@@ -99,7 +99,7 @@ class ImageIndex:
         metric: metric name, fingerprint or a loaded Metric; None when the folder holds one metric only.
         db_url: SQLAlchemy URL of the catalog when it is not the SQLite file in ``index_dir``.
         device: device to load the metric on (for image queries).
-        dtype: dtype to load the metric with.
+        dtype: dtype to load the metric with (default "auto": bf16 where the device runs it natively, else fp32).
     """
 
     def __init__(
@@ -109,7 +109,7 @@ class ImageIndex:
         metric: str | Metric | None = None,
         db_url: str | None = None,
         device: str | None = None,
-        dtype: str | None = None,
+        dtype: str | None = "auto",
     ):
         self.index_dir = Path(index_dir)
         if db_url is None and not self.index_dir.is_dir():
@@ -246,7 +246,7 @@ def open_index(
     metric: str | Metric | None = None,
     db_url: str | None = None,
     device: str | None = None,
-    dtype: str | None = None,
+    dtype: str | None = "auto",
 ) -> ImageIndex:
     """Open an index folder for search and dedup (read only).
 
@@ -255,7 +255,8 @@ def open_index(
         metric: metric name, fingerprint or loaded Metric; None when the folder holds a single metric.
         db_url: SQLAlchemy URL of the catalog if it is not the SQLite file in the folder.
         device: device for embedding image queries (default cuda > mps > cpu).
-        dtype: "fp32" (default), "bf16" or "fp16".
+        dtype: precision for embedding image queries: "auto" (default: bf16 where the device runs it natively,
+            else fp32), "fp32", "bf16" or "fp16".
 
     Returns:
         An ImageIndex (use it as a context manager, or call ``close()``).

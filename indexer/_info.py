@@ -9,6 +9,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from lookalike.indexer._catalog import STATUS_FAILED, Catalog, ImageRow, ShardRow, StoreRow, VectorRow
+from lookalike.indexer._dtypes import build_dtypes, format_dtypes
 from lookalike.indexer._index import load_vectors
 from lookalike.indexer._migrate import migrate_if_needed
 
@@ -27,7 +28,7 @@ def index_info(index_dir: str | os.PathLike[str], *, db_url: str | None = None, 
         A JSON-ready dict: ``images`` (total / ok / pending / failed), ``roots``, ``metrics`` (one entry per build:
         metric, fingerprint, dim, the search structure in use (``faiss``; "Flat" = exact scan of the shards) and
         why it was chosen (``structure_reason``), ``storage`` dtype, ``max_memory``, vectors, shards, tombstones,
-        bytes), ``bytes_on_disk``, ``failed`` (path + reason).
+        bytes, ``dtypes``: {precision: vectors embedded in it}), ``bytes_on_disk``, ``failed`` (path + reason).
 
     Raises:
         FileNotFoundError: no index there.
@@ -73,6 +74,7 @@ def index_info(index_dir: str | os.PathLike[str], *, db_url: str | None = None, 
                 "derived_bytes": int(derived),
                 "created": b.created.isoformat(timespec="seconds"), "updated": b.updated.isoformat(timespec="seconds"),
                 "dedup_threshold": b.dedup_threshold,
+                "dtypes": build_dtypes(cat, b.fingerprint),
             })
     size = sum(p.stat().st_size for p in d.rglob("*") if p.is_file())
     return {
@@ -95,7 +97,9 @@ def format_info(info: dict) -> str:
         budget = f", budget {m['max_memory'] / 2**30:.2f} GiB" if m.get("max_memory") else ""
         lines.append(f"metric {m['metric']} ({m['fingerprint']}, {m['dim']}-d): {m['vectors']} vectors in "
                      f"{m['shards']} shards ({m['storage']}, {m['tombstones']} tombstones), {structure}"
-                     f"{' ' + m['search_params'] if m['search_params'] else ''}{budget}, {m['bytes'] / 1e6:.1f} MB")
+                     f"{' ' + m['search_params'] if m['search_params'] else ''}{budget}, "
+                     f"dtype {format_dtypes(m.get('dtypes', {}))}, "
+                     f"{m['bytes'] / 1e6:.1f} MB")
         if m.get("structure_reason"):
             lines.append(f"  structure: {m['structure_reason']}")
     for f in info["failed"]:

@@ -32,7 +32,7 @@ from lookalike.common.errors import IndexMismatch, InvalidArgument
 from lookalike.common.io import sha256_file
 from lookalike.data.image_folder import ImageFile, display_path, scan_images
 from lookalike.data.images import DEFAULT_MAX_PIXELS
-from lookalike.data.loader import ImageFileDataset, create_loader, decode_raw_batch, default_workers
+from lookalike.data.loader import ImageFileDataset, create_loader, decode_raw_batch
 from lookalike.data.transforms import supports_tensor_resize
 from lookalike.indexer._catalog import (
     STATUS_FAILED,
@@ -46,7 +46,9 @@ from lookalike.indexer._catalog import (
     VectorRow,
     utcnow,
 )
+from lookalike.indexer._cores import plan_cores, torch_threads
 from lookalike.indexer._crash import CrashHook
+from lookalike.indexer._dtypes import count_dtype, declare_dtype, metric_dtype
 from lookalike.indexer._index import is_metric, load_vectors
 from lookalike.indexer._migrate import migrate_if_needed
 from lookalike.indexer._ray import import_ray, parse_ray_address, run_on_ray, split_crash_spec
@@ -83,6 +85,9 @@ class IndexSummary:
             (host → device copy of the pixels), model (the forward pass), write (FAISS flush + catalog), total.
         decoder: "exact" (PIL, bit-exact with the reference), "draft" (``fast_decode``: PIL at a reduced JPEG
             scale) or "device" (``fast_decode`` on CUDA: JPEGs decoded and resized on the GPU).
+        dtype: the precision the model ran in ("fp32", "bf16", "fp16"; ``dtype="auto"`` resolved).
+        threads / workers: torch threads of the model and decoding processes used.
+        warnings: what the user should know (e.g. vectors of another precision added to the same build).
     """
 
     index_dir: str
@@ -102,6 +107,10 @@ class IndexSummary:
     total_vectors: int = 0
     checkpoints: int = 0
     decoder: str = "exact"
+    dtype: str = "fp32"
+    threads: int = 0
+    workers: int = 0
+    warnings: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
         ("scan", "diff", "decode", "transfer", "model", "write", "total"), 0.0))
     failures: list[tuple[str, str]] = field(default_factory=list)
@@ -122,7 +131,7 @@ class IndexSummary:
         """A short human summary (what the CLI prints)."""
         s = self.seconds
         lines = [
-            f"index {self.index_dir}  metric {self.metric} ({self.fingerprint}, faiss {self.factory})",
+            f"index {self.index_dir}  metric {self.metric} ({self.fingerprint}, faiss {self.factory}, {self.dtype})",
             f"scanned {self.scanned}  new {self.new}  changed {self.changed}  moved {self.moved}  "
             f"removed {self.removed}  unchanged {self.unchanged}  failed {self.failed}"
             + (f"  scan errors {self.scan_errors}" if self.scan_errors else ""),
@@ -130,6 +139,7 @@ class IndexSummary:
             f" ({self.decoder})  transfer {s['transfer']:.1f}s  model {s['model']:.1f}s  write {s['write']:.1f}s)"
             f"  vectors {self.total_vectors}",
         ]
+        lines.extend(f"warning: {w}" for w in self.warnings)
         if self.reconciled:
             lines.append(f"recovered from an interrupted run: {self.reconciled} vectors/rows reconciled")
         for p, r in self.failures[:20]:
@@ -366,6 +376,7 @@ class _Writer:
                 self.shards.record(s, pending)
             s.execute(update(BuildRow).where(BuildRow.fingerprint == self.fp)
                       .values(count=BuildRow.count + len(self.ids), updated=utcnow()))
+            count_dtype(s, self.fp, self.summary.dtype, len(self.ids))
             s.flush()
             self.crash("during_commit")
         self.crash("after_commit")
@@ -405,9 +416,10 @@ def build_index(
     *,
     metric: str | Metric = "dreamsim",
     device: str | None = None,
-    dtype: str | None = None,
+    dtype: str | None = "auto",
     batch_size: int | None = None,
     workers: int | None = None,
+    threads: int | None = None,
     faiss: str | None = None,
     db_url: str | None = None,
     progress: bool | ProgressFn = True,
@@ -432,10 +444,15 @@ def build_index(
         index_dir: the index folder (created if missing). Several metrics can share it.
         metric: a metric name from ``list_metrics()`` (kind "embedding") or a loaded Metric.
         device: "cuda", "mps", "cpu" (default: cuda > mps > cpu).
-        dtype: "fp32" (default), "bf16", "fp16".
+        dtype: "auto" (default: bf16 where the device runs it natively, else fp32; see
+            ``lookalike.metric.resolve_dtype``), "fp32", "bf16", "fp16". The dtype is recorded with the build; a
+            run that adds vectors of another precision to an existing build says so in ``IndexSummary.warnings``.
         batch_size: images per embedding batch (default: ``suggest_batch_size`` — 32 on the CPU, fitted to free
             memory on a GPU).
-        workers: decoding processes (default: CPUs - 1, at most 8; 0 decodes in this process).
+        workers: decoding processes (0 decodes in this process). Default: on a GPU, CPUs - 1 (at most 8); on the
+            CPU, a quarter of the cores (at least 1), the rest left to the model (``lookalike.indexer._cores``).
+        threads: torch threads of the model during the run (default: on the CPU, the cores not given to decoding;
+            all of them up to 3 cores); restored afterwards.
         faiss: the search structure derived from the shards: "Flat" (exact scan of the memory-mapped shards) or a
             FAISS factory string ("HNSW32", "IVF4096,Flat", "IVF4096,SQ8", "IVF4096,PQ64"); default "auto": chosen
             from ``max_memory`` (exact while the vectors fit it; without a budget, exact up to 200k vectors), an
@@ -516,12 +533,13 @@ def build_index(
 
         batch_size = suggest_batch_size(m)  # CPU: 32; CUDA: the largest power of two that fits
     index_path.mkdir(parents=True, exist_ok=True)
-    with writer_lock(index_path):
+    plan = plan_cores(m.device, workers=workers, threads=threads)
+    with writer_lock(index_path), torch_threads(plan.threads):
         catalog = Catalog(index_path, db_url=db_url, create=True)
         try:
             migrate_if_needed(catalog)
             return _run(catalog, index_path, abs_roots, m, batch_size=batch_size,
-                        workers=default_workers() if workers is None else workers, faiss_factory=faiss,
+                        workers=plan.workers, prefetch=plan.prefetch, faiss_factory=faiss,
                         dedup_threshold=dedup_threshold, fast_decode=fast_decode, storage=storage, max_memory=budget,
                         compact_at=compact_at, progress=progress, checkpoint_every=checkpoint_every,
                         max_pixels=max_pixels, crash=crash, t_start=t_start, ray_address=ray_address,
@@ -554,6 +572,7 @@ class _Progress:
 
 
 def _run(catalog: Catalog, index_dir: Path, roots: list[str], m: Metric, *, batch_size: int | None, workers: int,
+         prefetch: int,
          faiss_factory: str | None, dedup_threshold: float | None, fast_decode: bool, storage: str | None,
          max_memory: int | None, compact_at: float, progress: bool | ProgressFn, checkpoint_every: int | None,
          max_pixels: int | None, crash: CrashHook, t_start: float, ray_address: str | None = None,
@@ -589,6 +608,11 @@ def _run(catalog: Catalog, index_dir: Path, roots: list[str], m: Metric, *, batc
     draft_size = 2 * m.input_size if fast_decode else None
     device_decode = _device_decode(m, fast_decode)
     summary.decoder = "device" if device_decode else "draft" if fast_decode else "exact"
+    summary.dtype = metric_dtype(m)
+    if queue:
+        note = declare_dtype(catalog, build, summary.dtype)
+        if note:
+            summary.warnings.append(note)
     done = 0
     report("embed", 0, len(queue))
     if queue and ray_address is not None:  # decode + embed on Ray; this process stays the single writer
@@ -602,7 +626,9 @@ def _run(catalog: Catalog, index_dir: Path, roots: list[str], m: Metric, *, batc
         assert batch_size is not None
         dataset = ImageFileDataset(queue, m.preprocess, max_pixels=max_pixels, draft_size=draft_size,
                                    raw_jpeg=device_decode)
-        loader = create_loader(dataset, batch_size=batch_size, workers=min(workers, max(0, len(queue) // batch_size)),
+        summary.workers = min(workers, max(0, len(queue) // batch_size))
+        summary.threads = torch.get_num_threads()
+        loader = create_loader(dataset, batch_size=batch_size, workers=summary.workers, prefetch=prefetch,
                                pin_memory=on_cuda)
         it = iter(loader)
         try:

@@ -162,6 +162,7 @@ def search(
     rerank: str | Metric | None = None,
     rerank_k: int = 50,
     rerank_weights: str | os.PathLike[str] | None = None,
+    dtype: str | None = "auto",
 ) -> list[Hit]:
     """The ``k`` indexed images most similar to ``query``, optionally re-scored by a pairwise metric.
 
@@ -178,6 +179,8 @@ def search(
             are left out (logged).
         rerank_k: how many index results the re-ranker scores.
         rerank_weights: folder searched first for the re-ranker's weight files.
+        dtype: precision for embedding an image query: "auto" (default; bf16 where the device runs it natively),
+            "fp32", "bf16", "fp16". Used only when ``index`` is a folder.
 
     Returns:
         Hits, most similar first: by ``distance`` (1 - cosine, lower = more similar) without a re-ranker, else by the
@@ -191,6 +194,6 @@ def search(
         ValueError: an unreadable query image, or an index of another metric / dimension.
     """
     if isinstance(index, (str, os.PathLike, Path)):
-        with open_index(index, metric=metric, db_url=db_url, device=device) as idx:
+        with open_index(index, metric=metric, db_url=db_url, device=device, dtype=dtype) as idx:
             return _search_open(idx, query, k, rerank, rerank_k, rerank_weights, device)
     return _search_open(index, query, k, rerank, rerank_k, rerank_weights, device)

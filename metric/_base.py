@@ -53,7 +53,7 @@ def get_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
     try:
         return _DTYPES[dtype]
     except KeyError:
-        raise InvalidArgument(f"unknown dtype {dtype!r}; choose from fp32, bf16, fp16") from None
+        raise InvalidArgument(f"unknown dtype {dtype!r}; choose from auto, fp32, bf16, fp16") from None
 
 
 def sample_hash(path: Path, *, chunks: int = 16, chunk_size: int = 1 << 16) -> str:

@@ -8,7 +8,8 @@ from typing import Any
 
 import torch
 
-from lookalike.metric._base import Metric, get_device, get_dtype
+from lookalike.metric._base import Metric, get_device
+from lookalike.metric._precision import resolve_dtype
 from lookalike.metric._registry import get_builder, get_metric_cfg, with_options
 
 _logger = logging.getLogger(__name__)
@@ -27,8 +28,11 @@ def load_metric(
     Args:
         name: a name from ``list_metrics()`` (e.g. "dreamsim", "dreamsim_dino_vitb16", "efficientnet_lite0", "psnr").
         device: "cuda", "mps", "cpu" or a torch.device; default cuda > mps > cpu.
-        dtype: "fp32" (default), "bf16" or "fp16". Reduced precision casts the weights on accelerators and uses
-            autocast on the CPU; embeddings are always returned as float32.
+        dtype: "fp32" (default), "bf16", "fp16" or "auto" (bf16 where the device runs it natively: CUDA compute
+            capability >= 8, CPUs with AMX-BF16 / AVX-512 BF16; fp32 elsewhere, and for metrics whose config sets
+            ``auto_bf16=False``; see ``resolve_dtype``). Reduced
+            precision casts the weights on accelerators and uses autocast on the CPU; embeddings are always returned
+            as float32.
         weights: a folder holding the metric's weight files (e.g. an existing dreamsim cache folder, or an adapter
             folder written by ``lookalike train``). Files not found there are looked up in ``$LOOKALIKE_HOME``
             (default ``~/.cache/lookalike``).
@@ -48,7 +52,8 @@ def load_metric(
     if options:
         cfg = with_options(cfg, options)
     dev = get_device(device)
-    dt = get_dtype(dtype)
+    auto = isinstance(dtype, str) and dtype.strip().lower() == "auto"
+    dt = resolve_dtype("fp32" if auto and not cfg.auto_bf16 else dtype, dev)
     metric = get_builder(cfg.builder)(cfg, device=dev, dtype=dt, weights=weights)
     _logger.info("loaded metric %s on %s (%s), fingerprint %s", name, dev, dt, metric.fingerprint)
     return metric

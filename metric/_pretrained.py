@@ -106,6 +106,8 @@ class MetricCfg:
         dim: embedding width when it does not follow from ``backbones`` (None for pairwise metrics).
         family: grouping for listings ("dreamsim", "backbone", "cnn", "baseline", ...).
         unit: what the distance is measured in.
+        auto_bf16: whether ``dtype="auto"`` may run this metric in bf16 where the hardware has it (False for a
+            metric whose bf16 embeddings measurably change search results: ``bench/precision.py``).
     """
 
     name: str
@@ -123,6 +125,7 @@ class MetricCfg:
     dim: int | None = None
     family: str = ""
     unit: str = "1 - cosine"
+    auto_bf16: bool = True
 
     def replace(self, **changes: Any) -> MetricCfg:
         return dataclasses.replace(self, **changes)

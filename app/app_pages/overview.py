@@ -6,6 +6,7 @@ import streamlit as st
 
 from lookalike.app import resources, widgets
 from lookalike.app.views import build_command, index_stamp, index_state, load_settings
+from lookalike.indexer import format_dtypes
 
 
 def main() -> None:
@@ -41,7 +42,8 @@ def main() -> None:
         st.code(build_command(settings.index_dir), language="bash")
     st.subheader("Metrics in this index")
     st.table([{"metric": m["metric"], "vectors": m["vectors"], "dim": m["dim"], "faiss": m["faiss"],
-               "MB": round(m["bytes"] / 1e6, 2)} for m in info["metrics"]])
+               "dtype": format_dtypes(m.get("dtypes", {})), "MB": round(m["bytes"] / 1e6, 2)}
+              for m in info["metrics"]])
     st.subheader("Indexed folders")
     st.table([{"folder": root, "files": n} for root, n in info["roots"].items()])
     if info["failed"]:
