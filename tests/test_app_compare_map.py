@@ -11,6 +11,7 @@ import torch
 import torchvision
 
 from lookalike.app.settings import ENV_INDEX
+from lookalike.app.widgets import NO_RERANK
 
 st_testing = pytest.importorskip("streamlit.testing.v1")
 APP = Path(__file__).resolve().parents[1] / "app" / "streamlit_app.py"
@@ -75,7 +76,7 @@ def test_search_page_rerank(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
     monkeypatch.setenv(ENV_INDEX, str(tmp_path / "index"))
     at = st_testing.AppTest.from_file(str(APP), default_timeout=180).run()
     at.switch_page("app_pages/search.py").run()
-    assert {"(none)", "ssim", "psnr", "l1"} <= set(at.selectbox(key="search_rerank").options)
+    assert {NO_RERANK, "ssim", "psnr", "l1"} <= set(at.selectbox(key="search_rerank").options)
     assert "diffsim" not in at.selectbox(key="search_rerank").options  # no SD 1.5 folder here
     at.selectbox(key="search_rerank").set_value("ssim").run()
     at.query_params["q"] = names[1]

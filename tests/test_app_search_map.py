@@ -140,7 +140,7 @@ def test_rerank_choice_only_when_the_library_can_rerank(monkeypatch: pytest.Monk
     at.query_params["q"] = NAMES[0]
     at.run()
     _ok(at)
-    assert _hits(at) and any(f"re-ranked with {choice}" in s.value for s in at.subheader)
+    assert _hits(at) and any(f"re-ranked by {choice}" in s.value for s in at.subheader)
 
 
 # --- map ------------------------------------------------------------------------------------------------------------

@@ -54,7 +54,9 @@ def main() -> None:
         widgets.error_ui(e, "search failed")
         return
     where = f" in {res.folder}" if res.folder else ""
-    how = f", re-ranked with {res.rerank}" if res.rerank else " (1 - cosine, lower = more similar)"
+    way = "higher" if res.hits and not res.hits[0].lower_is_better else "lower"
+    how = (f", re-ranked by {res.rerank} ({way} = more similar)" if res.rerank
+           else " (1 - cosine, lower = more similar)")
     st.subheader(f"{len(res.hits)} nearest{where} under {index.info.metric}{how}")
     if res.folder and not res.hits:
         st.info(f"No indexed image in {res.folder}.")
