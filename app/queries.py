@@ -7,7 +7,6 @@ no FastAPI here, so it is tested directly.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 from collections.abc import Iterable
@@ -16,6 +15,7 @@ from dataclasses import dataclass
 from PIL import Image
 
 from lookalike.indexer import Hit, ImageIndex, search
+from lookalike.metric import list_rerankers
 
 _logger = logging.getLogger(__name__)
 
@@ -28,18 +28,7 @@ class RerankUnavailable(ValueError):
 
 
 def list_rerank_choices() -> list[str]:
-    """Pairwise metrics the library can re-rank search results with; empty when it cannot re-rank.
-
-    Re-ranking needs ``lookalike.metric.list_rerankers()`` and a ``rerank=`` parameter of
-    ``lookalike.indexer.search``; both are detected, so the app hides the choice and the service answers 400
-    on a library without them.
-    """
-    try:
-        from lookalike.metric import list_rerankers  # type: ignore[attr-defined]
-    except ImportError:
-        return []
-    if "rerank" not in inspect.signature(search).parameters:
-        return []
+    """Pairwise metrics search results can be re-ranked with here (``lookalike.metric.list_rerankers()``)."""
     try:
         return sorted(list_rerankers())
     except (ValueError, KeyError, OSError) as e:  # a broken registration: no choice rather than a crash
