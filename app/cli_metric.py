@@ -108,10 +108,12 @@ def collect_info(weights: str | None = None) -> dict[str, object]:
 
 def run_info(args: argparse.Namespace) -> int:
     if args.index:
-        from lookalike.indexer import format_info, index_info
+        from lookalike.indexer import IndexDamaged, format_info, index_info
 
         info = index_info(Path(args.index), db_url=args.db)
         print(json.dumps(info, indent=2, default=str) if args.json else format_info(info))
+        if info["damage"]:  # described as far as it could be read; the damage is the error (one line, exit 2)
+            raise IndexDamaged(**{k: info["damage"][0][k] for k in ("path", "what")}, index_dir=args.index)
         return 0
     info = collect_info(args.weights)
     if args.json:

@@ -10,6 +10,7 @@ from lookalike.common.errors import DatasetError as DatasetError
 from lookalike.common.errors import IndexDamaged as IndexDamaged
 from lookalike.common.errors import IndexLocked as IndexLocked
 from lookalike.common.errors import IndexMismatch as IndexMismatch
+from lookalike.common.errors import IndexNeedsUpgrade as IndexNeedsUpgrade
 from lookalike.common.errors import IndexNotFound as IndexNotFound
 from lookalike.common.errors import InvalidArgument as InvalidArgument
 from lookalike.common.errors import LookalikeError as LookalikeError

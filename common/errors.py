@@ -9,6 +9,7 @@ spell command-line flags; the CLI prints the message and the hint, and treats an
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
@@ -113,7 +114,33 @@ class IndexMismatch(LookalikeError, ValueError):
 
 
 class IndexDamaged(LookalikeError, ValueError):
-    """A file of the index cannot be read (a damaged catalog or vector file)."""
+    """A file of an index folder is unreadable or does not match the catalog.
+
+    The message is one line that names the file and, when the folder is known, ends with the repair command (no
+    separate hint, so that every command reports a damaged file in one line).
+
+    Attributes:
+        path: the damaged file.
+        what: what is wrong with it (without the file name or the repair command).
+        index_dir: the index folder, or None.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], what: str, index_dir: str | os.PathLike[str] | None = None):
+        self.path = os.fspath(path)
+        self.what = what
+        self.index_dir = os.fspath(index_dir) if index_dir is not None else None
+        fix = f"; run 'lookalike check --index {self.index_dir} --repair'" if self.index_dir is not None else ""
+        super().__init__(f"damaged index file {self.path}: {what}{fix}")
+
+
+class IndexNeedsUpgrade(IndexMismatch):
+    """The index folder was written by an older lookalike and must be upgraded once by a writer; readers never
+    write, so they stop with this error (one line naming the command that upgrades the folder)."""
+
+    def __init__(self, index_dir: str | os.PathLike[str], found: str):
+        self.index_dir = os.fspath(index_dir)
+        super().__init__(f"index {self.index_dir} {found}; upgrade it once with any writer command ('lookalike index' "
+                         f"or 'lookalike import' into it) or with: lookalike check --index {self.index_dir} --repair")
 
 
 class MissingDependency(LookalikeError, ImportError):

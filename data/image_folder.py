@@ -66,7 +66,8 @@ class ScanResult:
     errors: list[ScanError] = field(default_factory=list)
 
 
-def _walk(root: str, result: ScanResult, *, follow_symlinks: bool, is_image: Callable[[str], bool]) -> None:
+def _walk(root: str, result: ScanResult, *, follow_symlinks: bool, is_image: Callable[[str], bool],
+          progress: Callable[[int], None] | None = None) -> None:
     seen_dirs: set[tuple[int, int]] = set()
     try:
         st = os.stat(root)
@@ -113,6 +114,8 @@ def _walk(root: str, result: ScanResult, *, follow_symlinks: bool, is_image: Cal
                     result.files.append(ImageFile(root, rel_child, st.st_size, st.st_mtime_ns))
             except OSError as e:
                 result.errors.append(ScanError(entry.path, f"cannot stat: {e.strerror or e}"))
+        if progress is not None:
+            progress(len(result.files))
 
 
 def scan_images(
@@ -120,6 +123,7 @@ def scan_images(
     *,
     follow_symlinks: bool = True,
     extensions: Iterable[str] | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> ScanResult:
     """Walk folders recursively and list their image files.
 
@@ -131,6 +135,7 @@ def scan_images(
         roots: one folder or several (a single image file is accepted as its own root's only entry).
         follow_symlinks: follow symbolic links to files and folders.
         extensions: suffixes to accept instead of the registry (e.g. [".jpg", ".png"]).
+        progress: called with the number of image files found so far, after each folder.
 
     Returns:
         A ScanResult; files sorted by (root, natural order of the relative path).
@@ -156,7 +161,7 @@ def scan_images(
             st = os.stat(root)
             result.files.append(ImageFile(os.path.dirname(root), os.path.basename(root), st.st_size, st.st_mtime_ns))
             continue
-        _walk(root, result, follow_symlinks=follow_symlinks, is_image=is_image)
+        _walk(root, result, follow_symlinks=follow_symlinks, is_image=is_image, progress=progress)
     result.files.sort(key=lambda f: (f.root, natural_key(f.relpath)))
     for err in result.errors:
         _logger.warning("scan: %s: %s", display_path(err.path), err.reason)

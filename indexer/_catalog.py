@@ -29,18 +29,35 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DatabaseError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from lookalike.common.errors import IndexDamaged as _IndexDamaged
-from lookalike.common.errors import IndexMismatch, IndexNotFound, MissingDependency
+from lookalike.common.errors import (
+    IndexDamaged,
+    IndexMismatch,
+    IndexNeedsUpgrade,
+    IndexNotFound,
+    InvalidArgument,
+    MissingDependency,
+)
 
 _logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2  # 2: vectors in append-only shard files (shards, tombstones, stores); 1: one FAISS file per metric
 CATALOG_FILE = "catalog.sqlite"
-BACKUP_FILE = "catalog.sqlite.bak"  # written at the end of every build_index run (SQLite catalogs)
+BACKUP_FILE = "catalog.sqlite.bak"  # refreshed when every writer session ends (SQLite catalogs)
 
 STATUS_PENDING = "pending"  # catalogued, not decoded yet
 STATUS_OK = "ok"  # decoded at least once
 STATUS_FAILED = "failed"  # unreadable; ``error`` says why
+
+
+def check_dedup_threshold(threshold: float) -> float:
+    """``threshold`` as a float when it is a distance (1 - cosine) in [0, 2]; InvalidArgument otherwise."""
+    try:
+        t = float(threshold)
+    except (TypeError, ValueError):
+        raise InvalidArgument(f"dedup threshold {threshold!r} is not a number") from None
+    if not 0.0 <= t <= 2.0:
+        raise InvalidArgument(f"dedup threshold {threshold} is outside [0, 2] (the distance is 1 - cosine)")
+    return t
 
 
 def utcnow() -> dt.datetime:
@@ -163,20 +180,6 @@ class StoreRow(Base):
     derived_rows: Mapped[int | None] = mapped_column(BigInteger)
 
 
-class IndexDamaged(_IndexDamaged):
-    """A file of an index folder is unreadable or does not match the catalog; ``path`` names it.
-
-    The message is one line that names the file and ends with the repair command (no separate hint, so that every
-    command reports a damaged file in one line).
-    """
-
-    def __init__(self, path: str | os.PathLike[str], what: str, index_dir: str | os.PathLike[str] | None = None):
-        self.path = os.fspath(path)
-        self.index_dir = os.fspath(index_dir) if index_dir is not None else None
-        fix = (f"; run 'lookalike check --index {self.index_dir} --repair'" if self.index_dir is not None else "")
-        super().__init__(f"damaged index file {self.path}: {what}{fix}")
-
-
 class BuildDtypeRow(Base):
     """Which precisions computed the vectors of a build, and how many each (counted at every checkpoint).
 
@@ -191,13 +194,21 @@ class BuildDtypeRow(Base):
     updated: Mapped[dt.datetime] = mapped_column(DateTime, default=utcnow)
 
 
-def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+def _sqlite_reader_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+    """Per-connection settings that write nothing (a reader's connection)."""
     cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")  # readers see the last commit while a run writes
     cur.execute("PRAGMA busy_timeout=30000")
-    cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
+
+
+def _sqlite_writer_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+    """A writer's connection: WAL journal (readers see the last commit while a run writes; stored in the file)."""
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.close()
+    _sqlite_reader_pragmas(dbapi_conn, _record)
 
 
 class Catalog:
@@ -206,11 +217,19 @@ class Catalog:
     Args:
         index_dir: the index folder (holds ``catalog.sqlite`` unless ``db_url`` is given).
         db_url: any SQLAlchemy URL (e.g. ``postgresql://...``); default a SQLite file in ``index_dir``.
-        create: create the tables when missing (writers); readers pass False.
+        create: a writer's catalog (hold the writer lock): create the tables when missing, add the tables and
+            columns of later schema versions, switch SQLite to its WAL journal. Readers pass False and change
+            nothing: a catalog of an older schema raises ``IndexNeedsUpgrade`` (a writer migrates it, see
+            ``_migrate``).
+        any_version: a reader that only looks (``check_index``, a writer peeking before it takes the lock): open an
+            older schema too (``version`` says which).
     """
 
-    def __init__(self, index_dir: str | os.PathLike[str], *, db_url: str | None = None, create: bool = False):
+    def __init__(self, index_dir: str | os.PathLike[str], *, db_url: str | None = None, create: bool = False,
+                 any_version: bool = False):
         self.index_dir = Path(index_dir)
+        self.writer = create
+        self.any_version = any_version
         if db_url is None:
             db_file = self.index_dir / CATALOG_FILE
             if not create and not db_file.is_file() and (self.index_dir / BACKUP_FILE).is_file():
@@ -234,7 +253,7 @@ class Catalog:
             raise MissingDependency(f"the catalog {db_url.split('@')[-1]} needs the package {missing}",
                                     hint=hint) from None
         if self.engine.dialect.name == "sqlite":
-            event.listen(self.engine, "connect", _sqlite_pragmas)
+            event.listen(self.engine, "connect", _sqlite_writer_pragmas if create else _sqlite_reader_pragmas)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False, future=True)
         try:
             self._check_schema(create)
@@ -244,12 +263,15 @@ class Catalog:
                 raise
             reason = str(getattr(e, "orig", e)).strip().splitlines()[0]
             raise IndexDamaged(self.db_file, f"the SQLite catalog cannot be read ({reason})", self.index_dir) from None
+        except BaseException:
+            self.engine.dispose()
+            raise
 
     def _check_schema(self, create: bool) -> None:
         has_version = inspect(self.engine).has_table(SchemaVersion.__tablename__)
         if not has_version:
             if not create:
-                raise FileNotFoundError(f"no lookalike catalog at {self.db_url} (no schema_version table)")
+                raise IndexNotFound(f"no lookalike catalog at {self.db_url} (no schema_version table)")
             Base.metadata.create_all(self.engine)
             with self.sessions.begin() as s:
                 s.add(SchemaVersion(version=SCHEMA_VERSION))
@@ -258,14 +280,19 @@ class Catalog:
         with self.sessions() as s:
             version = s.scalar(select(SchemaVersion.version).order_by(SchemaVersion.version.desc()).limit(1))
         if version is None:
-            raise _IndexDamaged(f"catalog {self.db_url} has an empty schema_version table; it is not a lookalike index")
+            raise IndexDamaged(self.db_file or self.db_url, "its schema_version table is empty: not a lookalike "
+                               "catalog")
         if version > SCHEMA_VERSION:
             raise IndexMismatch(
                 f"index catalog {self.db_url} has schema version {version}, newer than this lookalike supports "
                 f"({SCHEMA_VERSION})", hint="upgrade lookalike: pip install -U lookalike")
         self.version = int(version)
-        if create or version < SCHEMA_VERSION:
-            Base.metadata.create_all(self.engine)  # tables added by later versions (shards, tombstones, stores)
+        if not create:
+            if version < SCHEMA_VERSION and not self.any_version:
+                raise IndexNeedsUpgrade(self.index_dir, f"has index schema {version} (one FAISS file per metric); "
+                                        f"this lookalike reads schema {SCHEMA_VERSION} (vector shards)")
+            return
+        Base.metadata.create_all(self.engine)  # tables added by later versions (shards, tombstones, stores...)
         if version < 2 and "shard_id" not in {c["name"] for c in inspect(self.engine).get_columns("vectors")}:
             with self.engine.begin() as conn:
                 conn.execute(text("ALTER TABLE vectors ADD COLUMN shard_id BIGINT"))
@@ -313,13 +340,17 @@ class Catalog:
             return list(s.scalars(select(BuildRow).order_by(BuildRow.created)))
 
     def set_dedup_threshold(self, fingerprint: str, threshold: float) -> None:
-        """Store ``threshold`` as the default ``find_duplicates`` distance of one build (metric fingerprint)."""
-        if not 0.0 <= threshold <= 2.0:
-            raise IndexDamaged(f"dedup threshold {threshold} is outside [0, 2] (the distance is 1 - cosine)")
+        """Store ``threshold`` as the default ``find_duplicates`` distance of one build (metric fingerprint).
+
+        Raises:
+            InvalidArgument: ``threshold`` is outside [0, 2].
+            IndexMismatch: no build of that fingerprint.
+        """
+        check_dedup_threshold(threshold)
         with self.sessions.begin() as s:
             row = s.get(BuildRow, fingerprint)
             if row is None:
-                raise IndexDamaged(f"no build {fingerprint!r} in index catalog {self.db_url}")
+                raise IndexMismatch(f"no build {fingerprint!r} in index catalog {self.db_url}")
             row.dedup_threshold = float(threshold)
 
     def close(self) -> None:

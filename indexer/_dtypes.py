@@ -88,3 +88,47 @@ def format_dtypes(dtypes: dict[str, int]) -> str:
     if len(used) == 1:
         return next(iter(used))
     return " + ".join(f"{d} ({n})" for d, n in used.items()) + ", mixed"
+
+
+def recorded_dtype(dtypes: dict[str, int]) -> str | None:
+    """The precision most of a build's vectors were computed in ("unrecorded" counts as fp32); None when none are."""
+    used: dict[str, int] = {}
+    for d, n in dtypes.items():
+        if n:
+            key = "fp32" if d == UNRECORDED else d
+            used[key] = used.get(key, 0) + n
+    return max(used, key=lambda d: used[d]) if used else None
+
+
+def runs_natively(dtype: str, device: object) -> bool:
+    """True when ``device`` computes in ``dtype`` at full speed: fp32 anywhere, bf16 where ``has_native_bf16`` says
+    so (CUDA >= 8.0, CPUs with AMX / AVX-512 BF16), fp16 on CUDA."""
+    import torch
+
+    from lookalike.metric import has_native_bf16
+
+    dev = torch.device(device)  # type: ignore[arg-type]
+    if dtype == "bf16":
+        return has_native_bf16(dev)
+    if dtype == "fp16":
+        return dev.type == "cuda"
+    return True
+
+
+def dtype_for_build(recorded: str | None, requested: str | None, device: object, metric: str
+                    ) -> tuple[str | None, str | None]:
+    """The precision to embed new vectors of an existing build in, and a note for the run summary (or None).
+
+    An explicit ``requested`` dtype is kept (a run that mixes precisions is then reported by ``declare_dtype``).
+    ``"auto"`` keeps the precision the build recorded, so that an update or a repair adds vectors like the ones it
+    holds; where ``device`` does not run that precision natively (bf16 recorded, CPU without AMX / AVX-512 BF16),
+    emulating it would be many times slower, so the run computes in fp32 and says so.
+    """
+    if requested is None or str(requested).strip().lower() != "auto" or recorded is None:
+        return requested, None
+    if runs_natively(recorded, device):
+        return recorded, None
+    note = (f"the index's {metric} vectors are {recorded}, which {device} does not run natively (emulated {recorded} "
+            f"is many times slower): these vectors are computed in fp32 (distances differ by ~0.01 at most); to keep "
+            f"one precision, index with dtype {recorded} on this machine (slow) or on one that runs it natively")
+    return "fp32", note

@@ -1,4 +1,8 @@
-"""Opening an index folder for reading: the catalog, one metric's vectors, and the rows behind FAISS ids."""
+"""Opening an index folder for reading: the catalog, one metric's vectors, and the rows behind FAISS ids.
+
+Readers never write and never take the writer lock: the catalog is opened read-only (an older schema is refused with
+the command that upgrades it, see ``Catalog``), and vectors are memory-mapped from the committed shards.
+"""
 
 from __future__ import annotations
 
@@ -11,17 +15,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from sqlalchemy import select
 
-from lookalike.common.errors import IndexMismatch, InvalidArgument
-from lookalike.indexer._catalog import (
-    CATALOG_FILE,
-    BuildRow,
-    Catalog,
-    ImageRow,
-    IndexDamaged,
-    ShardRow,
-    StoreRow,
-    VectorRow,
-)
+from lookalike.common.errors import IndexDamaged, IndexMismatch, InvalidArgument
+from lookalike.indexer._catalog import CATALOG_FILE, BuildRow, Catalog, ImageRow, ShardRow, StoreRow, VectorRow
 from lookalike.indexer._models import BuildInfo, ImageInfo
 
 if TYPE_CHECKING:
@@ -91,8 +86,8 @@ def state_stamp(catalog: Catalog, fingerprint: str) -> tuple:
 class ImageIndex:
     """A read view of an index folder for one metric: catalog rows + FAISS vectors + (lazily) the metric.
 
-    Readers never write: vectors flushed by a running ``build_index`` whose catalog rows are not committed yet are
-    ignored, so a reader always sees the last committed state.
+    Readers never write and take no lock: vectors flushed by a running writer whose catalog rows are not committed
+    yet are ignored, so a reader always sees the last committed state.
 
     Args:
         index_dir: the index folder.
@@ -116,9 +111,6 @@ class ImageIndex:
             raise FileNotFoundError(f"index folder not found: {self.index_dir}")
         self.catalog = Catalog(self.index_dir, db_url=db_url, create=False)
         try:
-            from lookalike.indexer._migrate import migrate_if_needed
-
-            migrate_if_needed(self.catalog, lock=True)  # a schema-1 folder is migrated once, on first open
             self.build = select_build(self.catalog.builds(), metric, self.index_dir)
             self._stamp = state_stamp(self.catalog, self.build.fingerprint)
             self.vectors = load_vectors(self.catalog, self.build)
@@ -263,31 +255,7 @@ def open_index(
 
     Raises:
         FileNotFoundError: no index there.
-        ValueError: no vectors for ``metric``, several metrics and none chosen, or a damaged / newer index.
+        ValueError: no vectors for ``metric``, several metrics and none chosen, a damaged or newer index, or
+            one written by an older lookalike (``IndexNeedsUpgrade``: upgrade it with any writer command).
     """
     return ImageIndex(index_dir, metric=metric, db_url=db_url, device=device, dtype=dtype)
-
-
-def set_dedup_threshold(index_dir: str | os.PathLike[str], threshold: float, *, metric: str | Metric | None = None,
-                        db_url: str | None = None) -> str:
-    """Store ``threshold`` as the index's default dedup distance for one metric's vectors.
-
-    ``lookalike dedup --index DIR`` (``find_duplicates`` with ``threshold=None``) then uses it.
-
-    Args:
-        index_dir: the index folder.
-        threshold: a distance (1 - cosine) in [0, 2].
-        metric: metric name, fingerprint or loaded Metric; None when the folder holds a single metric.
-        db_url: SQLAlchemy URL of the catalog if it is not the SQLite file in the folder.
-
-    Returns:
-        The fingerprint of the build that now carries the threshold.
-
-    Raises:
-        FileNotFoundError: no index there.
-        ValueError: threshold out of range, or no / several builds for ``metric``.
-    """
-    with Catalog(index_dir, db_url=db_url) as cat:
-        build = select_build(cat.builds(), metric, index_dir)
-        cat.set_dedup_threshold(build.fingerprint, threshold)
-        return build.fingerprint

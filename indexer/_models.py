@@ -1,4 +1,5 @@
-"""Public read models of an index: what the app and the CLI may see of the catalog, as plain frozen dataclasses.
+"""Public read models of an index: what the app and the CLI may see of the catalog and of a search, as plain frozen
+dataclasses.
 
 The SQLAlchemy rows (``lookalike.indexer._catalog``) stay private: they are converted here, so a schema change
 never reaches a caller.
@@ -6,8 +7,9 @@ never reaches a caller.
 
 from __future__ import annotations
 
+import math
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 
@@ -77,3 +79,40 @@ class BuildInfo:
         return cls(fingerprint=row.fingerprint, metric=row.metric, dim=int(row.dim), factory=row.factory,
                    current_factory=row.current_factory, count=int(row.count or 0),
                    dedup_threshold=None if row.dedup_threshold is None else float(row.dedup_threshold))
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result.
+
+    Attributes:
+        path: absolute path of the indexed file.
+        distance: 1 - cosine of the index metric's embeddings, in [0, 2]; lower means more similar.
+        relpath: path relative to its indexed root (POSIX).
+        root: the indexed root folder.
+        image_id: catalog id.
+        scored_by: the metric that ordered the results: the index metric, or the re-ranker after
+            ``search(..., rerank=NAME)``; "" when unknown.
+        score: the value under ``scored_by`` (equal to ``distance`` without a re-ranker), in that metric's unit.
+        lower_is_better: the direction of ``score`` (False for similarities such as DiffSim, SSIM, PSNR).
+    """
+
+    path: str
+    distance: float
+    relpath: str = ""
+    root: str = ""
+    image_id: int = -1
+    scored_by: str = ""
+    score: float | None = None
+    lower_is_better: bool = True
+
+    def __post_init__(self) -> None:
+        if self.score is None:
+            object.__setattr__(self, "score", self.distance)
+
+    def as_dict(self) -> dict:
+        """JSON-ready (a non-finite score, e.g. PSNR +inf for an identical image, becomes a string such as "inf")."""
+        d = asdict(self)
+        if d["score"] is not None and not math.isfinite(d["score"]):
+            d["score"] = str(d["score"])
+        return d

@@ -424,7 +424,8 @@ def _to_batch(out: dict[str, np.ndarray], wanted: set[int], seen: set[int]) -> R
 
 
 class _Writer(Protocol):
-    def push(self, ids: list[int], vecs: np.ndarray | None, ok: list[dict], failed: list[dict]) -> None: ...
+    def push(self, ids: list[int], xb: np.ndarray | None, rows: Sequence[dict] = (),
+             failed: Sequence[dict] = ()) -> None: ...
 
 
 def run_on_ray(
@@ -443,7 +444,8 @@ def run_on_ray(
 ) -> None:
     """The driver's side of a ``build_index(..., ray=...)`` run: stream Ray's results into the index's writer.
 
-    The writer is the local path's own (``push`` buffers, checkpoints commit a shard), so the crash-safety rules
+    The writer is the writer session's build writer, the local path's own (``push`` buffers, checkpoints commit a
+    shard), so the crash-safety rules
     and the driver crash points ("decode" / "embed" fire once per received batch) are the same; ``report`` is the
     run's progress ("embed", done, total). The seconds the driver waits for results are counted as ``model`` time
     (decode + embed run remotely).

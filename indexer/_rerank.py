@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from lookalike.data.images import open_image
-from lookalike.indexer._search import Hit
+from lookalike.indexer._models import Hit
 from lookalike.metric import Metric, load_metric
 from lookalike.metric.rerank import score_candidates
 

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,48 +14,12 @@ from PIL import Image
 from lookalike.common.errors import InvalidArgument
 from lookalike.data.images import open_image
 from lookalike.indexer._index import ImageIndex, open_index
+from lookalike.indexer._models import Hit
 
 if TYPE_CHECKING:
     from lookalike.metric import Metric
 
 _logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Hit:
-    """One search result.
-
-    Attributes:
-        path: absolute path of the indexed file.
-        distance: 1 - cosine of the index metric's embeddings, in [0, 2]; lower means more similar.
-        relpath: path relative to its indexed root (POSIX).
-        root: the indexed root folder.
-        image_id: catalog id.
-        scored_by: the metric that ordered the results: the index metric, or the re-ranker after
-            ``search(..., rerank=NAME)``; "" when unknown.
-        score: the value under ``scored_by`` (equal to ``distance`` without a re-ranker), in that metric's unit.
-        lower_is_better: the direction of ``score`` (False for similarities such as DiffSim, SSIM, PSNR).
-    """
-
-    path: str
-    distance: float
-    relpath: str = ""
-    root: str = ""
-    image_id: int = -1
-    scored_by: str = ""
-    score: float | None = None
-    lower_is_better: bool = True
-
-    def __post_init__(self) -> None:
-        if self.score is None:
-            object.__setattr__(self, "score", self.distance)
-
-    def as_dict(self) -> dict:
-        """JSON-ready (a non-finite score, e.g. PSNR +inf for an identical image, becomes a string such as "inf")."""
-        d = asdict(self)
-        if d["score"] is not None and not math.isfinite(d["score"]):
-            d["score"] = str(d["score"])
-        return d
 
 
 def embed_images(metric: Metric, images: list[Image.Image]) -> np.ndarray:

@@ -1,39 +1,29 @@
-"""Searching a build's shards: exact over memory-mapped shards, or through a derived FAISS file built from them.
+"""Reading a build's vectors: exact over memory-mapped shards, or through its derived FAISS file (``_derive``).
 
-The derived file is never the only copy of anything: it is rebuilt from the shards (``build_derived``) when it is
-missing, damaged or stale. Its FAISS ids are *row keys* (``shard_id << 32 | row``), so a shard row that is later
-tombstoned is filtered out at search time and the derived file never needs an in-place removal. Inverted files are
-written with faiss's ``OnDiskInvertedLists`` (``faiss.contrib.ondisk.merge_ondisk``): the lists live in a
-``.ivfdata`` file that readers memory-map. Shards committed after the derived file was built (its "tail") are
-searched exactly and merged in.
+``ShardedVectors`` is what readers (search, dedup, info, the app, the service) hold: the build's committed shards,
+memory-mapped with their tombstones applied, plus the derived file when the build has one. The derived file's ids
+are row keys (``shard_id << 32 | row``); shards committed after it was built (its "tail") are searched exactly and
+merged in. Nothing here writes.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import math
 import os
-import re
-import sys
-import tempfile
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import faiss
 import numpy as np
-from sqlalchemy import select
 
-from lookalike.common.errors import InvalidArgument
-from lookalike.common.io import fsync_dir
-from lookalike.indexer._catalog import BuildRow, Catalog, IndexDamaged, StoreRow
-from lookalike.indexer._shards import OpenShard, ShardSet, open_shards, sha256_path, shard_folder
+from lookalike.common.errors import IndexDamaged, InvalidArgument
+from lookalike.indexer._catalog import BuildRow, Catalog, StoreRow
+from lookalike.indexer._shards import OpenShard, open_shards, sha256_path
+from lookalike.indexer._structure import needs_refine
+from lookalike.indexer._util import quiet_stdout
 
 _logger = logging.getLogger(__name__)
 
-#: Exact search up to this many vectors when the user names no structure and gives no memory budget.
-AUTO_EXACT_MAX = 200_000
 #: Bytes of shard vectors copied out of the memory map per block of an exact scan.
 SCAN_BLOCK_BYTES = 64 << 20
 #: Bytes of one (queries x block) score matrix.
@@ -46,138 +36,18 @@ REFINE_FACTOR = 4
 
 _KEY_SHIFT = 32
 _ROW_MASK = (1 << _KEY_SHIFT) - 1
-_MEM = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B)?\s*$", re.IGNORECASE)
-
-
-def parse_memory(text: str | int | None) -> int | None:
-    """"4G", "512M", "1.5GiB", 10**9 → bytes (None stays None)."""
-    if text is None or isinstance(text, int):
-        return text
-    m = _MEM.match(str(text))
-    if not m:
-        raise InvalidArgument(f"memory budget {text!r} not understood; write e.g. 4G, 512M or 2.5GB")
-    mult = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}[m.group(2).upper()]
-    return int(float(m.group(1)) * mult)
 
 
 def row_keys(shard_id: int, rows: np.ndarray) -> np.ndarray:
+    """The derived file's ids of rows of a shard: ``shard_id << 32 | row``."""
     return (np.int64(shard_id) << np.int64(_KEY_SHIFT)) | rows.astype(np.int64)
 
 
-def libc_flush() -> None:
-    """Flush C stdio buffers (what faiss printed) before file descriptor 1 is switched."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None).fflush(None)
-    except (OSError, AttributeError):
-        pass
-
-
-@contextlib.contextmanager
-def quiet_stdout() -> Iterator[None]:
-    """Silence faiss's C-level prints to stdout ("resizing ...") during on-disk list operations."""
-    fd = 1  # faiss prints with C stdio to file descriptor 1, whatever Python's sys.stdout is
-    with contextlib.suppress(AttributeError, ValueError, OSError):
-        sys.stdout.flush()
-    libc_flush()
-    saved = os.dup(fd)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, fd)
-        yield
-    finally:
-        libc_flush()
-        os.dup2(saved, fd)
-        os.close(saved)
-        os.close(devnull)
-
-
-@dataclass(frozen=True)
-class Structure:
-    """The chosen search structure of a build: "exact" or a faiss factory string, its search parameters and why."""
-
-    factory: str
-    params: str | None
-    reason: str
-
-    @property
-    def exact(self) -> bool:
-        return self.factory == "exact"
-
-
-def auto_nlist(n: int) -> int:
-    """Inverted lists for ``n`` vectors: about 4 sqrt(n), a power of two in [1024, 65536]."""
-    nlist = 2 ** round(math.log2(4 * math.sqrt(max(n, 1))))
-    return int(min(max(nlist, 1024), 65536))
-
-
-def choose_structure(n: int, dim: int, *, requested: str = "auto", max_memory: int | None = None,
-                     itemsize: int = 4, exact_max: int | None = None) -> Structure:
-    """Pick the structure for ``n`` vectors, the way autofaiss does: from the memory budget.
-
-    "Flat" (or "exact") is an exact scan of the shards. "auto": exact up to ``exact_max`` vectors (default
-    ``AUTO_EXACT_MAX``, 200k) when they also fit ``max_memory``; beyond, an inverted file with about 4 sqrt(n) lists
-    whose codes fit the budget: Flat codes (4 bytes/dim), else SQ8 (1 byte/dim), else PQ (m bytes per vector),
-    re-ranked with the exact vectors of the shards. A factory string is used as given.
-    """
-    req = (requested or "auto").strip()
-    exact_max = AUTO_EXACT_MAX if exact_max is None else exact_max
-    if req in ("Flat", "exact"):
-        return Structure("exact", None, "exact search was requested")
-    raw = n * dim * itemsize
-    if req != "auto":
-        params = f"nprobe={_nprobe(req)}" if "IVF" in req else None
-        return Structure(req, params, f"faiss {req!r} was requested")
-    if n <= exact_max:
-        if max_memory is None:
-            return Structure("exact", None, f"{n} vectors <= {exact_max}: exact search")
-        if raw <= max_memory:
-            return Structure("exact", None, f"{n} vectors <= {exact_max} and their {raw / 2**30:.2f} GiB fit the "
-                                            f"memory budget {max_memory / 2**30:.2f} GiB: exact search")
-    nlist = auto_nlist(n)
-    params = f"nprobe={min(nlist, max(16, nlist // 128))}"
-    budget = max_memory
-    if budget is None or n * dim * 4 <= budget:
-        why = "no memory budget given" if budget is None else f"Flat codes ({n * dim * 4 / 2**30:.2f} GiB) fit"
-        return Structure(f"IVF{nlist},Flat", params, f"{n} vectors: inverted file, {why}; lists memory-mapped")
-    if n * dim <= budget:
-        return Structure(f"IVF{nlist},SQ8", params, f"float codes ({n * dim * 4 / 2**30:.2f} GiB) exceed the budget "
-                                                    f"{budget / 2**30:.2f} GiB: 8-bit codes, re-ranked from the shards")
-    m = max(1, budget // max(n, 1))
-    cands = [c for c in range(min(m, dim), 0, -1) if dim % c == 0]
-    m = cands[0] if cands else 1
-    return Structure(f"IVF{nlist},PQ{m}", params, f"8-bit codes exceed the budget {budget / 2**30:.2f} GiB: "
-                                                  f"PQ{m} ({m} bytes per vector), re-ranked from the shards")
-
-
-def _nprobe(factory: str) -> int:
-    m = re.search(r"IVF(\d+)", factory)
-    nlist = int(m.group(1)) if m else 1024
-    return max(1, min(nlist, max(16, nlist // 128)))
-
-
-def min_train_size(factory: str) -> int:
-    """Vectors needed to train ``factory`` well (39 per centroid, as faiss's k-means asks; 0 if untrained)."""
-    need = 0
-    for m in re.finditer(r"IVF(\d+)", factory):
-        need = max(need, 39 * int(m.group(1)))
-    for m in re.finditer(r"PQ(\d+)(?:x(\d+))?", factory):
-        bits = int(m.group(2) or 8)
-        need = max(need, 39 * (1 << bits))
-    return need
-
-
-def _needs_refine(factory: str) -> bool:
-    return "IVF" in factory and not factory.replace(" ", "").endswith(",Flat")
-
-
-# ---- reading ------------------------------------------------------------------------------------------------
 class ShardedVectors:
     """A build's live vectors for search: memory-mapped shards, plus the derived FAISS file when there is one.
 
-    The read interface of the older ``VectorIndex`` (``dim``, ``ntotal``, ``ids``, ``vectors``, ``iter_blocks``,
-    ``search``, ``range_search``) with image ids as ids and distances ``1 - cosine`` (lower = more similar).
+    ``dim``, ``ntotal``, ``ids``, ``vectors``, ``iter_blocks``, ``search`` and ``range_search``, with image ids as
+    ids and distances ``1 - cosine`` (lower = more similar).
 
     Args:
         catalog: the open catalog.
@@ -330,7 +200,7 @@ class ShardedVectors:
         S = np.full((len(xq), k), -np.inf, np.float32)
         I = np.full((len(xq), k), -1, np.int64)  # noqa: E741
         if self.derived is not None and self.derived.ntotal:
-            refine = _needs_refine(self.factory)
+            refine = needs_refine(self.factory)
             kk = min(int(self.derived.ntotal), k * (REFINE_FACTOR if refine else 1) + self._dead_covered(k))
             Sd, keys = self.derived.search(xq, kk)
             ids, live = self._decode(keys)
@@ -370,7 +240,7 @@ class ShardedVectors:
         if self.derived is not None and self.derived.ntotal:
             lims, Sd, keys = self.derived.range_search(xq, thr)
             ids, live = self._decode(keys)
-            if _needs_refine(self.factory):
+            if needs_refine(self.factory):
                 qi = np.repeat(np.arange(len(xq)), np.diff(lims))
                 Sd = self._exact_scores(xq[qi], keys[:, None], live[:, None])[:, 0] if len(keys) else Sd
                 live &= Sd >= thr
@@ -506,190 +376,3 @@ def load_derived(index_dir: Path, st: StoreRow, *, verify: bool = False) -> fais
 def data_file(derived: Path) -> Path:
     """The ``.ivfdata`` file of an on-disk inverted file."""
     return derived.with_suffix(".ivfdata")
-
-
-# ---- writing ------------------------------------------------------------------------------------------------
-def _sample(shards: ShardSet, n: int, seed: int = 0) -> np.ndarray:
-    """``n`` live vectors drawn at random over the shards (float32)."""
-    total = shards.ntotal
-    rng = np.random.default_rng(seed)
-    pick = np.sort(rng.choice(total, size=min(n, total), replace=False))
-    out, base = [], 0
-    for p in shards.parts:
-        rows = np.arange(len(p.ids)) if p.live is None else np.flatnonzero(p.live)
-        sel = pick[(pick >= base) & (pick < base + len(rows))] - base
-        if len(sel):
-            out.append(np.asarray(p.xb[rows[sel]], np.float32))
-        base += len(rows)
-    return np.concatenate(out) if out else np.zeros((0, shards.dim), np.float32)
-
-
-def _create(dim: int, factory: str) -> faiss.Index:
-    try:
-        return faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
-    except RuntimeError as e:
-        raise InvalidArgument(f"invalid faiss factory string {factory!r}: {str(e).strip().splitlines()[-1]}; "
-                         f"examples: 'Flat', 'HNSW32', 'IVF4096,Flat', 'IVF4096,PQ64'") from None
-
-
-def validate_factory(dim: int, factory: str) -> None:
-    """Raise ValueError when ``factory`` is not a faiss factory string (or "auto" / "Flat")."""
-    if factory.strip() in ("auto", "Flat", "exact"):
-        return
-    _create(dim, factory.strip())
-
-
-def build_derived(catalog: Catalog, build: BuildRow, structure: Structure, *, previous: StoreRow | None = None,
-                  block: int = 65536, seed: int = 0) -> dict | None:
-    """Build (or extend) the derived FAISS file of a build from its shards; returns the new ``stores`` columns.
-
-    Returns None when the structure is exact or there are too few vectors to train it. Inverted files reuse the
-    previous file's trained quantizer and lists when it covers a prefix of the shards (only the tail is added); other
-    types are rebuilt. The files are written under a new generation name, fsynced, and only then named in the
-    catalog by the caller; older generations are removed by ``remove_stale_derived``.
-    """
-    if structure.exact:
-        return None
-    shards = open_shards(catalog, build.fingerprint, build.dim)
-    n = shards.ntotal
-    if n == 0:
-        return None
-    need = min_train_size(structure.factory)
-    if n < need:
-        _logger.warning("faiss %r wants %d training vectors; %d indexed so far: staying exact for now",
-                        structure.factory, need, n)
-        return None
-    folder = shard_folder(catalog.index_dir, build.fingerprint)
-    folder.mkdir(parents=True, exist_ok=True)
-    gen = 1
-    if previous is not None and previous.derived_file:
-        m = re.search(r"derived-(\d+)", previous.derived_file)
-        gen = int(m.group(1)) + 1 if m else 1
-    name = f"derived-{gen:06d}"
-    path = folder / f"{name}.faiss"
-    upto = max(p.shard.id for p in shards.parts)
-    is_ivf = "IVF" in structure.factory
-    reuse = None
-    if (is_ivf and previous is not None and previous.derived_file and previous.structure == structure.factory
-            and previous.derived_upto):
-        with contextlib.suppress(IndexDamaged):
-            reuse = load_derived(catalog.index_dir, previous)
-    if is_ivf:
-        if reuse is not None:
-            trained = faiss.clone_index(faiss.extract_index_ivf(reuse).quantizer)
-            empty = _create(build.dim, structure.factory)
-            ivf = faiss.extract_index_ivf(empty)
-            ivf.quantizer = trained
-            ivf.own_fields = True
-            trained.this.disown()
-            if not empty.is_trained:  # SQ / PQ codes: retrain (cheap) from a sample
-                empty.train(_sample(shards, max(need, 1), seed))
-            ivf.is_trained = True
-            src = reuse
-            new_parts = [p for p in shards.parts if p.shard.id > int(previous.derived_upto or 0)]
-        else:
-            empty = _create(build.dim, structure.factory)
-            sample = _sample(shards, max(need, min(n, 100_000)), seed)
-            _logger.info("training faiss %s on %d of %d vectors", structure.factory, len(sample), n)
-            empty.train(sample)
-            src = None
-            new_parts = shards.parts
-        rows = _write_ondisk(empty, src, new_parts, path, block)
-    else:
-        index = _create(build.dim, structure.factory)
-        if not index.is_trained:
-            index.train(_sample(shards, max(need, min(n, 100_000)), seed))
-        index = faiss.IndexIDMap2(index)
-        rows = 0
-        for p in shards.parts:
-            for s in range(0, len(p.ids), block):
-                xb = np.asarray(p.xb[s:s + block], np.float32)
-                index.add_with_ids(xb, row_keys(p.shard.id, np.arange(s, s + len(xb))))
-                rows += len(xb)
-        _write_faiss(index, path)
-    return {"structure": structure.factory, "derived_file": path.relative_to(catalog.index_dir).as_posix(),
-            "derived_sha256": sha256_path(path), "derived_bytes": path.stat().st_size, "derived_upto": upto,
-            "derived_data_sha256": sha256_path(data_file(path)) if data_file(path).is_file() else None,
-            "derived_rows": rows}
-
-
-def _write_faiss(index: faiss.Index, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        faiss.write_index(index, os.fspath(tmp))
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise OSError(f"could not write the derived search file {path} ({e}); the index is unchanged") from e
-    fsync_dir(path.parent)
-
-
-def _write_ondisk(empty: faiss.Index, previous: faiss.Index | None, parts: list[OpenShard], path: Path,
-                  block: int) -> int:
-    """Merge the previous file's lists (memory-mapped) and the new shards' rows into a new on-disk inverted file.
-
-    The new rows are added block by block to small in-memory inverted files written to a temporary folder and
-    memory-mapped back (the ``faiss.contrib.ondisk`` recipe), so memory holds one block at a time.
-    """
-    data = data_file(path)
-    ivf_empty = faiss.extract_index_ivf(empty)
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".derived-build-") as tmpdir:
-        keep: list[faiss.Index] = []
-        lists = faiss.InvertedListsPtrVector()
-        if previous is not None:
-            lists.push_back(faiss.extract_index_ivf(previous).invlists)
-        rows = 0
-        for p in parts:
-            for s in range(0, len(p.ids), block):
-                xb = np.asarray(p.xb[s:s + block], np.float32)
-                ix = faiss.clone_index(empty)
-                ix.add_with_ids(xb, row_keys(p.shard.id, np.arange(s, s + len(xb))))
-                fname = os.path.join(tmpdir, f"part-{rows:012d}.faiss")
-                faiss.write_index(ix, fname)
-                del ix
-                back = faiss.read_index(fname, faiss.IO_FLAG_MMAP)
-                keep.append(back)
-                lists.push_back(faiss.extract_index_ivf(back).invlists)
-                rows += len(xb)
-        tmp_data = os.path.join(tmpdir, data.name)
-        ondisk = faiss.OnDiskInvertedLists(ivf_empty.nlist, ivf_empty.code_size, tmp_data)
-        with quiet_stdout():
-            ntotal = ondisk.merge_from_multiple(lists.data(), lists.size(), False)
-        out = faiss.clone_index(empty)
-        out_ivf = faiss.extract_index_ivf(out)
-        out_ivf.replace_invlists(ondisk, True)
-        ondisk.this.disown()
-        out.ntotal = out_ivf.ntotal = ntotal
-        tmp_index = os.path.join(tmpdir, path.name)
-        faiss.write_index(out, tmp_index)
-        del out, keep
-        for f in (tmp_data, tmp_index):
-            with open(f, "rb+") as fh:
-                os.fsync(fh.fileno())
-        os.replace(tmp_data, data)
-        os.replace(tmp_index, path)
-    fsync_dir(path.parent)
-    return int(ntotal)
-
-
-def remove_stale_derived(catalog: Catalog, fingerprint: str) -> None:
-    """Delete derived files of a build that the catalog no longer names (writer only)."""
-    folder = shard_folder(catalog.index_dir, fingerprint)
-    if not folder.is_dir():
-        return
-    with catalog.session() as s:
-        cur = s.scalar(select(StoreRow.derived_file).where(StoreRow.fingerprint == fingerprint))
-    keep = set()
-    if cur:
-        keep = {Path(cur).name, data_file(Path(cur)).name}
-    for p in folder.iterdir():
-        if p.name.startswith("derived-") and p.name not in keep:
-            with contextlib.suppress(OSError):
-                p.unlink()
-        elif p.name.startswith(".derived-build-") or (p.name.startswith(".derived-") and ".tmp-" in p.name):
-            import shutil
-
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)

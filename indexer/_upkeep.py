@@ -13,13 +13,14 @@ import numpy as np
 from sqlalchemy import delete, select, update
 
 from lookalike.indexer._catalog import BuildRow, Catalog, ShardRow, StoreRow, TombstoneRow, utcnow
-from lookalike.indexer._shards import ShardWriter, list_shards, open_shards
-from lookalike.indexer._store import Structure, build_derived, choose_structure, remove_stale_derived
+from lookalike.indexer._config import DEFAULT_COMPACT_AT
+from lookalike.indexer._derive import build_derived, remove_stale_derived
+from lookalike.indexer._shard_writer import ShardWriter
+from lookalike.indexer._shards import list_shards, open_shards
+from lookalike.indexer._structure import Structure, choose_structure
 
 _logger = logging.getLogger(__name__)
 
-#: Default share of tombstoned rows at which a shard is rewritten.
-DEFAULT_COMPACT_AT = 0.25
 #: Shards with fewer live rows than this are merged once there are ``SMALL_SHARDS_MAX`` of them.
 SMALL_SHARD_ROWS = 4096
 SMALL_SHARDS_MAX = 32

@@ -10,11 +10,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sqlalchemy import update
 
-from lookalike.indexer import VectorIndex, find_duplicates, move_duplicates, undo_moves, write_report
-from lookalike.indexer._catalog import STATUS_OK, BuildRow, Catalog, ImageRow, VectorRow
-from lookalike.indexer._vectors import vectors_file
+from lookalike.common.errors import IndexMismatch, InvalidArgument
+from lookalike.indexer import (
+    BuildConfig,
+    find_duplicates,
+    move_duplicates,
+    set_dedup_threshold,
+    undo_moves,
+    write_report,
+)
+from lookalike.indexer._catalog import STATUS_OK, Catalog, ImageRow
+from lookalike.indexer._writer import open_writer
 
 FP = "synthetic-0"
 
@@ -28,27 +35,24 @@ def _unit(deg: float, dim: int = 8) -> np.ndarray:
 def make_vector_index(tmp: Path, items: dict[str, dict]) -> tuple[Path, Path]:
     """An index folder built straight from vectors: items = {relpath: {"vec", "w", "h", "mtime"}}."""
     root, idx = tmp / "files", tmp / "idx"
-    idx.mkdir(parents=True)
     dim = len(next(iter(items.values()))["vec"])
     ids, vecs = [], []
-    with Catalog(idx, create=True) as cat, cat.session() as s, s.begin():
-        s.add(BuildRow(fingerprint=FP, metric="synthetic", dim=dim, factory="Flat", current_factory="Flat",
-                       count=len(items)))
-        for rel, it in items.items():
-            p = root / rel
-            p.parent.mkdir(parents=True, exist_ok=True)
-            p.write_bytes(b"x" * it.get("size", 10))
-            row = ImageRow(root=str(root), relpath=rel, path_raw=os.fsencode(str(p)), sha256=rel, size=p.stat().st_size,
-                           mtime_ns=it.get("mtime", 0), width=it.get("w", 10), height=it.get("h", 10), format="JPEG",
-                           status=STATUS_OK)
-            s.add(row)
-            s.flush()
-            s.add(VectorRow(image_id=row.id, fingerprint=FP, faiss_id=row.id))
-            ids.append(row.id)
-            vecs.append(it["vec"])
-    vi = VectorIndex.create(dim)
-    vi.add(np.stack(vecs), ids)
-    vi.save(vectors_file(idx, FP))
+    with open_writer(idx, BuildConfig(faiss="Flat")) as session:
+        bw = session.open_build(FP, "synthetic", dim)
+        with session.catalog.session() as s, s.begin():
+            for rel, it in items.items():
+                p = root / rel
+                p.parent.mkdir(parents=True, exist_ok=True)
+                p.write_bytes(b"x" * it.get("size", 10))
+                row = ImageRow(root=str(root), relpath=rel, path_raw=os.fsencode(str(p)), sha256=rel,
+                               size=p.stat().st_size, mtime_ns=it.get("mtime", 0), width=it.get("w", 10),
+                               height=it.get("h", 10), format="JPEG", status=STATUS_OK)
+                s.add(row)
+                s.flush()
+                ids.append(row.id)
+                vecs.append(it["vec"])
+        bw.push(ids, np.stack(vecs))
+        bw.finish()
     return root, idx
 
 
@@ -103,8 +107,15 @@ def test_keep_rules_and_blocks(chain: tuple[Path, Path]) -> None:
         find_duplicates(idx, threshold=3.0)
     with pytest.raises(ValueError, match="no distance threshold given"):
         find_duplicates(idx)
-    with Catalog(idx) as cat, cat.session() as s, s.begin():
-        s.execute(update(BuildRow).values(dedup_threshold=0.05))
+    # an out-of-range stored threshold is a clear InvalidArgument (it was a TypeError), at both entry points
+    with Catalog(idx) as cat:
+        with pytest.raises(InvalidArgument, match=r"dedup threshold 3.0 is outside \[0, 2\]"):
+            cat.set_dedup_threshold(FP, 3.0)
+        with pytest.raises(IndexMismatch, match="no build 'nope'"):
+            cat.set_dedup_threshold("nope", 0.1)
+    with pytest.raises(InvalidArgument, match=r"dedup threshold 3.0 is outside \[0, 2\]"):
+        set_dedup_threshold(idx, 3.0)
+    assert set_dedup_threshold(idx, 0.05) == FP
     assert len(find_duplicates(idx).pairs) == 3  # the threshold stored with the build
 
 

@@ -13,9 +13,10 @@ from PIL import Image
 from sqlalchemy import select, update
 from support import PHOTOS
 
-from lookalike.indexer import VectorIndex, build_index, index_info, open_index, search
+from lookalike.indexer import build_index, index_info, open_index, search
 from lookalike.indexer._catalog import STATUS_OK, BuildRow, Catalog, ImageRow, SchemaVersion, ShardRow, VectorRow
-from lookalike.indexer._shards import ShardWriter, open_shards, shard_folder
+from lookalike.indexer._shard_writer import ShardWriter
+from lookalike.indexer._shards import open_shards, shard_folder
 from lookalike.metric import load_metric
 
 
@@ -233,9 +234,9 @@ def test_faiss_types_in_the_pipeline(tmp_path: Path, tiny, monkeypatch: pytest.M
     assert s.factory == "Flat"  # too few vectors to train 64 lists: stays exact
 
     # "auto" switches to a trained IVF once the collection is large (threshold lowered for the test)
-    monkeypatch.setattr("lookalike.indexer._store.AUTO_EXACT_MAX", 4)
-    monkeypatch.setattr("lookalike.indexer._store.auto_nlist", lambda n: 2)
-    monkeypatch.setattr("lookalike.indexer._store.min_train_size", lambda f: 2)
+    monkeypatch.setattr("lookalike.indexer._structure.AUTO_EXACT_MAX", 4)
+    monkeypatch.setattr("lookalike.indexer._structure.auto_nlist", lambda n: 2)
+    monkeypatch.setattr("lookalike.indexer._structure.min_train_size", lambda f: 2)
     s = build_index(root, tmp_path / "auto", metric=tiny, batch_size=4, workers=0, progress=False)
     assert s.factory == "IVF2,Flat"
     with open_index(tmp_path / "auto") as ix:
@@ -249,71 +250,3 @@ def test_faiss_types_in_the_pipeline(tmp_path: Path, tiny, monkeypatch: pytest.M
         assert ix.build.search_params == "nprobe=2"
         assert ix.vectors.derived.ntotal == 9  # the new shard was merged into the on-disk lists
         assert search(ix, files[2], k=1)[0].path == str(files[2])
-
-
-@pytest.mark.parametrize("factory", ["Flat", "HNSW32", "IVF8,Flat", "IVF8,PQ8x4,RFlat"])
-def test_vector_index_roundtrip(tmp_path: Path, factory: str) -> None:
-    rng = np.random.default_rng(0)
-    xb = rng.standard_normal((400, 32)).astype(np.float32)
-    xb /= np.linalg.norm(xb, axis=1, keepdims=True)
-    vi = VectorIndex.create(32, factory)
-    vi.train(xb)
-    vi.add(xb, range(1000, 1400))
-    vi.set_search_params("nprobe=8" if "IVF" in factory else ("efSearch=64" if "HNSW" in factory else None))
-    D, I = vi.search(xb[:5], 3)  # noqa: E741
-    assert I[:, 0].tolist() == list(range(1000, 1005)) and np.all(D[:, 0] < 0.05)
-    vi.add(-xb[:2], [1000, 1001])  # replace
-    assert vi.ntotal == 400
-    vi.remove([1002, 5])
-    assert vi.ntotal == 399 and 1002 not in vi
-    vi.save(tmp_path / "v.faiss")
-    vj = VectorIndex.load(tmp_path / "v.faiss")
-    assert sorted(vj.ids().tolist()) == sorted(vi.ids().tolist())
-    vj.set_search_params("nprobe=8" if "IVF" in factory else None)
-    assert vj.search(-xb[:1], 1)[1][0, 0] == 1000
-    with pytest.raises(ValueError, match="holds 32-d vectors"):
-        vj.search(np.zeros((1, 16), np.float32), 1)
-
-
-def test_flat_numpy_route_matches_faiss(monkeypatch: pytest.MonkeyPatch) -> None:
-    rng = np.random.default_rng(1)
-    xb = rng.standard_normal((3000, 64)).astype(np.float32)
-    xb /= np.linalg.norm(xb, axis=1, keepdims=True)
-    vi = VectorIndex.create(64)
-    vi.add(xb, np.arange(3000) * 7)
-    xq = xb[:20] + 0.1 * rng.standard_normal((20, 64)).astype(np.float32)
-    D_np, I_np = vi.search(xq, 10)  # numpy route
-    D_f, I_f = vi.index.search(xq, 10)  # faiss's own scan  # noqa: E741
-    assert np.array_equal(I_np, I_f)
-    np.testing.assert_allclose(D_np, 1.0 - D_f, atol=1e-5)
-    monkeypatch.setattr("lookalike.indexer._vectors.NUMPY_BLOCK_BYTES", 3000 * 4 * 3)  # 3 queries per block
-    D_b, I_b = vi.search(xq, 10)
-    assert np.array_equal(I_b, I_np) and np.allclose(D_b, D_np, atol=1e-6)  # float32 blocks round differently
-    D_big, I_big = vi.search(xq[:1], 5000)
-    assert (I_big[0] >= 0).sum() == 3000 and np.isinf(D_big[0, -1])
-
-
-def test_gpu_code_paths_with_a_cpu_stand_in(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The faiss-gpu branches (k-NN on the GPU, range search as GPU k-NN + CPU fallback), run on a CPU clone."""
-    import lookalike.indexer._vectors as vectors_mod
-
-    monkeypatch.setattr(vectors_mod, "gpu_count", lambda: 1)
-    monkeypatch.setattr(vectors_mod.faiss, "StandardGpuResources", lambda: object(), raising=False)
-    monkeypatch.setattr(vectors_mod.faiss, "index_cpu_to_gpu", lambda res, dev, index: faiss.clone_index(index),
-                        raising=False)
-    rng = np.random.default_rng(2)
-    xb = rng.standard_normal((300, 16)).astype(np.float32)
-    xb /= np.linalg.norm(xb, axis=1, keepdims=True)
-    vi = VectorIndex.create(16)
-    vi.add(xb, np.arange(300) + 50)
-    assert vi._gpu_flat() is not None
-    D, I = vi.search(xb[:40], 5)  # noqa: E741
-    D_np, I_np = vi._numpy_knn(xb[:40], 5)
-    assert np.array_equal(I, I_np) and np.allclose(D, 1.0 - D_np, atol=1e-5)
-    for thr in (0.3, 1.0):  # 1.0: most rows have > 64 neighbours -> CPU fallback
-        lims, d, i = vi.range_search(xb[:30], thr)
-        lims_c, d_c, i_c = vi.index.range_search(xb[:30], float(1.0 - thr - 1e-6))
-        for q in range(30):
-            assert set(i[lims[q]:lims[q + 1]].tolist()) == set(i_c[lims_c[q]:lims_c[q + 1]].tolist())
-    vi.remove([50])
-    assert vi._gpu is None and vi.search(xb[:20], 1)[1][0, 0] != 50

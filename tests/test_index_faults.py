@@ -22,7 +22,7 @@ FP = "test_vit_tiny-seed0"
 def ivf_small():
     """Let a 2-list inverted file train on a handful of vectors (for the whole module: repairs rebuild it)."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("lookalike.indexer._store.min_train_size", lambda f: 2)
+        mp.setattr("lookalike.indexer._structure.min_train_size", lambda f: 2)
         yield
 
 

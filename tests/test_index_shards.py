@@ -8,17 +8,27 @@ import shutil
 import sqlite3
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 from sqlalchemy import insert, select
 
-from lookalike.indexer import build_index, choose_structure, find_duplicates, index_info, open_index, search
+from lookalike.app.cli import main
+from lookalike.common.errors import IndexNeedsUpgrade
+from lookalike.indexer import (
+    build_index,
+    check_index,
+    choose_structure,
+    find_duplicates,
+    index_info,
+    open_index,
+    search,
+)
 from lookalike.indexer._catalog import STATUS_OK, BuildRow, Catalog, ImageRow, ShardRow, StoreRow
 from lookalike.indexer._migrate import legacy_file
-from lookalike.indexer._shards import ShardWriter, tombstone
+from lookalike.indexer._shard_writer import ShardWriter, tombstone
 from lookalike.indexer._store import ShardedVectors
 from lookalike.indexer._upkeep import update_structure
-from lookalike.indexer._vectors import VectorIndex
 from lookalike.metric import load_metric
 
 PHOTOS = Path(__file__).parent / "fixtures" / "photos"
@@ -189,15 +199,25 @@ def test_progress_callback(tmp_path: Path, tiny) -> None:
     assert ("scan", 5, 5) in calls
 
 
-def _downgrade_to_v1(idx: Path, fingerprint: str, factory: str) -> None:
-    """Rewrite a schema-2 folder as lookalike 0.1 (schema 1) wrote it: one FAISS file, no shard tables."""
+def write_v1_faiss(path: Path, xb: np.ndarray, ids: np.ndarray, factory: str) -> None:
+    """A FAISS file as lookalike 0.1 (schema 1) wrote it: inverted files with their ids natively, any other type
+    inside an ``IndexIDMap2``."""
+    inner = faiss.index_factory(xb.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
+    inner.train(xb)
+    index = inner if faiss.try_extract_index_ivf(inner) is inner else faiss.IndexIDMap2(inner)
+    if isinstance(faiss.downcast_index(inner), faiss.IndexIVF):
+        index = faiss.downcast_index(inner)
+    index.add_with_ids(xb, ids)
+    faiss.write_index(index, str(path))
+
+
+def _downgrade_to_v1(idx: Path, fingerprint: str, factory: str) -> np.ndarray:
+    """Rewrite a schema-2 folder as lookalike 0.1 (schema 1) wrote it: one FAISS file, no shard tables. Returns the
+    vectors, in image id order."""
     with open_index(idx) as ix:
-        ids = ix.vectors.ids()
+        ids = np.sort(ix.vectors.ids())
         xb = ix.vectors.vectors(ids)
-    vi = VectorIndex.create(xb.shape[1], factory)
-    vi.train(xb)
-    vi.add(xb, ids.tolist())
-    vi.save(legacy_file(idx, fingerprint))
+    write_v1_faiss(legacy_file(idx, fingerprint), xb, ids, factory)
     shutil.rmtree(idx / "vectors")
     con = sqlite3.connect(idx / "catalog.sqlite")
     for t in ("tombstones", "shards", "stores"):
@@ -207,24 +227,61 @@ def _downgrade_to_v1(idx: Path, fingerprint: str, factory: str) -> None:
     con.execute("UPDATE builds SET current_factory = ?", (factory,))
     con.commit()
     con.close()
+    return xb
 
 
-@pytest.mark.parametrize("factory", ["Flat", "HNSW16"])
-def test_v1_folder_is_migrated_once(tmp_path: Path, tiny, factory: str) -> None:
+def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    return {p.relative_to(folder).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("factory", ["Flat", "HNSW16", "IVF2,Flat"])
+def test_v1_folder_is_refused_by_readers_and_migrated_once_by_a_writer(tmp_path: Path, tiny, factory: str,
+                                                                       capsys) -> None:
     root, idx = tmp_path / "photos", tmp_path / "idx"
     files = _photos(root, 6)
-    build_index(root, idx, metric=tiny, workers=0, faiss=None if factory == "Flat" else factory, progress=False)
+    build_index(root, idx, metric=tiny, workers=0, faiss=None if factory != "HNSW16" else factory, progress=False)
     before = [(h.relpath, round(h.distance, 5)) for h in search(idx, files[1], k=6)]
-    _downgrade_to_v1(idx, tiny.fingerprint, factory)
+    xb = _downgrade_to_v1(idx, tiny.fingerprint, factory)
     assert legacy_file(idx, tiny.fingerprint).is_file()
-    after = [(h.relpath, round(h.distance, 5)) for h in search(idx, files[1], k=6)]  # a reader migrates it
+    # readers never write: each says so in one line with the command that upgrades the folder, and changes nothing
+    (idx / "writer.lock").unlink()  # left by the writer that built it; no reader may create it again
+    snap = _snapshot(idx)
+    with pytest.raises(IndexNeedsUpgrade, match=f"lookalike check --index {idx} --repair"):
+        search(idx, files[1], k=6)
+    for argv in (["search", str(files[1]), "--index", str(idx)], ["dedup", "--index", str(idx), "--threshold", "0.1"],
+                 ["info", "--index", str(idx)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and len(err.splitlines()) == 1 and "upgrade it once" in err, err
+    assert _snapshot(idx) == snap and not (idx / "writer.lock").exists()
+    # 'check' (without --repair) only reads, and names the repair; '--repair' migrates through the writer session
+    assert "schema 1" in check_index(idx).format() and _snapshot(idx) == snap
+    report = check_index(idx, repair=True)
+    assert report.ok and "upgraded the folder to index schema 2" in report.repaired[0], report.format()
+    after = [(h.relpath, round(h.distance, 5)) for h in search(idx, files[1], k=6)]
     assert after == before
     assert not legacy_file(idx, tiny.fingerprint).exists()
     with Catalog(idx) as cat, cat.session() as s:
         assert cat.version == 2
         assert sum(s.scalars(select(ShardRow.rows))) == 6
-        assert s.get(BuildRow, tiny.fingerprint).current_factory == factory
+        assert s.get(BuildRow, tiny.fingerprint).current_factory == ("HNSW16" if factory == "HNSW16" else "Flat")
+    with open_index(idx) as ix:  # the vectors came through unchanged (an IVF file's are reconstructed exactly)
+        np.testing.assert_allclose(ix.vectors.vectors(np.sort(ix.vectors.ids())), xb, atol=1e-6)
     s2 = build_index(root, idx, metric=tiny, workers=0, progress=False)
     assert s2.embedded == 0 and s2.total_vectors == 6
     os.remove(files[0])
     assert build_index(root, idx, metric=tiny, workers=0, progress=False).total_vectors == 5
+
+
+def test_v1_folder_is_migrated_by_any_writer(tmp_path: Path, tiny) -> None:
+    root, idx = tmp_path / "photos", tmp_path / "idx"
+    files = _photos(root, 5)
+    build_index(root, idx, metric=tiny, workers=0, progress=False)
+    _downgrade_to_v1(idx, tiny.fingerprint, "IVF2,PQ4x2,RFlat")  # a refined type inside an IndexIDMap2
+    copy = _photos(tmp_path / "more", 6)[-1]
+    shutil.copy2(copy, root / "new.jpg")
+    s = build_index(root, idx, progress=False)  # the index's own metric; migrates once, then embeds the new file
+    assert s.metric == tiny.name and s.embedded == 1 and s.total_vectors == 6
+    assert not legacy_file(idx, tiny.fingerprint).exists()
+    assert search(idx, files[2], k=1)[0].relpath == files[2].name

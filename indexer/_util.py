@@ -1,0 +1,53 @@
+"""Small helpers of the store: memory sizes as users write them, and silencing faiss's C-level prints."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sys
+from collections.abc import Iterator
+
+from lookalike.common.errors import InvalidArgument
+
+_MEM = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(i?B)?\s*$", re.IGNORECASE)
+
+
+def parse_memory(text: str | int | None) -> int | None:
+    """"4G", "512M", "1.5GiB", 10**9 → bytes (None stays None)."""
+    if text is None or isinstance(text, int):
+        return text
+    m = _MEM.match(str(text))
+    if not m:
+        raise InvalidArgument(f"memory budget {text!r} not understood; write e.g. 4G, 512M or 2.5GB")
+    mult = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}[m.group(2).upper()]
+    return int(float(m.group(1)) * mult)
+
+
+def libc_flush() -> None:
+    """Flush C stdio buffers (what faiss printed) before file descriptor 1 is switched."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).fflush(None)
+    except (OSError, AttributeError):
+        pass
+
+
+@contextlib.contextmanager
+def quiet_stdout() -> Iterator[None]:
+    """Silence faiss's C-level prints to stdout ("resizing ...") during on-disk list operations."""
+    fd = 1  # faiss prints with C stdio to file descriptor 1, whatever Python's sys.stdout is
+    with contextlib.suppress(AttributeError, ValueError, OSError):
+        sys.stdout.flush()
+    libc_flush()
+    saved = os.dup(fd)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+        yield
+    finally:
+        libc_flush()
+        os.dup2(saved, fd)
+        os.close(saved)
+        os.close(devnull)
