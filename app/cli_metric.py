@@ -93,7 +93,7 @@ def collect_info(weights: str | None = None) -> dict[str, object]:
             "files": [{"path": f["path"], "present": f["present"], "location": f["location"]} for f in files],
             "description": cfg.description,
         })
-    from lookalike.metric._precision import describe_auto
+    from lookalike.metric import describe_auto
 
     auto = [describe_auto("cpu")] + [describe_auto(f"cuda:{i}") for i in range(torch.cuda.device_count())]
     return {

@@ -17,9 +17,7 @@ import torch
 from PIL import Image
 
 from lookalike.common.errors import WeightsNotFound
-from lookalike.metric._base import Metric
-from lookalike.metric._factory import load_metric
-from lookalike.metric._registry import get_metric_cfg, list_metrics
+from lookalike.metric import Metric, get_metric_cfg, list_metrics, load_metric
 from lookalike.metric.weights import weights_paths
 
 _logger = logging.getLogger(__name__)

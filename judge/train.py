@@ -48,9 +48,7 @@ from lookalike.data.images import open_image
 from lookalike.data.transforms import build_transform
 from lookalike.data.triplets import Triplet
 from lookalike.judge.eval import embed_paths, score_2afc
-from lookalike.metric._base import get_device
-from lookalike.metric._pretrained import MetricCfg, WeightFile
-from lookalike.metric._registry import get_metric_cfg, is_metric, register_metric
+from lookalike.metric import MetricCfg, WeightFile, get_device, get_metric_cfg, is_metric, register_metric
 from lookalike.metric.ensemble import embedding_head
 from lookalike.metric.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 
