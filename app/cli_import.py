@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+
+from lookalike.app.cli import CliError
+from lookalike.app.cli_index import add_build_flags, build_config
 
 _EPILOG = """examples:
   lookalike import embeddings/ --index idx --metric dreamsim --root ~/Pictures      (*.npy + paths.txt)
   lookalike import vectors.parquet --index idx --metric clip_vitb32 --vector-column emb
   lookalike import clip_out/ --index idx --metric my-clip-l14 --normalize           (img_emb/ + metadata/)
+  lookalike import clip_out/ --index idx --metric my-clip-l14 --storage fp16 --max-memory 4G   (large collections)
 Rows are checked (dimension, finite, unit norm) and land as shards; missing image files are recorded as
 "missing". Re-running the same import skips the rows already imported. Then: lookalike search / dedup --index idx."""
 
@@ -40,27 +45,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "DIR' recognises the imported images (default: the current directory)")
     p.add_argument("--normalize", action="store_true", help="normalise rows that are not unit vectors (default: "
                    "such rows are an error)")
-    p.add_argument("--fp16", action="store_true", help="store the vectors as float16 (half the disk and RAM)")
-    p.add_argument("--max-memory", default=None, metavar="SIZE",
-                   help="memory budget of the search structure (e.g. 4G): exact search while the vectors fit, an "
-                        "inverted file beyond (as 'lookalike index --max-memory')")
-    p.add_argument("--faiss", default=None, metavar="FACTORY", help="FAISS factory string of a new build "
-                   "(default auto)")
-    p.add_argument("--chunk-rows", type=int, default=65_536, metavar="N", help="rows per shard (default 65536)")
+    add_build_flags(p, unit="rows")
+    p.add_argument("--fp16", action="store_true", help=argparse.SUPPRESS)  # deprecated alias of --storage fp16
+    p.add_argument("--chunk-rows", type=int, default=65_536, metavar="N", help="rows read at a time (default 65536)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run_import)
 
 
 def run_import(args: argparse.Namespace) -> int:
-    from lookalike.indexer import import_embeddings
+    from lookalike.indexer import ImportOptions, import_into
 
-    summary = import_embeddings(
-        args.embeddings, args.index, metric=args.metric, format=args.format, paths=args.paths,
-        path_column=args.path_column, vector_column=args.vector_column, root=args.root, normalize=args.normalize,
-        storage="fp16" if args.fp16 else None, max_memory=args.max_memory, faiss=args.faiss,
-        chunk_rows=args.chunk_rows, db_url=args.db,
-        progress=not args.no_progress and not args.json,
-    )
+    if args.fp16:
+        if args.storage == "fp32":
+            raise CliError("--fp16 and --storage fp32 contradict each other; --fp16 is the old name of --storage fp16")
+        print("warning: --fp16 is deprecated; use --storage fp16 (the same flag as 'lookalike index')",
+              file=sys.stderr)
+    options = ImportOptions(format=args.format, paths=args.paths, path_column=args.path_column,
+                            vector_column=args.vector_column, root=args.root, normalize=args.normalize,
+                            chunk_rows=args.chunk_rows)
+    summary = import_into(args.embeddings, args.index, metric=args.metric,
+                          config=build_config(args, storage="fp16" if args.fp16 else None), options=options,
+                          progress=not args.no_progress and not args.json)
     print(json.dumps(summary.as_dict(), indent=1) if args.json else summary.format_text())
     return 0

@@ -6,8 +6,12 @@ import argparse
 import json
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from lookalike.app.cli import CliError
+
+if TYPE_CHECKING:
+    from lookalike.indexer import BuildConfig
 
 _INDEX_EPILOG = """examples:
   lookalike index ~/Pictures --index ~/pictures.idx
@@ -39,14 +43,47 @@ Files are only touched with --move-to; the manifest it writes lets --undo put ev
 _CHECK_EPILOG = """examples:
   lookalike check --index idx                  (sha256 of every shard and search file against the catalog)
   lookalike check --index idx --repair         (restore / rebuild / re-embed what can be; says what could not)
-The search file is rebuilt from the shards without re-embedding; a lost shard's images are embedded again; a damaged
-catalog is restored from catalog.sqlite.bak (written at the end of every 'lookalike index' run)."""
+The search file is rebuilt from the shards without re-embedding; a lost shard's images are embedded again, in the
+precision the index recorded; a damaged catalog is restored from catalog.sqlite.bak (refreshed by every 'lookalike
+index' / 'lookalike import' run); a folder written by an older lookalike is upgraded."""
 
 
 def _add_catalog_flags(p: argparse.ArgumentParser, *, required_index: bool = True) -> None:
     p.add_argument("--index", required=required_index, metavar="DIR", help="index folder")
     p.add_argument("--db", default=None, metavar="URL",
                    help="SQLAlchemy URL of the catalog (default: catalog.sqlite in the index folder)")
+
+
+def add_build_flags(p: argparse.ArgumentParser, *, unit: str) -> None:
+    """The build options every writer shares (``lookalike.indexer.BuildConfig``), under the same names for
+    ``index`` and ``import``; ``unit`` is what a checkpoint counts ("images" or "rows")."""
+    p.add_argument("--faiss", default=None, metavar="FACTORY",
+                   help="search structure of a new index: Flat (exact) or a FAISS factory string (HNSW32, "
+                        "IVF4096,Flat, IVF4096,SQ8...) (default auto: exact up to 200k vectors, an inverted file "
+                        "beyond)")
+    p.add_argument("--storage", default=None, choices=["fp32", "fp16"],
+                   help="vector storage of a new index: fp32 (default) or fp16 (half the disk and page cache)")
+    p.add_argument("--max-memory", default=None, metavar="SIZE",
+                   help="memory budget of the search structure, e.g. 4G: exact search while the vectors fit it, "
+                        "else an inverted file whose codes fit (Flat, SQ8 or PQ); 'lookalike info' says what was "
+                        "chosen (default: exact up to 200k vectors, an inverted file beyond)")
+    p.add_argument("--compact-at", type=float, default=None, metavar="SHARE",
+                   help="rewrite a shard once this share of its rows belongs to removed images (default 0.25)")
+    p.add_argument("--dedup-threshold", type=float, default=None, metavar="T",
+                   help="store T as the default 'lookalike dedup --threshold' of this index and metric")
+    zero, default = (("every batch", "65,536 images or 30 s") if unit == "images" else
+                     ("every chunk read", "one shard per --chunk-rows rows read"))
+    p.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
+                   help=f"{unit} between checkpoints, each one new shard file (0 = {zero}; default {default})")
+
+
+def build_config(args: argparse.Namespace, *, storage: str | None = None) -> BuildConfig:
+    """The ``BuildConfig`` of the flags ``add_build_flags`` added (and ``--db``)."""
+    from lookalike.indexer import BuildConfig
+
+    return BuildConfig(faiss=args.faiss, storage=storage or args.storage, max_memory=args.max_memory,
+                       dedup_threshold=args.dedup_threshold, checkpoint_every=args.checkpoint_every,
+                       db_url=args.db, **({"compact_at": args.compact_at} if args.compact_at is not None else {}))
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -58,12 +95,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               "removed ones and keep a FAISS + SQLite index up to date.")
     p.add_argument("roots", nargs="+", metavar="ROOT", help="image folders")
     _add_catalog_flags(p)
-    p.add_argument("--metric", default="dreamsim", help="embedding metric (see 'lookalike info'; default dreamsim)")
+    p.add_argument("--metric", default=None, help="embedding metric (see 'lookalike info'; default: the index's own "
+                   "metric, dreamsim for a new index)")
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="precision (default auto: bf16 where the device runs it natively - CUDA compute capability "
-                        ">= 8, CPUs with AMX / AVX-512 BF16 - else fp32; 'lookalike info' says which). The dtype is "
-                        "recorded with the index; fp32 is the exact path")
+                   help="precision (default auto: an existing index keeps the precision it recorded; a new one gets "
+                        "bf16 where the device runs it natively - CUDA compute capability >= 8, CPUs with AMX / "
+                        "AVX-512 BF16 - else fp32; 'lookalike info' says which). The dtype is recorded with the "
+                        "index; fp32 is the exact path")
     p.add_argument("--batch-size", type=int, default=None,
                    help="images per batch (default: 32 on the CPU; on a GPU the largest power of two up to 1024 that "
                         "fits in its free memory)")
@@ -82,26 +121,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="decode and embed on a Ray cluster, this process writing the index: 'auto' (the default "
                         "when the flag is given: the running cluster, else a local one for this run) or an address "
                         "(HOST:6379, ray://HOST:10001). Needs pip install \"lookalike[ray]\"")
-    p.add_argument("--faiss", default=None, metavar="FACTORY",
-                   help="FAISS factory string: Flat, HNSW32, IVF4096,Flat, IVF4096,PQ64,RFlat... "
-                        "(default auto: exact up to 200k images, IVF beyond)")
-    p.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
-                   help="images between checkpoints, each one new shard file (0 = every batch; default 65,536 images "
-                        "or 30 s)")
-    p.add_argument("--max-memory", default=None, metavar="SIZE",
-                   help="memory budget of the search structure, e.g. 4G: exact search while the vectors fit it, "
-                        "else an inverted file whose codes fit (Flat, SQ8 or PQ); 'lookalike info' says what was "
-                        "chosen (default: exact up to 200k images, an inverted file beyond)")
-    p.add_argument("--storage", default=None, choices=["fp32", "fp16"],
-                   help="vector storage of a new index: fp32 (default) or fp16 (half the disk and page cache)")
-    p.add_argument("--compact-at", type=float, default=None, metavar="SHARE",
-                   help="rewrite a shard once this share of its rows belongs to removed images (default 0.25)")
+    add_build_flags(p, unit="images")
     p.add_argument("--repair", action="store_true",
                    help="first check the index files and repair what is damaged (see 'lookalike check')")
     p.add_argument("--max-pixels", type=int, default=None, metavar="N",
                    help="decompression-bomb limit in pixels (default 178,956,970)")
-    p.add_argument("--dedup-threshold", type=float, default=None, metavar="T",
-                   help="store T as the default 'lookalike dedup --threshold' of this index and metric")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run_index)
@@ -151,6 +175,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _add_catalog_flags(p)
     p.add_argument("--repair", action="store_true", help="repair what can be repaired")
     p.add_argument("--device", default=None, help="device for re-embedding the images of lost shards")
+    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="precision of that re-embedding (default auto: the one the index recorded, where this "
+                        "machine runs it natively; else fp32, and the report says so)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=run_check)
 
@@ -158,7 +186,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 class _Bars:
     """A tqdm bar per stage of ``build_index``, driven by its ``progress(stage, done, total)`` callback."""
 
-    LABELS = {"scan": "scan", "diff": "diff", "embed": "embed", "derive": "search structure"}
+    LABELS = {"scan": "scan", "diff": "diff", "embed": "embed", "derive": "search structure",
+              "import": "import"}
 
     def __init__(self) -> None:
         self.bar = None
@@ -167,11 +196,16 @@ class _Bars:
     def __call__(self, stage: str, done: int, total: int) -> None:
         from tqdm.auto import tqdm
 
+        if stage == "load":  # loading a model can take seconds: say what is happening
+            self.close()
+            print("loading the metric ...", file=sys.stderr, flush=True)
+            return
         if stage != self.stage:
             self.close()
             self.stage = stage
-            self.bar = tqdm(total=total or None, desc=self.LABELS.get(stage, stage), unit="img" if stage in (
-                "embed", "derive") else "file", dynamic_ncols=True, leave=stage == "embed")
+            self.bar = tqdm(total=total or None, desc=self.LABELS.get(stage, stage),
+                            unit={"embed": "img", "derive": "img", "import": "vec"}.get(stage, "file"),
+                            dynamic_ncols=True, leave=stage in ("embed", "import"))
         if total and self.bar.total != total:
             self.bar.total = total
         self.bar.update(done - self.bar.n)
@@ -184,24 +218,21 @@ class _Bars:
 
 def run_index(args: argparse.Namespace) -> int:
     from lookalike.data.images import DEFAULT_MAX_PIXELS
-    from lookalike.indexer import build_index, check_index
+    from lookalike.indexer import EmbedOptions, check_index, index_folders
 
-    if args.repair and os.path.isdir(args.index):
-        report = check_index(args.index, repair=True, db_url=args.db, device=args.device)
-        if report.problems:
-            print(report.format(), file=sys.stderr)
+    config = build_config(args)
+    options = EmbedOptions(device=args.device, dtype=args.dtype, batch_size=args.batch_size, workers=args.workers,
+                           threads=args.threads, fast_decode=args.fast_decode, ray=args.ray,
+                           max_pixels=args.max_pixels if args.max_pixels is not None else DEFAULT_MAX_PIXELS)
     bars = _Bars() if not args.no_progress and not args.json else None
     try:
-        summary = build_index(
-            args.roots, args.index, metric=args.metric, device=args.device, dtype=args.dtype,
-            batch_size=args.batch_size, workers=args.workers, threads=args.threads, faiss=args.faiss,
-            db_url=args.db,
-            progress=bars if bars is not None else False, checkpoint_every=args.checkpoint_every,
-            max_pixels=args.max_pixels if args.max_pixels is not None else DEFAULT_MAX_PIXELS,
-            dedup_threshold=args.dedup_threshold, fast_decode=args.fast_decode, storage=args.storage,
-            max_memory=args.max_memory, ray=args.ray,
-            **({"compact_at": args.compact_at} if args.compact_at is not None else {}),
-        )
+        if args.repair and os.path.isdir(args.index):
+            report = check_index(args.index, repair=True, db_url=args.db, device=args.device, dtype=args.dtype,
+                                 progress=bars if bars is not None else False)
+            if report.problems:
+                print(report.format(), file=sys.stderr)
+        summary = index_folders(args.roots, args.index, metric=args.metric, config=config, options=options,
+                                progress=bars if bars is not None else False)
     finally:
         if bars is not None:
             bars.close()
@@ -274,7 +305,13 @@ def run_dedup(args: argparse.Namespace) -> int:
 def run_check(args: argparse.Namespace) -> int:
     from lookalike.indexer import check_index
 
-    report = check_index(args.index, repair=args.repair, db_url=args.db, device=args.device)
+    bars = _Bars() if args.repair and not args.no_progress and not args.json else None
+    try:
+        report = check_index(args.index, repair=args.repair, db_url=args.db, device=args.device, dtype=args.dtype,
+                             progress=bars if bars is not None else False)
+    finally:
+        if bars is not None:
+            bars.close()
     if args.json:
         print(json.dumps(report.as_dict(), indent=1))
     else:
