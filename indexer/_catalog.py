@@ -335,6 +335,26 @@ class Catalog:
     def session(self) -> Session:
         return self.sessions()
 
+    def quick_check(self) -> str | None:
+        """SQLite's ``PRAGMA quick_check`` (reads every page, writes nothing): None when the file is sound (or the
+        catalog is not SQLite), else the first problem it reports."""
+        if self.db_file is None:
+            return None
+        try:
+            with self.engine.connect() as conn:
+                res = [r[0] for r in conn.execute(text("PRAGMA quick_check"))]
+        except DatabaseError as e:
+            res = [str(getattr(e, "orig", e)).strip().splitlines()[0]]
+        return None if res == ["ok"] else str(res[0])[:120]
+
+    def damaged(self) -> IndexDamaged | None:
+        """An IndexDamaged naming the catalog file when ``quick_check`` finds a problem, else None."""
+        problem = self.quick_check()
+        if problem is None:
+            return None
+        assert self.db_file is not None
+        return IndexDamaged(self.db_file, f"the SQLite catalog fails its integrity check ({problem})", self.index_dir)
+
     def builds(self) -> list[BuildRow]:
         with self.sessions() as s:
             return list(s.scalars(select(BuildRow).order_by(BuildRow.created)))

@@ -22,7 +22,7 @@ import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from sqlalchemy import delete, func, select, text
+from sqlalchemy import delete, func, select
 from sqlalchemy.exc import DatabaseError
 
 from lookalike.common.errors import IndexDamaged
@@ -132,15 +132,9 @@ def _scan(cat: Catalog, report: CheckReport) -> _Found:
     """Damaged shards per fingerprint, builds whose derived file is damaged, dangling vector rows per build."""
     found = _Found()
     bad_shards, bad_derived, dangling = found.bad_shards, found.bad_derived, found.dangling
-    if cat.db_file is not None:
-        try:
-            with cat.engine.connect() as conn:
-                res = [r[0] for r in conn.execute(text("PRAGMA quick_check"))]
-        except DatabaseError as e:
-            res = [str(getattr(e, "orig", e))]
-        if res != ["ok"]:
-            raise IndexDamaged(cat.db_file, f"the SQLite catalog fails its integrity check ({res[0][:120]})",
-                               cat.index_dir)
+    damaged = cat.damaged()
+    if damaged is not None:
+        raise damaged
     for b in cat.builds():
         with cat.session() as s:
             shards = list_shards(s, b.fingerprint)

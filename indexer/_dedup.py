@@ -202,7 +202,8 @@ def find_duplicates(
         A DedupReport. No file is touched.
 
     Raises:
-        ValueError: bad threshold, group or keep rule; no threshold given or stored.
+        ValueError: bad threshold, group or keep rule; no threshold given or stored; ``IndexDamaged`` for a damaged
+            catalog or vector file.
     """
     if group not in GROUP_MODES:
         raise InvalidArgument(f"unknown group mode {group!r}; choose from {', '.join(GROUP_MODES)}")
@@ -219,6 +220,7 @@ def find_duplicates(
                                        "'lookalike calibrate'")
     if not 0.0 <= threshold <= 2.0:
         raise InvalidArgument(f"threshold {threshold} is outside [0, 2] (the distance is 1 - cosine)")
+    index.check_catalog()  # a report that may drive file moves is never built on a damaged catalog
     pairs, probe = find_pairs(index, threshold, block_size=block_size, nprobe=nprobe, progress=progress)
     rows = index.rows({i for p in pairs for i in p})
     pairs = {k: d for k, d in pairs.items() if k[0] in rows and k[1] in rows}

@@ -121,14 +121,15 @@ def dtype_for_build(recorded: str | None, requested: str | None, device: object,
 
     An explicit ``requested`` dtype is kept (a run that mixes precisions is then reported by ``declare_dtype``).
     ``"auto"`` keeps the precision the build recorded, so that an update or a repair adds vectors like the ones it
-    holds; where ``device`` does not run that precision natively (bf16 recorded, CPU without AMX / AVX-512 BF16),
-    emulating it would be many times slower, so the run computes in fp32 and says so.
+    holds and an image query is embedded like them; where ``device`` does not run that precision natively (bf16
+    recorded, CPU without AMX / AVX-512 BF16), emulating it would be many times slower, so fp32 is used and the note
+    says so. A build with nothing recorded gets ``"auto"`` (``resolve_dtype``).
     """
     if requested is None or str(requested).strip().lower() != "auto" or recorded is None:
         return requested, None
     if runs_natively(recorded, device):
         return recorded, None
     note = (f"the index's {metric} vectors are {recorded}, which {device} does not run natively (emulated {recorded} "
-            f"is many times slower): these vectors are computed in fp32 (distances differ by ~0.01 at most); to keep "
-            f"one precision, index with dtype {recorded} on this machine (slow) or on one that runs it natively")
+            f"is many times slower): new embeddings are computed in fp32 (distances differ by ~0.01 at most); to "
+            f"keep one precision, use dtype {recorded} on this machine (slow) or a machine that runs it natively")
     return "fp32", note

@@ -94,7 +94,8 @@ class ImageIndex:
         metric: metric name, fingerprint or a loaded Metric; None when the folder holds one metric only.
         db_url: SQLAlchemy URL of the catalog when it is not the SQLite file in ``index_dir``.
         device: device to load the metric on (for image queries).
-        dtype: dtype to load the metric with (default "auto": bf16 where the device runs it natively, else fp32).
+        dtype: dtype to load the metric with (default "auto": the build's recorded precision where the device runs it
+            natively, else fp32).
     """
 
     def __init__(
@@ -119,6 +120,7 @@ class ImageIndex:
             raise
         self._metric = metric if is_metric(metric) else None
         self._device, self._dtype = device, dtype
+        self._checked: tuple | None = None
 
     @property
     def fingerprint(self) -> str:
@@ -126,11 +128,18 @@ class ImageIndex:
 
     @property
     def metric(self) -> Metric:
-        """The metric the index was built with (loaded on first use; fingerprint checked)."""
+        """The metric the index was built with (loaded on first use; fingerprint checked). With ``dtype="auto"`` it
+        computes in the precision the build recorded (where the device runs it natively), so that an indexed image
+        given as a file finds itself at distance ~0."""
         if self._metric is None:
-            from lookalike.metric import load_metric
+            from lookalike.indexer._dtypes import build_dtypes, dtype_for_build, recorded_dtype
+            from lookalike.metric import get_device, load_metric
 
-            m = load_metric(self.build.metric, device=self._device, dtype=self._dtype)
+            recorded = recorded_dtype(build_dtypes(self.catalog, self.build.fingerprint))
+            dtype, note = dtype_for_build(recorded, self._dtype, get_device(self._device), self.build.metric)
+            if note:
+                _logger.warning(note)
+            m = load_metric(self.build.metric, device=self._device, dtype=dtype)
             if m.fingerprint != self.build.fingerprint:
                 raise InvalidArgument(
                     f"index {self.index_dir} was built with metric {self.build.metric!r} fingerprint "
@@ -149,6 +158,22 @@ class ImageIndex:
         self.vectors = load_vectors(self.catalog, self.build)
         self._stamp = m
         return True
+
+    def check_catalog(self) -> None:
+        """Read the whole catalog once per committed state (SQLite's quick check: every page, nothing written).
+
+        Searches read only the rows they return, so a damaged page elsewhere goes unseen; work that acts on the
+        whole catalog (dedup, whose report may drive file moves) calls this first.
+
+        Raises:
+            IndexDamaged: the catalog file is damaged (the message names the repair command).
+        """
+        if self._checked == self._stamp:
+            return
+        damaged = self.catalog.damaged()
+        if damaged is not None:
+            raise damaged
+        self._checked = self._stamp
 
     def rows(self, ids: Iterable[int]) -> dict[int, ImageRow]:
         """Catalog rows of FAISS ids that have a committed vector row for this metric (others are left out)."""
@@ -247,8 +272,8 @@ def open_index(
         metric: metric name, fingerprint or loaded Metric; None when the folder holds a single metric.
         db_url: SQLAlchemy URL of the catalog if it is not the SQLite file in the folder.
         device: device for embedding image queries (default cuda > mps > cpu).
-        dtype: precision for embedding image queries: "auto" (default: bf16 where the device runs it natively,
-            else fp32), "fp32", "bf16" or "fp16".
+        dtype: precision for embedding image queries: "auto" (default: the precision the build recorded where the
+            device runs it natively, else fp32; see ``ImageIndex.metric``), "fp32", "bf16" or "fp16".
 
     Returns:
         An ImageIndex (use it as a context manager, or call ``close()``).

@@ -36,7 +36,7 @@ def index_info(index_dir: str | os.PathLike[str], *, db_url: str | None = None, 
         bytes, ``dtypes``: {precision: vectors embedded in it}), ``bytes_on_disk``, ``failed`` (path + reason), and
         ``damage``: one entry per damaged file found ({"path", "what", "message"}; the message names the repair
         command). A damaged catalog leaves only the folder's size and the damage; a damaged vector file leaves its
-        build's entry without ``vectors_in_file``.
+        build's entry with ``vectors_in_file`` None.
 
     Raises:
         FileNotFoundError: no index there.
@@ -53,14 +53,18 @@ def index_info(index_dir: str | os.PathLike[str], *, db_url: str | None = None, 
         info["damage"].append(_damage(e))
         return info
     with cat:
+        damaged = cat.damaged()  # reads every page: damage the queries below do not touch is named too
+        if damaged is not None:
+            info["damage"].append(_damage(damaged))
         try:
             _describe(cat, info, max_failed)
         except DatabaseError as e:  # a catalog damaged past its first pages, found mid-query
             if cat.db_file is None:
                 raise
-            reason = str(getattr(e, "orig", e)).strip().splitlines()[0]
-            info["damage"].append(_damage(IndexDamaged(cat.db_file, f"the SQLite catalog cannot be read ({reason})",
-                                                       d)))
+            if damaged is None:
+                reason = str(getattr(e, "orig", e)).strip().splitlines()[0]
+                info["damage"].append(_damage(IndexDamaged(cat.db_file, f"the SQLite catalog cannot be read "
+                                                                        f"({reason})", d)))
     return info
 
 

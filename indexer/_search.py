@@ -141,8 +141,9 @@ def search(
             are left out (logged).
         rerank_k: how many index results the re-ranker scores.
         rerank_weights: folder searched first for the re-ranker's weight files.
-        dtype: precision for embedding an image query: "auto" (default; bf16 where the device runs it natively),
-            "fp32", "bf16", "fp16". Used only when ``index`` is a folder.
+        dtype: precision for embedding an image query: "auto" (default: the one the index's vectors were computed
+            in, where the device runs it natively; else fp32), "fp32", "bf16", "fp16". Used only when ``index`` is a
+            folder.
 
     Returns:
         Hits, most similar first: by ``distance`` (1 - cosine, lower = more similar) without a re-ranker, else by the

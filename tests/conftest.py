@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -70,3 +71,16 @@ def registry():  # type: ignore[no-untyped-def]
         yield
     finally:
         _registry.restore(state)
+
+
+@pytest.fixture(params=["0", "1"], ids=["cpu-fp32", "cpu-bf16"])
+def cpu_bf16(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[bool]:
+    """Run a precision-sensitive test as on a CPU without native bf16 (``dtype="auto"`` = fp32) and as on one with
+    it (auto = bf16), whatever this machine is: ``$LOOKALIKE_CPU_BF16`` overrides the detection (read at each call;
+    the cached CPU flags are cleared too). Child processes inherit the setting."""
+    from lookalike.metric import _precision
+
+    monkeypatch.setenv(_precision.ENV_CPU_BF16, request.param)
+    _precision.cpu_flags.cache_clear()
+    yield request.param == "1"
+    _precision.cpu_flags.cache_clear()

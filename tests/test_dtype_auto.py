@@ -106,6 +106,49 @@ def test_index_records_dtype_and_warns_when_mixing(tmp_path: Path, monkeypatch: 
         assert search(ix, first, k=1)[0].path == str(first)
 
 
+def test_auto_keeps_the_precision_the_build_recorded(tmp_path: Path, cpu_bf16: bool,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """dtype="auto" on an existing build: updates and image queries use the build's precision; where the machine
+    does not run it natively, fp32, and the run says why."""
+    import numpy as np
+
+    from lookalike.indexer import search
+
+    root, idx = tmp_path / "photos", tmp_path / "idx"
+    copy_photos(root, 3)
+    made = "bf16" if cpu_bf16 else "fp32"
+    s1 = build_index(root, idx, metric="test_vit_tiny", device="cpu", workers=0, progress=False)
+    assert s1.dtype == made and s1.warnings == []
+    # a later run keeps it (index build equality: a file embedded again gets the very same vector)
+    first = sorted(root.iterdir())[0]
+    with open_index(idx) as ix:
+        v_before = ix.vector_of(ix.find_row(first))
+    shutil.move(first, tmp_path / first.name)
+    build_index(root, idx, metric="test_vit_tiny", device="cpu", workers=0, progress=False)
+    shutil.move(tmp_path / first.name, first)
+    first.touch()  # seen as changed: embedded again
+    copy_photos(root, 1, start=3)
+    s2 = build_index(root, idx, metric="test_vit_tiny", device="cpu", workers=0, progress=False)
+    assert s2.dtype == made and s2.warnings == [] and s2.embedded == 2
+    with open_index(idx) as ix:
+        assert np.array_equal(ix.vector_of(ix.find_row(first)), v_before)
+    assert index_info(idx)["metrics"][0]["dtypes"] == {made: 5}
+    # an image query (a copy of an indexed photo, embedded on the fly) is embedded like the index: distance ~0
+    outside = tmp_path / "copy.jpg"
+    shutil.copy2(first, outside)
+    assert search(idx, outside, k=1, device="cpu")[0].distance < 1e-6
+    # the other kind of machine
+    monkeypatch.setenv(ENV_CPU_BF16, "0" if cpu_bf16 else "1")
+    copy_photos(root, 1, start=4)
+    s3 = build_index(root, idx, metric="test_vit_tiny", device="cpu", workers=0, progress=False)
+    if cpu_bf16:  # bf16 recorded, no native bf16 here: fp32, and said so (then mixed, and said so too)
+        assert s3.dtype == "fp32" and "does not run natively" in s3.warnings[0] and "holds 5 bf16" in s3.warnings[1]
+        assert "does not run natively" in s3.format()
+    else:  # fp32 runs everywhere: kept, although auto would pick bf16 for a new index here
+        assert s3.dtype == "fp32" and s3.warnings == []
+    assert search(idx, outside, k=1, device="cpu")[0].distance < (2e-2 if cpu_bf16 else 1e-6)
+
+
 def test_index_made_before_dtypes_were_recorded(tmp_path: Path) -> None:
     root, idx = tmp_path / "photos", tmp_path / "idx"
     copy_photos(root, 2)

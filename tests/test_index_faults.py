@@ -143,3 +143,26 @@ def test_unrepairable_is_reported(tmp_path: Path, pristine, capsys) -> None:
             assert np.isfinite(ix.vectors.search(ix.vectors.vectors(ix.vectors.ids()[:1]), 4)[0]).all()
     finally:
         shutil.copytree(moved, root, dirs_exist_ok=True)
+
+
+def test_repair_keeps_the_precision_the_build_recorded(tmp_path: Path, cpu_bf16: bool, capsys) -> None:
+    """A lost shard is embedded again in the build's precision (bf16 where auto gave bf16): the repaired index is
+    not mixed and its distances do not move, on either kind of CPU. The CLI shows progress while it re-embeds."""
+    from lookalike.indexer import index_info
+
+    root, idx = tmp_path / "photos", tmp_path / "idx"
+    root.mkdir()
+    for p in sorted(PHOTOS.glob("*.jpg"))[:6]:
+        shutil.copy2(p, root / p.name)
+    s = build_index(root, idx, metric="test_vit_tiny", device="cpu", batch_size=2, workers=0, checkpoint_every=0,
+                    progress=False)
+    made = "bf16" if cpu_bf16 else "fp32"
+    assert s.dtype == made
+    before = _results(root, idx)
+    _damage(idx / "vectors" / FP / "shard-00000002.npy", "delete")
+    assert main(["check", "--index", str(idx), "--repair", "--device", "cpu"]) == 0
+    captured = capsys.readouterr()
+    assert f"embedded 2 images of test_vit_tiny again ({made})" in captured.out, captured.out
+    assert "loading the metric" in captured.err and "embed" in captured.err and "2/2" in captured.err, captured.err
+    assert _results(root, idx) == before
+    assert index_info(idx)["metrics"][0]["dtypes"] == {made: 8}  # 6, then the 2 lost ones again: one precision

@@ -32,7 +32,9 @@ def small_index(tmp_path_factory: pytest.TempPathFactory, tiny):
     return tmp, root, photos
 
 
-def test_query_kinds_agree(small_index, tiny) -> None:
+def test_query_kinds_agree(small_index, tiny, cpu_bf16: bool) -> None:
+    """An image query is embedded in the precision the index recorded (fp32 here), whatever the CPU runs natively,
+    so a copy of an indexed photo finds it at distance ~0 on every machine."""
     tmp, root, photos = small_index
     idx = tmp / "idx"
     rel = f"sub/{photos[1].name}"
