@@ -345,7 +345,10 @@ class Catalog:
                 res = [r[0] for r in conn.execute(text("PRAGMA quick_check"))]
         except DatabaseError as e:
             res = [str(getattr(e, "orig", e)).strip().splitlines()[0]]
-        return None if res == ["ok"] else str(res[0])[:120]
+        if res == ["ok"]:
+            return None
+        lines = [x.strip() for x in str(res[0]).splitlines() if x.strip() and not x.strip().startswith("***")]
+        return "; ".join(lines)[:120] or "unknown problem"
 
     def damaged(self) -> IndexDamaged | None:
         """An IndexDamaged naming the catalog file when ``quick_check`` finds a problem, else None."""

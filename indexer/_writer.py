@@ -60,8 +60,7 @@ _logger = logging.getLogger(__name__)
 
 LOCK_FILE = "writer.lock"
 #: Names an index folder may hold (anything else marks a folder that is not an index).
-_INDEX_NAMES = re.compile(r"^(catalog\.sqlite(-wal|-shm|\.bak|\.damaged-.*)?|\.catalog\.sqlite.*|writer\.lock|"
-                          + re.escape(SHARD_ROOT) + r"|vectors-.*\.faiss)$")
+_INDEX_NAMES = re.compile(r"^(\.?catalog\.sqlite.*|writer\.lock|" + re.escape(SHARD_ROOT) + r"|vectors-.*\.faiss)$")
 
 
 @contextlib.contextmanager
