@@ -26,9 +26,9 @@ import numpy as np
 from sqlalchemy import insert
 
 from lookalike.indexer._catalog import STATUS_OK, BuildRow, Catalog, ImageRow, StoreRow
-from lookalike.indexer._shards import ShardWriter
-from lookalike.indexer._store import parse_memory
+from lookalike.indexer._shard_writer import ShardWriter
 from lookalike.indexer._upkeep import update_structure
+from lookalike.indexer._util import parse_memory
 
 sys.path.insert(0, str(Path(__file__).parent))
 from search import gmm  # noqa: E402
@@ -144,7 +144,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="lookalike-dedup-") as tmp:
             t = time.perf_counter()
             import lookalike.indexer._store as store
-            from lookalike.indexer._store import AUTO_EXACT_MAX
+            from lookalike.indexer._structure import AUTO_EXACT_MAX
 
             store.AUTO_EXACT_MAX = 20_000 if factory == "auto" else AUTO_EXACT_MAX  # 100k: auto-IVF, as before
             planted = make_index(Path(tmp), n, args.dim, factory, args.storage, budget, args.nprobe)

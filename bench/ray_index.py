@@ -42,52 +42,42 @@ def vectors(idx: Path) -> dict[str, np.ndarray]:
 
 def commit_rate(n: int, dim: int, batch: int) -> tuple[float, dict[str, float]]:
     """The driver alone: ``n`` results of ``batch`` rows as Ray hands them over (numpy columns), turned into catalog
-    rows (``_to_batch``) and pushed through the run's writer (shards + catalog commits). Returns vectors/s and the
-    seconds per part."""
-    from types import SimpleNamespace
-
-    from lookalike.indexer._catalog import STATUS_PENDING, Catalog, ImageRow
-    from lookalike.indexer._crash import CrashHook
-    from lookalike.indexer._pipeline import IndexSummary, _open_build, _Writer
+    rows (``_to_batch``) and pushed through the writer session (shards + catalog commits), as ``run_on_ray`` does.
+    Returns vectors/s and the seconds per part."""
+    from lookalike.indexer import BuildConfig
+    from lookalike.indexer._catalog import STATUS_PENDING, ImageRow
     from lookalike.indexer._ray import _to_batch
-    from lookalike.indexer._shards import ShardWriter
+    from lookalike.indexer._writer import open_writer
 
     rng = np.random.default_rng(0)
     xb = rng.standard_normal((batch, dim)).astype(np.float32)
     xb /= np.linalg.norm(xb, axis=1, keepdims=True)
-    with tempfile.TemporaryDirectory(prefix="lookalike-commit-") as tmp:
-        cat = Catalog(Path(tmp), create=True)
-        try:
-            with cat.session() as s, s.begin():
-                for a in range(1, n + 1, 50_000):
-                    s.connection().execute(ImageRow.__table__.insert(), [
-                        {"id": i, "root": "/bench", "relpath": f"{i}.jpg", "path_raw": f"/bench/{i}.jpg".encode(),
-                         "size": 1, "mtime_ns": 1, "status": STATUS_PENDING} for i in range(a, min(n + 1, a + 50_000))])
-            m = SimpleNamespace(fingerprint="bench-commit", name="bench", dim=dim)
-            build = _open_build(cat, Path(tmp), m, None)  # type: ignore[arg-type]
-            summary = IndexSummary(index_dir=tmp, metric="bench", fingerprint=m.fingerprint)
-            writer = _Writer(cat, ShardWriter(cat, build.fingerprint, dim), build.fingerprint, CrashHook(None),
-                             summary, None)
-            wanted, seen = set(range(1, n + 1)), set()
-            t_conv = 0.0
-            t0 = time.perf_counter()
-            for a in range(1, n + 1, batch):
-                ids = np.arange(a, min(n + 1, a + batch), dtype=np.int64)
-                k = len(ids)
-                out = {"id": ids, "ok": np.ones(k, bool), "width": np.full(k, 640), "height": np.full(k, 480),
-                       "format": np.array(["JPEG"] * k, dtype=object), "error": np.array([""] * k, dtype=object),
-                       "vector": xb[:k]}
-                t = time.perf_counter()
-                b = _to_batch(out, wanted, seen)
-                t_conv += time.perf_counter() - t
-                writer.push(b.ids, b.vectors, b.ok, b.failed)
-            if writer.pending():
-                writer.checkpoint()
-            total = time.perf_counter() - t0
-        finally:
-            cat.close()
-    return n / total, {"total": total, "to_rows": t_conv, "write": summary.seconds["write"],
-                       "checkpoints": summary.checkpoints}
+    with tempfile.TemporaryDirectory(prefix="lookalike-commit-") as tmp, \
+            open_writer(Path(tmp) / "idx", BuildConfig()) as session:
+        with session.catalog.session() as s, s.begin():
+            for a in range(1, n + 1, 50_000):
+                s.connection().execute(ImageRow.__table__.insert(), [
+                    {"id": i, "root": "/bench", "relpath": f"{i}.jpg", "path_raw": f"/bench/{i}.jpg".encode(),
+                     "size": 1, "mtime_ns": 1, "status": STATUS_PENDING} for i in range(a, min(n + 1, a + 50_000))])
+        writer = session.open_build("bench-commit", "bench", dim)
+        wanted, seen = set(range(1, n + 1)), set()
+        t_conv = 0.0
+        t0 = time.perf_counter()
+        for a in range(1, n + 1, batch):
+            ids = np.arange(a, min(n + 1, a + batch), dtype=np.int64)
+            k = len(ids)
+            out = {"id": ids, "ok": np.ones(k, bool), "width": np.full(k, 640), "height": np.full(k, 480),
+                   "format": np.array(["JPEG"] * k, dtype=object), "error": np.array([""] * k, dtype=object),
+                   "vector": xb[:k]}
+            t = time.perf_counter()
+            b = _to_batch(out, wanted, seen)
+            t_conv += time.perf_counter() - t
+            writer.push(b.ids, b.vectors, b.ok, b.failed)
+        if writer.pending():
+            writer.checkpoint()
+        total = time.perf_counter() - t0
+    return n / total, {"total": total, "to_rows": t_conv, "write": writer.stats.seconds,
+                       "checkpoints": writer.stats.checkpoints}
 
 
 def main() -> None:

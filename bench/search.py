@@ -7,8 +7,9 @@ Data: a Gaussian mixture of ``--components`` unit centres (grouped 20 to a super
 an offset in its component's own 32-d subspace plus isotropic noise, normalized (i.i.d. random vectors in 1792-d
 defeat every ANN index and say nothing).
 Rows:
-  exact: ``VectorIndex.search`` (what lookalike runs for Flat: blocked numpy matrix products) against a plain numpy
-  brute force (one matrix product + argpartition) and faiss's Flat scan, on the same vectors, at 1 and 100 queries;
+  exact: ``ShardedVectors.search`` over memory-mapped shards written by the writer session (what lookalike runs for
+  an exact build: blocked numpy matrix products) against a plain numpy brute force (one matrix product +
+  argpartition) and faiss's Flat scan, on the same vectors, at 1 and 100 queries;
   approximate: recall@10 against exact search and time per query (batches of 100), for IVF (nprobe sweep),
   HNSW32 (efSearch sweep) and IVF-PQ with exact re-ranking (RFlat).
 """
@@ -18,12 +19,14 @@ from __future__ import annotations
 import argparse
 import functools
 import math
+import tempfile
 import time
+from pathlib import Path
 
 import faiss
 import numpy as np
 
-from lookalike.indexer import VectorIndex, choose_factory
+from lookalike.indexer import BuildConfig, choose_structure
 
 
 def gmm(n: int, d: int, components: int, seed: int = 0, sample_seed: int = 0, chunk: int = 50_000,
@@ -82,31 +85,58 @@ def recall_at(I: np.ndarray, gt: np.ndarray, k: int) -> float:  # noqa: E741
     return float(np.mean([len(set(I[q, :k]) & set(gt[q, :k])) / k for q in range(len(gt))]))
 
 
+def shard_index(folder: Path, n: int, args: argparse.Namespace):  # -> ShardedVectors
+    """Write ``n`` mixture vectors as an exact build through the writer session (image ids 1..n); open its shards."""
+    from lookalike.indexer._catalog import STATUS_OK, Catalog, ImageRow
+    from lookalike.indexer._store import ShardedVectors
+    from lookalike.indexer._writer import open_writer
+
+    with open_writer(folder, BuildConfig(faiss="Flat")) as session:
+        with session.catalog.session() as s, s.begin():
+            for a in range(1, n + 1, 50_000):
+                s.connection().execute(ImageRow.__table__.insert(), [
+                    {"id": i, "root": "/bench", "relpath": f"{i}.jpg", "path_raw": f"/bench/{i}.jpg".encode(),
+                     "size": 1, "mtime_ns": 1, "status": STATUS_OK} for i in range(a, min(n + 1, a + 50_000))])
+        bw = session.open_build("bench-search", "bench", args.dim)
+        for s0, x in gmm(n, args.dim, args.components):
+            bw.push(np.arange(s0 + 1, s0 + 1 + len(x)), x)
+        bw.finish()
+    cat = Catalog(folder)
+    return ShardedVectors(cat, cat.builds()[0], verify=False)
+
+
 def bench_size(n: int, args: argparse.Namespace, k: int = 10) -> None:
+    with tempfile.TemporaryDirectory(prefix="lookalike-bench-search-") as tmp:
+        _bench_size(n, args, Path(tmp) / "idx", k)
+
+
+def _bench_size(n: int, args: argparse.Namespace, folder: Path, k: int) -> None:
     t = time.perf_counter()
-    vi = VectorIndex.create(args.dim)
-    for s, x in gmm(n, args.dim, args.components):
-        vi.add(x, range(s, s + len(x)))
+    vec = shard_index(folder, n, args)
     xq = next(gmm(100, args.dim, args.components, sample_seed=1))[1]
-    xb = vi._flat_xb()  # numpy view of faiss's own storage: one copy of the vectors
+    xb = np.concatenate([np.asarray(p.xb) for p in vec.shards.parts])  # rows in id order (ids 1..n)
+    flat = faiss.IndexFlatIP(args.dim)
+    flat.add(xb)
     print(f"\n== n = {n:,}  ({n * args.dim * 4 / 1e9:.1f} GB, generated in {time.perf_counter() - t:.0f}s)")
     print(f"{'exact':<34} {'nq':>4} {'ms/call':>9} {'ms/query':>9} {'vs numpy':>9}")
     exact_ms = {}
     for nq in (1, 100):
         q = xq[:nq]
         best = timeit_many({"np": functools.partial(numpy_knn, xb, q, k),
-                            "faiss": functools.partial(vi.index.search, q, k),
-                            "vi": functools.partial(vi.search, q, k)}, 7 if nq == 1 else 3)
+                            "faiss": functools.partial(flat.search, q, k),
+                            "vi": functools.partial(vec.search, q, k)}, 7 if nq == 1 else 3)
         t_np, t_faiss, t_vi = best["np"], best["faiss"], best["vi"]
         exact_ms[nq] = t_vi * 1e3 / nq
         for name, tt in (("numpy brute force", t_np), ("faiss IndexFlatIP", t_faiss),
-                         ("lookalike VectorIndex (routed)", t_vi)):
+                         ("lookalike exact (shards)", t_vi)):
             print(f"{name:<34} {nq:>4} {tt * 1e3:>9.2f} {tt * 1e3 / nq:>9.3f} {tt / t_np:>8.2f}x")
-    _, gt = vi.search(xq, 100)
+    gt = vec.search(xq, 100)[1] - 1  # ids 1..n -> rows of xb
+    del flat
 
     if args.exact_only:
         return
-    auto_factory, auto_params = choose_factory(n)
+    auto = choose_structure(n, args.dim)
+    auto_factory, auto_params = ("Flat", None) if auto.exact else (auto.factory, auto.params)
     nlist = args.nlist or max(256, 2 ** round(math.log2(4 * math.sqrt(n))))
     print(f"lookalike auto choice at this size: {auto_factory} {auto_params or ''}")
     print(f"{'approximate':<34} {'param':>12} {'recall@10':>10} {'ms/query':>9} {'speed-up':>9}")

@@ -22,7 +22,7 @@ from sqlalchemy import insert
 
 from lookalike.indexer import open_index
 from lookalike.indexer._catalog import STATUS_OK, BuildRow, Catalog, ImageRow, StoreRow
-from lookalike.indexer._shards import ShardWriter
+from lookalike.indexer._shard_writer import ShardWriter
 from lookalike.indexer._upkeep import update_structure
 
 sys.path.insert(0, str(Path(__file__).parent))
