@@ -34,18 +34,25 @@ class BuildConfig:
     """Build options shared by every writer.
 
     Attributes:
-        faiss: the search structure of a new build: "auto" / None (chosen from ``max_memory``: exact while the
-            vectors fit it; without a budget, exact up to 200k vectors; an inverted file beyond), "Flat" (exact) or
-            a FAISS factory string ("HNSW32", "IVF4096,SQ8"...). An existing build keeps its own; naming another is
-            an error.
-        storage: vector storage of a new build: "fp32" / "float32" (default) or "fp16" / "float16"; stored as
-            "float32" / "float16". Naming another than an existing build's is an error.
-        max_memory: memory budget of the search structure in bytes, or text such as "4G" (stored as bytes, and
-            remembered by the build).
-        compact_at: rewrite a shard once this share of its rows is tombstoned, in (0, 1].
-        dedup_threshold: store this distance (1 - cosine, in [0, 2]) as the build's default dedup threshold.
-        checkpoint_every: rows between checkpoints (one shard file + one catalog commit each); 0 = every batch
-            handed to the writer; None = every 65,536 rows or 30 s, whichever comes first.
+        faiss: the search structure derived from the shards of a new build: "auto" / None (chosen from
+            ``max_memory``: exact while the vectors fit it; without a budget, exact up to 200k vectors; an inverted
+            file with memory-mapped on-disk lists beyond), "Flat" (an exact scan of the memory-mapped shards) or a
+            FAISS factory string ("HNSW32", "IVF4096,Flat", "IVF4096,SQ8", "IVF4096,PQ64"). Trained types are
+            trained on a sample once enough vectors are indexed (exact search until then). An existing build keeps
+            its own; naming another is an error.
+        storage: vector storage of a new build: "fp32" / "float32" (default) or "fp16" / "float16" (half the disk
+            and page cache; distances change by ~1e-3, see the README); stored as "float32" / "float16". Naming
+            another than an existing build's is an error.
+        max_memory: memory budget of the search structure in bytes, or text such as "4G" / "512M" (stored as bytes
+            with the build and used to choose the structure, see ``faiss``; ``index_info`` reports the choice and
+            why).
+        compact_at: rewrite a shard once this share of its rows is tombstoned (removed or re-embedded images), in
+            (0, 1].
+        dedup_threshold: store this distance (1 - cosine, in [0, 2]) as the build's default ``find_duplicates``
+            threshold.
+        checkpoint_every: items between checkpoints (one shard file + one catalog commit each); 0 = every batch
+            handed to the writer; None = the source's default (images: every 65,536 or 30 s, whichever comes
+            first; imported rows: one shard per chunk read).
         db_url: SQLAlchemy URL of the catalog (default: ``catalog.sqlite`` in the index folder).
     """
 

@@ -62,21 +62,15 @@ def import_embeddings(
     root: str | os.PathLike[str] | None = None,
     normalize: bool = False,
     check_files: bool = True,
-    storage: str | None = None,
-    max_memory: str | int | None = None,
-    faiss: str | None = None,
-    compact_at: float | None = None,
-    dedup_threshold: float | None = None,
-    checkpoint_every: int | None = None,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
-    db_url: str | None = None,
     progress: bool = False,
     crash_at: str | None = None,
+    **build_options: Any,
 ) -> ImportSummary:
     """Import embeddings computed elsewhere into an index folder, as shards of one metric's vectors.
 
-    The keyword arguments are gathered into a ``BuildConfig`` (the build options every writer shares, under the
-    names ``build_index`` uses) and ``ImportOptions``; ``import_into`` takes those directly.
+    The keyword arguments are gathered into ``ImportOptions`` and a ``BuildConfig`` (the build options every writer
+    shares); ``import_into`` takes those directly.
 
     Args:
         source: a ``.npy`` / ``.parquet`` file, a folder of them, or a clip-retrieval output folder.
@@ -93,16 +87,13 @@ def import_embeddings(
         normalize: normalise rows that are not unit vectors (default: such rows are an error).
         check_files: stat each image file (missing ones get status "missing"); False records them all as missing
             without touching the disk (for synthetic benchmarks).
-        storage: "fp32" (default) or "fp16" for a new build, as ``build_index(storage=...)``.
-        max_memory: memory budget of the search structure ("4G", bytes), as ``build_index(max_memory=...)``.
-        faiss: FAISS factory string of a new build (default "auto": chosen from the size and the budget).
-        compact_at: rewrite a shard once this share of its rows is tombstoned (default 0.25).
-        dedup_threshold: store a default distance threshold for ``find_duplicates`` with these vectors.
-        checkpoint_every: rows per shard (one catalog commit each); default: one shard per chunk read.
-        chunk_rows: rows per read.
-        db_url: SQLAlchemy URL of the catalog (default: ``catalog.sqlite`` in ``index_dir``).
+        chunk_rows: rows per read (and per shard, unless ``checkpoint_every`` says otherwise).
         progress: show a tqdm bar.
         crash_at: test hook (see ``lookalike.indexer._crash``).
+        **build_options: the options every writer shares, the fields of ``BuildConfig`` under the names
+            ``build_index`` takes them: ``faiss``, ``storage``, ``max_memory``, ``compact_at``,
+            ``dedup_threshold``, ``checkpoint_every`` (rows per shard) and ``db_url``. A misspelt one is a
+            TypeError.
 
     Returns:
         An ImportSummary.
@@ -112,9 +103,7 @@ def import_embeddings(
         ValueError: an unknown layout, a file that does not fit (other dimension, misaligned paths, a non-unit row
             without ``normalize``), or another writer on the folder; rows landed before the error stay.
     """
-    config = BuildConfig(faiss=faiss, storage=storage, max_memory=max_memory, dedup_threshold=dedup_threshold,
-                         checkpoint_every=checkpoint_every, db_url=db_url,
-                         **({"compact_at": compact_at} if compact_at is not None else {}))
+    config = BuildConfig(**build_options)
     options = ImportOptions(format=format, paths=paths, path_column=path_column, vector_column=vector_column,
                             root=root, normalize=normalize, check_files=check_files, chunk_rows=chunk_rows)
     return import_into(source, index_dir, metric=metric, config=config, options=options, progress=progress,

@@ -17,7 +17,7 @@ import os
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -27,7 +27,7 @@ from lookalike.data.images import DEFAULT_MAX_PIXELS
 from lookalike.data.loader import ImageFileDataset, create_loader, decode_raw_batch
 from lookalike.data.transforms import supports_tensor_resize
 from lookalike.indexer._catalog import STATUS_FAILED, STATUS_OK, Catalog
-from lookalike.indexer._config import DEFAULT_COMPACT_AT, DEFAULT_METRIC, BuildConfig, EmbedOptions
+from lookalike.indexer._config import DEFAULT_METRIC, BuildConfig, EmbedOptions
 from lookalike.indexer._cores import plan_cores, torch_threads
 from lookalike.indexer._crash import CrashHook
 from lookalike.indexer._diff import diff_scan, queue_of
@@ -53,26 +53,20 @@ def build_index(
     batch_size: int | None = None,
     workers: int | None = None,
     threads: int | None = None,
-    faiss: str | None = None,
-    db_url: str | None = None,
-    progress: bool | ProgressFn = True,
-    checkpoint_every: int | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
-    dedup_threshold: float | None = None,
     fast_decode: bool = False,
-    storage: str | None = None,
-    max_memory: str | int | None = None,
-    compact_at: float = DEFAULT_COMPACT_AT,
     ray: bool | str | None = None,
+    progress: bool | ProgressFn = True,
     crash_at: str | None = None,
+    **build_options: Any,
 ) -> IndexSummary:
     """Index image folders, or bring an existing index up to date.
 
     New and changed files are embedded, removed files dropped, moved files (same content hash) relinked without
     re-embedding; re-running on an unchanged tree embeds nothing. Unreadable files are recorded with a reason and
     the run goes on. Safe to kill at any moment: the next run resumes and loses at most one checkpoint of work.
-    The keyword arguments are gathered into a ``BuildConfig`` (the options every writer shares) and
-    ``EmbedOptions``; ``index_folders`` takes those directly.
+    The keyword arguments are gathered into ``EmbedOptions`` and a ``BuildConfig`` (the options every writer
+    shares); ``index_folders`` takes those directly.
 
     Args:
         roots: one folder or several.
@@ -91,24 +85,10 @@ def build_index(
             CPU, a quarter of the cores (at least 1), the rest left to the model (``lookalike.indexer._cores``).
         threads: torch threads of the model during the run (default: on the CPU, the cores not given to decoding;
             all of them up to 3 cores); restored afterwards.
-        faiss: the search structure derived from the shards: "Flat" (exact scan of the memory-mapped shards) or a
-            FAISS factory string ("HNSW32", "IVF4096,Flat", "IVF4096,SQ8", "IVF4096,PQ64"); default "auto": chosen
-            from ``max_memory`` (exact while the vectors fit it; without a budget, exact up to 200k vectors), an
-            inverted file with memory-mapped on-disk lists beyond. Trained types are trained on a sample once enough
-            vectors are indexed (exact search until then).
-        db_url: SQLAlchemy URL for the catalog (default: ``catalog.sqlite`` in ``index_dir``).
         progress: True shows a tqdm bar; a callable is called as ``progress(stage, done, total)`` with stage "load"
             (the metric), "scan" (files found so far), "diff", "embed" (images embedded or failed), "derive" (search
             structure rows); False: nothing.
-        checkpoint_every: images between checkpoints (one shard written + catalog commit); 0 = every batch;
-            default every 65,536 images or 30 s, whichever comes first.
         max_pixels: decompression-bomb limit per image.
-        dedup_threshold: store a default distance threshold for ``find_duplicates`` with this metric's vectors.
-        storage: vector storage dtype of a new build: "fp32" (default) or "fp16" (half the disk and page cache;
-            distances change by ~1e-3, see the README).
-        max_memory: memory budget for the search structure ("4G", "512M" or bytes), stored with the build and used
-            to choose it (see ``faiss``); ``index_info`` reports the choice and why.
-        compact_at: rewrite a shard once this share of its rows is tombstoned (removed or re-embedded images).
         fast_decode: faster, not bit-exact decoding: large JPEGs decoded at a reduced scale (PIL ``draft`` to at
             least twice the metric's input size), or on CUDA decoded and resized on the GPU (``decode_jpeg`` +
             antialiased bicubic). Embeddings then differ slightly from the exact path (cosine ~0.998 measured on
@@ -117,6 +97,11 @@ def build_index(
             cluster, else a local one for this run) or an address ("HOST:6379", "ray://HOST:10001"). This process
             stays the single writer; vectors equal the local path's. See ``lookalike.indexer._ray``.
         crash_at: test hook (see ``lookalike.indexer._crash``); also read from ``$LOOKALIKE_CRASH_AT``.
+        **build_options: the options every writer shares, the fields of ``BuildConfig`` (documented there):
+            ``faiss`` (the search structure: "auto" by default, "Flat" or a FAISS factory string), ``storage``
+            ("fp32" / "fp16"), ``max_memory`` ("4G"), ``compact_at``, ``dedup_threshold``, ``checkpoint_every``
+            (images per checkpoint; default 65,536 or 30 s) and ``db_url`` (the catalog; default
+            ``catalog.sqlite`` in the folder). A misspelt one is a TypeError.
 
     Returns:
         An IndexSummary.
@@ -128,8 +113,7 @@ def build_index(
             with ``check_index``).
         OSError: a shard could not be written (disk full...); the previous index stays intact.
     """
-    config = BuildConfig(faiss=faiss, storage=storage, max_memory=max_memory, compact_at=compact_at,
-                         dedup_threshold=dedup_threshold, checkpoint_every=checkpoint_every, db_url=db_url)
+    config = BuildConfig(**build_options)
     options = EmbedOptions(device=device, dtype=dtype, batch_size=batch_size, workers=workers, threads=threads,
                            max_pixels=max_pixels, fast_decode=fast_decode, ray=ray, crash_at=crash_at)
     return index_folders(roots, index_dir, metric=metric, config=config, options=options, progress=progress)

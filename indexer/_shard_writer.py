@@ -23,7 +23,7 @@ import logging
 import os
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import BinaryIO
 
@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session
 
 from lookalike.common.io import fsync_dir
 from lookalike.indexer._catalog import Catalog, ShardRow, StoreRow, TombstoneRow, VectorRow, utcnow
-from lookalike.indexer._shards import Shard, shard_folder
+from lookalike.indexer._shards import Shard, ShardFiles, shard_folder
 from lookalike.indexer._structure import storage_dtype
 
 _logger = logging.getLogger(__name__)
@@ -41,20 +41,11 @@ _logger = logging.getLogger(__name__)
 _SHARD_RE = re.compile(r"^shard-(\d+)\.(?:ids\.)?npy$")
 
 
-@dataclass(frozen=True)
-class PendingShard:
+@dataclass(frozen=True, kw_only=True)
+class PendingShard(ShardFiles):
     """A shard written to disk by ``ShardWriter.write`` whose catalog row is not committed yet."""
 
-    fingerprint: str
-    seq: int
-    file: str
-    ids_file: str
     image_ids: np.ndarray
-    dim: int
-    dtype: str
-    sha256: str
-    ids_sha256: str
-    bytes: int
 
     @property
     def rows(self) -> int:
@@ -160,8 +151,7 @@ class ShardWriter:
         Images that already had a vector of this fingerprint get their old shard row tombstoned. Returns the new
         shard id.
         """
-        row = ShardRow(fingerprint=p.fingerprint, seq=p.seq, file=p.file, ids_file=p.ids_file, rows=p.rows, dead=0,
-                       dim=p.dim, dtype=p.dtype, sha256=p.sha256, ids_sha256=p.ids_sha256, bytes=p.bytes,
+        row = ShardRow(**{f.name: getattr(p, f.name) for f in fields(ShardFiles)}, rows=p.rows, dead=0,
                        created=utcnow())
         s.add(row)
         s.flush()

@@ -18,7 +18,7 @@ import logging
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -41,21 +41,27 @@ def shard_folder(index_dir: str | os.PathLike[str], fingerprint: str) -> Path:
 
 
 @dataclass(frozen=True)
-class Shard:
-    """A committed shard (a row of the ``shards`` table). Paths are relative to the index folder."""
+class ShardFiles:
+    """The two files of a shard and what the catalog records about them. Paths are relative to the index folder."""
 
-    id: int
     fingerprint: str
     seq: int
     file: str
     ids_file: str
-    rows: int
-    dead: int
     dim: int
     dtype: str
     sha256: str
     ids_sha256: str
     bytes: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class Shard(ShardFiles):
+    """A committed shard (a row of the ``shards`` table): its files, id, rows and tombstoned rows."""
+
+    id: int
+    rows: int
+    dead: int
 
     @property
     def live(self) -> int:
@@ -63,8 +69,7 @@ class Shard:
 
     @classmethod
     def of(cls, r: ShardRow) -> Shard:
-        return cls(id=r.id, fingerprint=r.fingerprint, seq=r.seq, file=r.file, ids_file=r.ids_file, rows=r.rows,
-                   dead=r.dead, dim=r.dim, dtype=r.dtype, sha256=r.sha256, ids_sha256=r.ids_sha256, bytes=r.bytes)
+        return cls(**{f.name: getattr(r, f.name) for f in fields(cls)})
 
 
 def sha256_path(path: str | os.PathLike[str]) -> str:

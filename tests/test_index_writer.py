@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support import PHOTOS
+from test_index_build import copy_photos
 
 from lookalike.app.cli import main
 from lookalike.indexer import (
@@ -37,15 +37,6 @@ WRITER_FUNCTIONS = {("_dtypes", "declare_dtype"), ("_dtypes", "count_dtype"), ("
                     ("_check", "_reembed"), ("_check", "_restore_catalog")}
 
 
-def _photos(dst: Path, n: int, start: int = 0) -> list[Path]:
-    dst.mkdir(parents=True, exist_ok=True)
-    out = []
-    for p in sorted(PHOTOS.glob("*.jpg"))[start:start + n]:
-        shutil.copy2(p, dst / p.name)
-        out.append(dst / p.name)
-    return out
-
-
 def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
     return {p.relative_to(folder).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns)
             for p in sorted(folder.rglob("*")) if p.is_file()}
@@ -58,8 +49,8 @@ def ivf_index(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         mp.setattr("lookalike.indexer._structure.min_train_size", lambda f: 2)
         base = tmp_path_factory.mktemp("writer")
         root, idx = base / "photos", base / "idx"
-        _photos(root, 3)
-        _photos(root / "sub", 3, start=3)
+        copy_photos(root, 3)
+        copy_photos(root / "sub", 3, start=3)
         build_index(root, idx, metric=TINY, device="cpu", batch_size=2, workers=0, checkpoint_every=0,
                     faiss="IVF2,Flat", progress=False)
     return root, idx
@@ -132,11 +123,11 @@ def test_every_writer_refreshes_the_backup(ivf_index, tmp_path: Path) -> None:
 
 def test_index_without_metric_uses_the_index_own(tmp_path: Path, capsys) -> None:
     root, idx = tmp_path / "photos", tmp_path / "idx"
-    _photos(root, 2)
+    copy_photos(root, 2)
     args = ["index", str(root), "--index", str(idx), "--device", "cpu", "--workers", "0", "--json"]
     assert main([*args, "--metric", "efficientnet_lite0"]) == 0
     capsys.readouterr()
-    _photos(root, 1, start=2)
+    copy_photos(root, 1, start=2)
     assert main(args) == 0  # no --metric: efficientnet_lite0, not the default dreamsim (no weights here)
     out = json.loads(capsys.readouterr().out)
     assert out["metric"] == "efficientnet_lite0" and out["embedded"] == 1 and out["total_vectors"] == 3
@@ -150,7 +141,7 @@ def test_index_without_metric_uses_the_index_own(tmp_path: Path, capsys) -> None
 @pytest.mark.parametrize("command", ["index", "import"])
 def test_a_folder_that_is_not_an_index_is_refused(tmp_path: Path, capsys, command: str) -> None:
     photos = tmp_path / "photos"
-    _photos(photos, 3)
+    copy_photos(photos, 3)
     (photos / "notes.txt").write_text("mine")
     before = _snapshot(photos)
     emb = tmp_path / "emb.npy"
@@ -224,7 +215,7 @@ def test_info_describes_a_damaged_index(ivf_index, tmp_path: Path, capsys) -> No
 def test_scan_progress_counts_files_as_it_goes(tmp_path: Path) -> None:
     root = tmp_path / "photos"
     for i in range(3):
-        _photos(root / f"f{i}", 2, start=2 * i)
+        copy_photos(root / f"f{i}", 2, start=2 * i)
     calls: list[tuple[str, int, int]] = []
     build_index(root, tmp_path / "idx", metric=TINY, device="cpu", workers=0,
                 progress=lambda stage, done, total: calls.append((stage, done, total)))
