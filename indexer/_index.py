@@ -250,7 +250,7 @@ def index_exists(index_dir: str | os.PathLike[str], *, db_url: str | None = None
     if db_url is None:
         return (Path(index_dir) / CATALOG_FILE).is_file()
     try:
-        with Catalog(index_dir, db_url=db_url, create=False) as cat:
+        with Catalog(index_dir, db_url=db_url, any_version=True) as cat:
             cat.builds()
     except Exception:  # noqa: BLE001 - any failure to open the catalog means "no index there"
         return False

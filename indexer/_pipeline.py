@@ -17,7 +17,7 @@ import os
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -192,8 +192,9 @@ def load_index_metric(index_dir: Path, metric: str | Metric | None, options: Emb
             raise InvalidArgument(f"index {index_dir} holds vectors of several metrics ({', '.join(names)}); say "
                                   f"which one to update", hint=f"name the metric, e.g. {names[0]}")
         metric = names[0] if names else DEFAULT_METRIC
+    m: Metric
     if is_metric(metric):
-        m = metric
+        m = cast("Metric", metric)
     else:
         from lookalike.metric import get_device, load_metric
 
