@@ -138,6 +138,7 @@ def index_folders(roots: str | os.PathLike[str] | Iterable[str | os.PathLike[str
     # The model loads before the folder is created: a missing weight file leaves nothing behind.
     m, note = load_index_metric(index_path, metric, options, db_url=config.db_url, report=report,
                                 on_cpu=ray_address is not None)
+    report.name = f"index {m.name}"
     with open_writer(index_path, config, crash=crash) as session:
         summary = index_roots(session, abs_roots, m, options, report=report, ray_address=ray_address,
                               worker_crash=worker_crash)
