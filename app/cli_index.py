@@ -102,6 +102,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="decompression-bomb limit in pixels (default 178,956,970)")
     p.add_argument("--dedup-threshold", type=float, default=None, metavar="T",
                    help="store T as the default 'lookalike dedup --threshold' of this index and metric")
+    p.add_argument("--follow-links", action="store_true",
+                   help="also index files behind symbolic links that lead outside ROOT (default: links are followed "
+                        "only when their target lies inside ROOT; the others are skipped with a warning)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run_index)
@@ -199,7 +202,7 @@ def run_index(args: argparse.Namespace) -> int:
             progress=bars if bars is not None else False, checkpoint_every=args.checkpoint_every,
             max_pixels=args.max_pixels if args.max_pixels is not None else DEFAULT_MAX_PIXELS,
             dedup_threshold=args.dedup_threshold, fast_decode=args.fast_decode, storage=args.storage,
-            max_memory=args.max_memory, ray=args.ray,
+            max_memory=args.max_memory, ray=args.ray, follow_links=args.follow_links,
             **({"compact_at": args.compact_at} if args.compact_at is not None else {}),
         )
     finally:

@@ -92,8 +92,8 @@ def run_serve(args: argparse.Namespace) -> int:
 
         from lookalike.app.service import ServeConfig, create_app
     except ImportError as e:  # printed by the CLI as one line
-        raise MissingDependency(f"'lookalike serve' needs the Python package {e.name or e}, which is not installed",
-                                hint="pip install 'lookalike[serve]'") from None
+        raise MissingDependency(f"'lookalike serve' needs the serve extra ({e.name or e} is not installed): "
+                                f"pip install 'lookalike[serve]'") from None
     from lookalike.app.views import UPLOAD_MAX_PIXELS
 
     cfg = ServeConfig(index_dir=Path(args.index).expanduser().absolute(), metric=args.metric, db_url=args.db,

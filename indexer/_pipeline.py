@@ -432,6 +432,7 @@ def build_index(
     compact_at: float = DEFAULT_COMPACT_AT,
     ray: bool | str | None = None,
     crash_at: str | None = None,
+    follow_links: bool = False,
 ) -> IndexSummary:
     """Index image folders, or bring an existing index up to date.
 
@@ -479,6 +480,8 @@ def build_index(
             cluster, else a local one for this run) or an address ("HOST:6379", "ray://HOST:10001"). This process
             stays the single writer; vectors equal the local path's. See ``lookalike.indexer._ray``.
         crash_at: test hook (see ``lookalike.indexer._crash``); also read from ``$LOOKALIKE_CRASH_AT``.
+        follow_links: also index files behind symbolic links that lead outside their root (by default such links
+            are skipped and logged; links inside the root are followed; see ``lookalike.data.image_folder``).
 
     Returns:
         An IndexSummary.
@@ -543,7 +546,7 @@ def build_index(
                         dedup_threshold=dedup_threshold, fast_decode=fast_decode, storage=storage, max_memory=budget,
                         compact_at=compact_at, progress=progress, checkpoint_every=checkpoint_every,
                         max_pixels=max_pixels, crash=crash, t_start=t_start, ray_address=ray_address,
-                        worker_crash=worker_crash)
+                        worker_crash=worker_crash, follow_links=follow_links)
         finally:
             catalog.close()
 
@@ -576,7 +579,7 @@ def _run(catalog: Catalog, index_dir: Path, roots: list[str], m: Metric, *, batc
          faiss_factory: str | None, dedup_threshold: float | None, fast_decode: bool, storage: str | None,
          max_memory: int | None, compact_at: float, progress: bool | ProgressFn, checkpoint_every: int | None,
          max_pixels: int | None, crash: CrashHook, t_start: float, ray_address: str | None = None,
-         worker_crash: str | None = None) -> IndexSummary:
+         worker_crash: str | None = None, follow_links: bool = False) -> IndexSummary:
     build = _open_build(catalog, index_dir, m, faiss_factory, storage, max_memory)
     if dedup_threshold is not None:
         catalog.set_dedup_threshold(build.fingerprint, dedup_threshold)
@@ -587,7 +590,7 @@ def _run(catalog: Catalog, index_dir: Path, roots: list[str], m: Metric, *, batc
 
     t = time.perf_counter()
     report("scan", 0, 0)
-    scan = scan_images(roots)
+    scan = scan_images(roots, outside_links=follow_links)
     summary.scanned, summary.scan_errors = len(scan.files), len(scan.errors)
     summary.seconds["scan"] = time.perf_counter() - t
     report("scan", summary.scanned, summary.scanned)
