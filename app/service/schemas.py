@@ -223,7 +223,7 @@ class InfoOut(BaseModel):
     dedup_threshold: float | None
     rerankers: list[str]
     generation: int = Field(description="how many times the index was re-opened after an index run committed")
-    limits: dict[str, float] = Field(description="what one request may ask for")
+    limits: dict[str, int | float] = Field(description="what one request may ask for")
     token_required: bool
 
 
