@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 
 from lookalike.app.queries import list_rerank_choices
-from lookalike.app.service.errors import library_call
+from lookalike.app.service.errors import error_responses, library_call
 from lookalike.app.service.schemas import HealthOut, InfoOut
 from lookalike.app.service.state import Service, get_service
 from lookalike.indexer import index_info
@@ -20,7 +20,8 @@ def health() -> HealthOut:
     return HealthOut(status="ok")
 
 
-@router.get("/info", response_model=InfoOut, summary="what this service serves, and what one request may ask for")
+@router.get("/info", response_model=InfoOut, responses=error_responses(400),
+            summary="what this service serves, and what one request may ask for")
 def info(svc: Service = Depends(get_service)) -> InfoOut:  # noqa: B008
     index = svc.holder.get()
     cfg = svc.cfg
