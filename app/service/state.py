@@ -78,36 +78,34 @@ class ReportCache:
 
     def __init__(self, size: int = 4):
         self._size = size
-        self._lock = threading.Lock()  # guards _items and _computing
-        self._compute_lock = threading.Lock()
+        self._cond = threading.Condition()  # guards _items and _computing
         self._computing: tuple | None = None
         self._items: OrderedDict[tuple, DedupReport] = OrderedDict()
 
     def get(self, key: tuple, compute: Callable[[], DedupReport]) -> DedupReport:
-        with self._lock:
-            if key in self._items:
-                self._items.move_to_end(key)
-                return self._items[key]
-            same = self._computing == key
-        got = self._compute_lock.acquire(timeout=REPORT_WAIT_S) if same else self._compute_lock.acquire(blocking=False)
-        if not got:
-            raise ApiError(429, "another duplicates report is being computed; retry shortly (a report at these "
-                                "settings is cached once computed)", headers={"Retry-After": "5"})
-        try:
-            with self._lock:
-                if key in self._items:  # computed by the request we waited for
+        with self._cond:
+            while True:
+                if key in self._items:
+                    self._items.move_to_end(key)
                     return self._items[key]
-                self._computing = key
+                if self._computing is None:
+                    self._computing = key  # this request computes it
+                    break
+                if self._computing != key or not self._cond.wait(timeout=REPORT_WAIT_S):
+                    raise ApiError(429, "another duplicates report is being computed; retry shortly (a report at "
+                                        "these settings is cached once computed)", headers={"Retry-After": "5"})
+        report = None
+        try:
             report = compute()
-            with self._lock:
-                self._items[key] = report
-                while len(self._items) > self._size:
-                    self._items.popitem(last=False)
-            return report
         finally:
-            with self._lock:
+            with self._cond:
+                if report is not None:
+                    self._items[key] = report
+                    while len(self._items) > self._size:
+                        self._items.popitem(last=False)
                 self._computing = None
-            self._compute_lock.release()
+                self._cond.notify_all()
+        return report
 
 
 @dataclass
