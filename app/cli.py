@@ -3,7 +3,8 @@
 Subcommands live in small modules (``cli_metric``, ``cli_index``, ...), each exposing ``register(subparsers)``,
 which adds its parsers and sets ``func`` to a handler ``(args) -> int``. Errors: a ``LookalikeError`` (bad input,
 missing or damaged files, a busy index) or an ``OSError`` is printed as ``error: message`` and ``hint: fix`` with
-exit status 2; anything else is a bug and shows its traceback.
+exit status 2; anything else is a bug and shows its traceback. A closed output pipe (``lookalike info | head -1``)
+ends the command quietly with status 141 (128 + SIGPIPE), as a Unix tool killed by SIGPIPE reports.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import argparse
 import importlib
 import logging
 import os
+import signal
 import sys
 
 from sqlalchemy.exc import DatabaseError
@@ -48,6 +50,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one ``lookalike`` command; returns its exit status."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # here, so that a closed pipe is met inside this try and not at exit
+        return code
+    except BrokenPipeError:  # the reader went away (lookalike info | head -1): stop quietly, as Unix tools do
+        _silence_stdout()
+        return 128 + getattr(signal, "SIGPIPE", 13)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -78,11 +91,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: damaged index file {where}/catalog.sqlite: the SQLite catalog cannot be read ({reason}); "
               f"run 'lookalike check --index {where} --repair'", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        raise
     except OSError as e:  # unreadable / missing files, full disks, refused connections
         if os.environ.get("LOOKALIKE_DEBUG"):
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's final flush does not meet the closed pipe again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no real stdout (embedded, replaced by a test)
+        pass
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -126,6 +126,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="first check the index files and repair what is damaged (see 'lookalike check')")
     p.add_argument("--max-pixels", type=int, default=None, metavar="N",
                    help="decompression-bomb limit in pixels (default 178,956,970)")
+    p.add_argument("--follow-links", action="store_true",
+                   help="also index files behind symbolic links that lead outside ROOT (default: links are followed "
+                        "only when their target lies inside ROOT; the others are skipped with a warning)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=run_index)
@@ -223,6 +226,7 @@ def run_index(args: argparse.Namespace) -> int:
     config = build_config(args)
     options = EmbedOptions(device=args.device, dtype=args.dtype, batch_size=args.batch_size, workers=args.workers,
                            threads=args.threads, fast_decode=args.fast_decode, ray=args.ray,
+                           follow_links=args.follow_links,
                            max_pixels=args.max_pixels if args.max_pixels is not None else DEFAULT_MAX_PIXELS)
     bars = _Bars() if not args.no_progress and not args.json else None
     try:

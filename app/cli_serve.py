@@ -1,4 +1,4 @@
-"""``lookalike serve``: the REST search service (app/serve.py) under uvicorn; loopback unless a token is given."""
+"""``lookalike serve``: the REST search service (app/service/) under uvicorn; loopback unless a token is given."""
 
 from __future__ import annotations
 
@@ -41,6 +41,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-pixels", type=int, default=None,
                    help="largest upload in pixels, checked before decoding (default 50,000,000)")
     p.add_argument("--device", help="device for embedding uploads: cuda, mps or cpu (default: best available)")
+    p.add_argument("--follow-links", action="store_true",
+                   help="also serve indexed files whose real location is outside their indexed folder (symbolic "
+                        "links; for indexes built with 'lookalike index --follow-links'); refused by default")
     p.set_defaults(func=run_serve)
 
 
@@ -77,7 +80,7 @@ def resolve_token(args: argparse.Namespace) -> str | None:
 
 def run_serve(args: argparse.Namespace) -> int:
     """Open the index, load its metric, and serve until Ctrl-C."""
-    from lookalike.common.errors import InvalidArgument
+    from lookalike.common.errors import InvalidArgument, MissingDependency
 
     if not 0 < args.port < 65536:
         raise InvalidArgument(f"--port must be in 1..65535, got {args.port}")
@@ -87,15 +90,15 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
-        from lookalike.app.serve import ServeConfig, create_app
+        from lookalike.app.service import ServeConfig, create_app
     except ImportError as e:  # printed by the CLI as one line
-        raise ModuleNotFoundError(f"{e.name or e} ('lookalike serve' needs the serve extra: "
-                                  f"pip install 'lookalike[serve]')") from None
+        raise MissingDependency(f"'lookalike serve' needs the serve extra ({e.name or e} is not installed): "
+                                f"pip install 'lookalike[serve]'") from None
     from lookalike.app.views import UPLOAD_MAX_PIXELS
 
     cfg = ServeConfig(index_dir=Path(args.index).expanduser().absolute(), metric=args.metric, db_url=args.db,
                       device=args.device, token=token, max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
-                      max_pixels=args.max_pixels or UPLOAD_MAX_PIXELS)
+                      max_pixels=args.max_pixels or UPLOAD_MAX_PIXELS, follow_links=args.follow_links)
     app = create_app(cfg)
     holder = app.state.holder
     shown = f"[{args.host}]" if ":" in args.host else args.host

@@ -87,7 +87,8 @@ class QueryResult:
 
 
 def run_query(index: ImageIndex, query: str | Image.Image, *, k: int = 10, folder: str | None = None,
-              rerank: str | None = None, rerank_k: int = DEFAULT_RERANK_K) -> QueryResult:
+              rerank: str | None = None, rerank_k: int = DEFAULT_RERANK_K,
+              max_candidates: int | None = None) -> QueryResult:
     """The ``k`` nearest indexed images of ``query``, kept to ``folder``, re-ranked by a pairwise metric if asked.
 
     Narrowing to a folder fetches more neighbours (4k, then doubling) until ``k`` of them lie in the folder or the
@@ -100,6 +101,8 @@ def run_query(index: ImageIndex, query: str | Image.Image, *, k: int = 10, folde
         folder: an absolute folder (an indexed root or a folder inside one); None for the whole index.
         rerank: a name from ``list_rerank_choices()``, or None.
         rerank_k: candidates the re-ranker looks at (>= k).
+        max_candidates: at most this many neighbours are fetched to fill a folder, and re-ranked (None: no limit;
+            the REST service sets one so that a request's cost is bounded).
 
     Returns:
         A QueryResult; distances are the library's (1 - cosine, or the re-ranker's distance; lower = more similar).
@@ -113,16 +116,17 @@ def run_query(index: ImageIndex, query: str | Image.Image, *, k: int = 10, folde
     rerank = check_rerank(rerank)
     folder = normalise_folder(folder)
     total = max(1, index.vectors.ntotal)
-    kk = k if folder is None else min(total, 4 * k)
+    cap = total if max_candidates is None else max(k, min(total, max_candidates))
+    kk = k if folder is None else min(cap, 4 * k)
     while True:
         kw: dict[str, object] = {}
         if rerank is not None:
-            kw = {"rerank": rerank, "rerank_k": max(rerank_k, kk)}
+            kw = {"rerank": rerank, "rerank_k": min(max(rerank_k, kk), cap)}
         hits = search(index, query, k=kk, **kw)  # type: ignore[arg-type]
         kept = [h for h in hits if in_folder(h, folder)]
-        if len(kept) >= k or kk >= total or folder is None:
+        if len(kept) >= k or kk >= cap or folder is None:
             return QueryResult(hits=kept[:k], rerank=rerank, folder=folder, searched=kk)
-        kk = min(total, kk * 2)
+        kk = min(cap, kk * 2)
 
 
 def folder_choices(roots: Iterable[str], relpaths: Iterable[tuple[str, str]], *, limit: int = 500) -> list[str]:

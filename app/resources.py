@@ -13,11 +13,12 @@ from typing import TYPE_CHECKING
 
 import streamlit as st
 
+from lookalike.app.loaders import MetricCache
 from lookalike.app.projection import Projection, project_index
 from lookalike.app.queries import folder_choices
 from lookalike.app.views import group_pairs, images_by_id, thumbnail_of_file, triplet_rows
 from lookalike.indexer import DedupReport, ImageIndex, find_duplicates, index_info, open_index
-from lookalike.metric import Metric, load_metric
+from lookalike.metric import Metric
 
 if TYPE_CHECKING:  # the dataset readers are imported lazily: the other pages work without them
     from lookalike.data.imagenet_r import ImageNetR
@@ -39,10 +40,16 @@ def get_fresh_index(index_dir: Path, metric: str | None, db_url: str | None = No
     return idx
 
 
-@st.cache_resource(show_spinner="Loading the metric...", max_entries=32)
+#: Loaded metrics of this process (the same cache class as the REST service's; see ``lookalike.app.loaders``).
+_METRICS = MetricCache(max_entries=32)
+
+
 def get_metric(name: str) -> Metric:
     """A loaded metric, once per process (raises WeightsNotFound with the download command)."""
-    return load_metric(name)
+    if name in _METRICS:
+        return _METRICS.get(name)
+    with st.spinner("Loading the metric..."):
+        return _METRICS.get(name)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)

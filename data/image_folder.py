@@ -1,4 +1,10 @@
-"""Find image files under folders: recursive, symlink-loop safe, natural order, relative POSIX ids."""
+"""Find image files under folders: recursive, symlink-loop safe, natural order, relative POSIX ids.
+
+Symbolic links: a link (to a file or a folder) is followed when its target, all links resolved, lies inside the
+root being scanned, so photos kept behind links inside the collection are found. A link that leads out of the root
+is skipped and reported (``ScanResult.skipped``) unless ``outside_links=True`` (``lookalike index --follow-links``):
+an index then never holds, and a reader never serves, a file from outside the folders it was given by accident.
+"""
 
 from __future__ import annotations
 
@@ -60,14 +66,21 @@ class ScanError:
 
 @dataclass
 class ScanResult:
-    """What a scan found: image files in natural order, and the errors met on the way."""
+    """What a scan found: image files in natural order, the errors met on the way, and the symbolic links skipped
+    because they lead out of their root."""
 
     files: list[ImageFile] = field(default_factory=list)
     errors: list[ScanError] = field(default_factory=list)
+    skipped: list[ScanError] = field(default_factory=list)
 
 
-def _walk(root: str, result: ScanResult, *, follow_symlinks: bool, is_image: Callable[[str], bool],
-          progress: Callable[[int], None] | None = None) -> None:
+def _inside(path: str, folder: str) -> bool:
+    return os.path.commonpath([path, folder]) == folder
+
+
+def _walk(root: str, result: ScanResult, *, follow_symlinks: bool, outside_links: bool,
+          is_image: Callable[[str], bool], progress: Callable[[int], None] | None = None) -> None:
+    real_root = os.path.realpath(root)
     seen_dirs: set[tuple[int, int]] = set()
     try:
         st = os.stat(root)
@@ -102,6 +115,9 @@ def _walk(root: str, result: ScanResult, *, follow_symlinks: bool, is_image: Cal
                         result.errors.append(ScanError(entry.path, "symbolic link loop"))
                         continue
                     raise
+                if is_link and not outside_links and not _inside(os.path.realpath(entry.path), real_root):
+                    result.skipped.append(ScanError(entry.path, "symbolic link to a place outside the folder"))
+                    continue
                 if stat.S_ISDIR(st.st_mode):
                     key = (st.st_dev, st.st_ino)
                     if key in seen_dirs:
@@ -122,6 +138,7 @@ def scan_images(
     roots: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
     *,
     follow_symlinks: bool = True,
+    outside_links: bool = False,
     extensions: Iterable[str] | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> ScanResult:
@@ -133,7 +150,9 @@ def scan_images(
 
     Args:
         roots: one folder or several (a single image file is accepted as its own root's only entry).
-        follow_symlinks: follow symbolic links to files and folders.
+        follow_symlinks: follow symbolic links to files and folders (False: skip every link).
+        outside_links: also follow links whose target (all links resolved) lies outside the root being scanned;
+            by default they are skipped and listed in ``ScanResult.skipped``.
         extensions: suffixes to accept instead of the registry (e.g. [".jpg", ".png"]).
         progress: called with the number of image files found so far, after each folder.
 
@@ -161,10 +180,14 @@ def scan_images(
             st = os.stat(root)
             result.files.append(ImageFile(os.path.dirname(root), os.path.basename(root), st.st_size, st.st_mtime_ns))
             continue
-        _walk(root, result, follow_symlinks=follow_symlinks, is_image=is_image, progress=progress)
+        _walk(root, result, follow_symlinks=follow_symlinks, outside_links=outside_links, is_image=is_image,
+              progress=progress)
     result.files.sort(key=lambda f: (f.root, natural_key(f.relpath)))
     for err in result.errors:
         _logger.warning("scan: %s: %s", display_path(err.path), err.reason)
+    if result.skipped:
+        _logger.warning("scan: skipped %d symbolic link(s) that lead outside the folder, e.g. %s (follow them with "
+                        "outside_links / follow_links)", len(result.skipped), display_path(result.skipped[0].path))
     return result
 
 

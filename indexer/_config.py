@@ -96,6 +96,7 @@ class EmbedOptions:
     fast_decode: bool = False
     ray: bool | str | None = None
     crash_at: str | None = None
+    follow_links: bool = False
 
     def __post_init__(self) -> None:
         if self.batch_size is not None and self.batch_size < 1:

@@ -58,6 +58,7 @@ def build_index(
     ray: bool | str | None = None,
     progress: bool | ProgressFn = True,
     crash_at: str | None = None,
+    follow_links: bool = False,
     **build_options: Any,
 ) -> IndexSummary:
     """Index image folders, or bring an existing index up to date.
@@ -97,6 +98,8 @@ def build_index(
             cluster, else a local one for this run) or an address ("HOST:6379", "ray://HOST:10001"). This process
             stays the single writer; vectors equal the local path's. See ``lookalike.indexer._ray``.
         crash_at: test hook (see ``lookalike.indexer._crash``); also read from ``$LOOKALIKE_CRASH_AT``.
+        follow_links: also index files behind symbolic links that lead outside their root (by default such links
+            are skipped and logged; links inside the root are followed; see ``lookalike.data.image_folder``).
         **build_options: the options every writer shares, the fields of ``BuildConfig`` (documented there):
             ``faiss`` (the search structure: "auto" by default, "Flat" or a FAISS factory string), ``storage``
             ("fp32" / "fp16"), ``max_memory`` ("4G"), ``compact_at``, ``dedup_threshold``, ``checkpoint_every``
@@ -115,7 +118,8 @@ def build_index(
     """
     config = BuildConfig(**build_options)
     options = EmbedOptions(device=device, dtype=dtype, batch_size=batch_size, workers=workers, threads=threads,
-                           max_pixels=max_pixels, fast_decode=fast_decode, ray=ray, crash_at=crash_at)
+                           max_pixels=max_pixels, fast_decode=fast_decode, ray=ray, crash_at=crash_at,
+                           follow_links=follow_links)
     return index_folders(roots, index_dir, metric=metric, config=config, options=options, progress=progress)
 
 
@@ -228,7 +232,7 @@ def index_roots(session: WriterSession, roots: list[str], m: Metric, options: Em
 
     t = time.perf_counter()
     report("scan", 0, 0)
-    scan = scan_images(roots, progress=lambda n: report("scan", n, 0))
+    scan = scan_images(roots, outside_links=options.follow_links, progress=lambda n: report("scan", n, 0))
     summary.scanned, summary.scan_errors = len(scan.files), len(scan.errors)
     summary.seconds["scan"] = time.perf_counter() - t
     report("scan", summary.scanned, summary.scanned)

@@ -43,9 +43,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lookalike.common.errors import ConfigError, WeightFileError
+from lookalike.common.errors import ConfigError
 from lookalike.metric._base import Metric, compute_fingerprint
-from lookalike.metric._hub import resolve_files
+from lookalike.metric._diffsim_attention import DiffSimFeatures as DiffSimFeatures
+from lookalike.metric._diffsim_attention import _Captured as _Captured
+from lookalike.metric._diffsim_attention import aligned_scores as aligned_scores
+from lookalike.metric._diffsim_attention import parse_block
+from lookalike.metric._diffsim_attention import project_qkv as project_qkv
+from lookalike.metric._diffsim_attention import target_attention as target_attention
+from lookalike.metric._diffsim_attention import token_agreement as token_agreement
+from lookalike.metric._diffsim_folder import load_components, resolve_sd_files
 from lookalike.metric._pretrained import MetricCfg, PreprocessCfg
 from lookalike.metric._registry import register_builder, register_metric
 from lookalike.metric.releases import SD15_FILES, SD15_REPO, release_file
@@ -58,8 +65,6 @@ TARGET_STEP_PRESETS = {"nights": 500, "cute": 600, "dreambench": 750, "ip": 750,
                        "tid2013": 900}
 
 NOISE_MODES = ("per_image", "reference")
-_SCHEDULERS = ("PNDMScheduler", "DDIMScheduler", "DDPMScheduler", "EulerDiscreteScheduler",
-               "LMSDiscreteScheduler", "DPMSolverMultistepScheduler")
 _NUM_TIMESTEPS = 1000
 
 
@@ -105,84 +110,7 @@ class DiffSimOptions:
             raise ConfigError(f"diffsim seed must be an int, got {self.seed!r}")
         if not isinstance(self.cache_images, int) or self.cache_images < 0:
             raise ConfigError(f"diffsim cache_images must be an int >= 0, got {self.cache_images!r}")
-        _parse_block(self.target_block)
-
-
-def _parse_block(spec: str) -> tuple[str, int | None]:
-    if spec == "mid_block":
-        return spec, None
-    kind, _, num = spec.partition(".")
-    if kind not in ("up_blocks", "down_blocks") or not num.isdigit():
-        raise ConfigError(f"diffsim target_block must be 'up_blocks.N', 'down_blocks.N' or 'mid_block', got {spec!r}")
-    return kind, int(num)
-
-
-def target_attention(unet: nn.Module, spec: str) -> nn.Module:
-    """The self-attention (``attn1``) of the last transformer block of the last attention module of ``spec``."""
-    kind, num = _parse_block(spec)
-    try:
-        block = unet.mid_block if num is None else getattr(unet, kind)[num]
-        return block.attentions[-1].transformer_blocks[-1].attn1
-    except (AttributeError, IndexError, TypeError):
-        raise ConfigError(f"diffsim target_block {spec!r}: this UNet has no attention module there") from None
-
-
-class _Captured(Exception):
-    """Raised by the capture hook to stop the UNet once the tensors are taken."""
-
-
-@dataclass
-class DiffSimFeatures:
-    """One image's captured attention tensors, each (R, heads, tokens, head_dim); R = rows of the CFG batch.
-
-    ``o`` is SDPA(q, k, v), the image attending to itself (kept: every score needs it).
-    """
-
-    q: torch.Tensor
-    k: torch.Tensor
-    v: torch.Tensor
-    o: torch.Tensor
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.q, self.k, self.v, self.o))
-
-
-def _cosine_flat(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Cosine of the flattened rows of a batch: (n, ...) and (n, ...) → (n,) float32."""
-    x = x.flatten(1).float()
-    y = y.flatten(1).float()
-    return F.cosine_similarity(x, y, dim=1, eps=1e-8)
-
-
-def aligned_scores(fa: DiffSimFeatures, fbs: Sequence[DiffSimFeatures]) -> torch.Tensor:
-    """The aligned attention score of image A against each image B: (n,) float32, in [-1, 1], higher = closer."""
-    if not fbs:
-        return torch.empty(0, dtype=torch.float32)
-    n = len(fbs)
-    kb = torch.stack([f.k for f in fbs])  # (n, R, h, T, d)
-    vb = torch.stack([f.v for f in fbs])
-    qb = torch.stack([f.q for f in fbs])
-    ob = torch.stack([f.o for f in fbs])
-    shape = (n * kb.shape[1], *kb.shape[2:])
-    qa = fa.q.unsqueeze(0).expand_as(qb).reshape(shape)
-    a_on_b = F.scaled_dot_product_attention(qa, kb.reshape(shape), vb.reshape(shape)).view_as(kb)
-    b_on_a = F.scaled_dot_product_attention(
-        qb.reshape(shape), fa.k.unsqueeze(0).expand_as(kb).reshape(shape),
-        fa.v.unsqueeze(0).expand_as(vb).reshape(shape)).view_as(kb)
-    s_ab = _cosine_flat(a_on_b, fa.o.unsqueeze(0).expand_as(ob))
-    s_ba = _cosine_flat(b_on_a, ob)
-    return (s_ab + s_ba) / 2
-
-
-def token_agreement(fa: DiffSimFeatures, fb: DiffSimFeatures) -> torch.Tensor:
-    """Per token of A: cosine over (rows, heads, head_dim) of SDPA(Q_A, K_B, V_B) and SDPA(Q_A, K_A, V_A) → (T,)."""
-    a_on_b = F.scaled_dot_product_attention(fa.q, fb.k, fb.v).float()  # (R, h, T, d)
-    own = fa.o.float()
-    t = a_on_b.shape[2]
-    x = a_on_b.permute(2, 0, 1, 3).reshape(t, -1)
-    y = own.permute(2, 0, 1, 3).reshape(t, -1)
-    return F.cosine_similarity(x, y, dim=1, eps=1e-8)
+        parse_block(self.target_block)
 
 
 class DiffSimMetric(FeaturePairwise, Metric):
@@ -396,81 +324,6 @@ class DiffSimMetric(FeaturePairwise, Metric):
         return super().extra_repr() + f", opts={self.opts}"
 
 
-def project_qkv(attn: nn.Module, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The query, key and value a diffusers self-attention computes from its input, split into heads.
-
-    Follows the module's own steps (spatial / group norm when it has them, ``to_q``/``to_k``/``to_v``, q/k norms).
-
-    Returns:
-        (q, k, v), each (batch, heads, tokens, head_dim).
-    """
-    h = hidden
-    if getattr(attn, "spatial_norm", None) is not None:
-        raise ValueError("diffsim: attention layers with a spatial norm are not supported")
-    if h.ndim == 4:
-        bsz, c, hh, ww = h.shape
-        h = h.view(bsz, c, hh * ww).transpose(1, 2)
-    if getattr(attn, "group_norm", None) is not None:
-        h = attn.group_norm(h.transpose(1, 2)).transpose(1, 2)
-    bsz = h.shape[0]
-    q, k, v = attn.to_q(h), attn.to_k(h), attn.to_v(h)
-    heads = attn.heads
-    d = k.shape[-1] // heads
-    q, k, v = (t.view(bsz, -1, heads, d).transpose(1, 2) for t in (q, k, v))
-    if getattr(attn, "norm_q", None) is not None:
-        q = attn.norm_q(q)
-    if getattr(attn, "norm_k", None) is not None:
-        k = attn.norm_k(k)
-    return q, k, v
-
-
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise WeightFileError(f"{path} is not a readable JSON file ({e})",
-                              hint="is the Stable Diffusion folder complete? 'lookalike weights verify diffsim'") from e
-    if not isinstance(data, dict):
-        raise WeightFileError(f"{path} does not hold a JSON object; is it a diffusers config?")
-    return data
-
-
-def _load_components(paths: dict[str, Path], dtype: torch.dtype, device: torch.device) -> dict[str, Any]:
-    try:
-        import diffusers
-        from transformers import CLIPTextModel, CLIPTokenizer
-    except ImportError as e:
-        raise ImportError(f"diffsim needs diffusers and transformers ({e}); install them with: "
-                          f"pip install 'lookalike[diffsim]'") from e
-
-    sched_cfg = _read_json(paths["scheduler/scheduler_config.json"])
-    cls_name = sched_cfg.get("_class_name")
-    if cls_name not in _SCHEDULERS:
-        raise WeightFileError(f"{paths['scheduler/scheduler_config.json']}: scheduler {cls_name!r} is not one of "
-                              f"{_SCHEDULERS}")
-    index = _read_json(paths["model_index.json"])
-    if "unet" not in index or "vae" not in index:
-        raise WeightFileError(f"{paths['model_index.json']} does not describe a Stable Diffusion pipeline "
-                              f"(no unet / vae)")
-    folder = {name: paths[f"{name}/config.json"].parent for name in ("unet", "vae", "text_encoder")}
-    kw: dict[str, Any] = {"local_files_only": True}
-    try:
-        scheduler = getattr(diffusers, cls_name).from_config(sched_cfg)
-        unet = diffusers.UNet2DConditionModel.from_pretrained(folder["unet"], torch_dtype=dtype, **kw)
-        vae = diffusers.AutoencoderKL.from_pretrained(folder["vae"], torch_dtype=dtype, **kw)
-        text_encoder = CLIPTextModel.from_pretrained(folder["text_encoder"], torch_dtype=dtype, **kw)
-        tokenizer = CLIPTokenizer.from_pretrained(paths["tokenizer/vocab.json"].parent, **kw)
-    except (OSError, ValueError, KeyError, RuntimeError) as e:
-        raise WeightFileError(f"the Stable Diffusion folder {paths['model_index.json'].parent} could not be loaded: "
-                              f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
-                              hint="re-fetch damaged files with 'lookalike weights download diffsim'") from e
-    for m in (unet, vae, text_encoder):
-        m.eval().requires_grad_(False).to(device)
-    return {"unet": unet, "vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer, "scheduler": scheduler}
-
-
 @register_builder("diffsim", options=DiffSimOptions)
 def build_diffsim(cfg: MetricCfg, *, device: torch.device, dtype: torch.dtype, weights: str | Path | None) -> Metric:
     """DiffSim from a diffusers SD 1.5 folder (``weights``, else ``$LOOKALIKE_HOME/diffsim/...``, else download).
@@ -484,9 +337,9 @@ def build_diffsim(cfg: MetricCfg, *, device: torch.device, dtype: torch.dtype, w
     """
     opts: DiffSimOptions = cfg.options
     cfg = cfg.replace(preprocess=dataclasses.replace(cfg.preprocess, size=opts.image_size))
-    paths = resolve_files(cfg.name, cfg.extra_files, weights)
+    paths = resolve_sd_files(cfg, weights)
     weight_dtype = dtype if device.type != "cpu" else torch.float32
-    parts = _load_components(paths, weight_dtype, device)
+    parts = load_components(paths, weight_dtype, device)
     # Every option that changes a value is part of the fingerprint (cache_images does not).
     tag = json.dumps({k: v for k, v in dataclasses.asdict(opts).items() if k != "cache_images"}, sort_keys=True)
     fingerprint = compute_fingerprint(cfg.replace(name=f"{cfg.name}:{tag}"), paths)

@@ -40,14 +40,15 @@ DISTS_URL = "https://github.com/dingkeyan93/DISTS/raw/master/DISTS_pytorch/weigh
 SD15_REPO = "sd-legacy/stable-diffusion-v1-5"
 SD15_URL = f"https://huggingface.co/{SD15_REPO}/resolve/main"
 SD15_CACHE = "diffsim/stable-diffusion-v1-5"
-#: The files of the diffusers SD 1.5 folder DiffSim reads (no safety checker, no feature extractor).
+#: The files of the SD 1.5 release DiffSim downloads (no safety checker, no feature extractor, no
+#: special_tokens_map.json: tokenizer_config.json names the special tokens). A folder already on disk is judged by
+#: what the pipeline needs instead (``lookalike.metric._diffsim_folder.SD_PARTS``).
 SD15_FILES = (
     "model_index.json",
     "scheduler/scheduler_config.json",
     "text_encoder/config.json",
     "text_encoder/model.safetensors",
     "tokenizer/merges.txt",
-    "tokenizer/special_tokens_map.json",
     "tokenizer/tokenizer_config.json",
     "tokenizer/vocab.json",
     "unet/config.json",

@@ -79,6 +79,18 @@ def write_tokenizer(folder: Path) -> None:
         "tokenizer_class": "CLIPTokenizer"}), encoding="utf-8")
 
 
+def resave_with_diffusers(src: Path, dst: Path) -> Path:
+    """Load the pipeline at ``src`` with the installed diffusers / transformers and save it to ``dst`` as they do
+    today (the tokenizer as ``tokenizer.json`` + ``tokenizer_config.json``: no ``vocab.json``, ``merges.txt`` or
+    ``special_tokens_map.json``)."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(src, safety_checker=None, feature_extractor=None,
+                                                   requires_safety_checker=False, local_files_only=True)
+    pipe.save_pretrained(dst)
+    return Path(dst)
+
+
 def write_tiny_sd(folder: Path, *, seed: int = 0) -> Path:
     """Write the tiny pipeline into ``folder`` (created) and return it."""
     from diffusers import AutoencoderKL, UNet2DConditionModel

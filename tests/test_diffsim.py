@@ -224,3 +224,30 @@ def test_reduced_precision_on_the_cpu_is_autocast(sd_dir: Path, images) -> None:
     assert m.model_dtype == torch.float32 and m.autocast  # weights stay fp32 on the CPU
     d = m.distance(images[:2], images[[0, 2]])
     assert d[0] == pytest.approx(1.0, abs=1e-3) and d.dtype == torch.float32
+
+
+@pytest.mark.parametrize("layout", ["no special_tokens_map.json", "saved by the installed diffusers"])
+def test_a_folder_is_judged_by_what_the_pipeline_needs(sd_dir: Path, tmp_path: Path, images, layout: str) -> None:
+    from sd_tiny import resave_with_diffusers
+
+    folder = tmp_path / "sd"
+    if layout == "no special_tokens_map.json":
+        shutil.copytree(sd_dir, folder)
+        (folder / "tokenizer" / "special_tokens_map.json").unlink()
+    else:
+        resave_with_diffusers(sd_dir, folder)
+        assert not (folder / "tokenizer" / "special_tokens_map.json").exists()
+    # fp32 on both sides: the numbers are compared (--dtype auto would be bf16 autocast on some CPUs only)
+    m = load_metric("diffsim", weights=folder, device="cpu", dtype="fp32", image_size=SIZE)
+    ref = load_metric("diffsim", weights=sd_dir, device="cpu", dtype="fp32", image_size=SIZE)
+    torch.testing.assert_close(m.distance(images[:2], images[2:]), ref.distance(images[:2], images[2:]),
+                               atol=1e-6, rtol=0)
+
+
+def test_a_folder_without_a_tokenizer_names_what_is_missing(sd_dir: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "sd"
+    shutil.copytree(sd_dir, folder)
+    shutil.rmtree(folder / "tokenizer")
+    with pytest.raises(WeightsNotFound) as e:
+        load_metric("diffsim", weights=folder, device="cpu", image_size=SIZE)
+    assert "tokenizer/vocab.json" in str(e.value) and "unet/" not in str(e.value)
