@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-from lookalike.app.cli import CliError
+from lookalike.app.cli import CliError, Loading, placement
 
 _INDEX_EPILOG = """examples:
   lookalike index ~/Pictures --index ~/pictures.idx
@@ -183,8 +183,11 @@ class _Bars:
 
 
 def run_index(args: argparse.Namespace) -> int:
-    from lookalike.data.images import DEFAULT_MAX_PIXELS
-    from lookalike.indexer import build_index, check_index
+    with Loading(args.metric) as loading:
+        from lookalike.data.images import DEFAULT_MAX_PIXELS
+        from lookalike.indexer import build_index, check_index
+
+        loading.done(placement(args.metric, args.device, args.dtype))
 
     if args.repair and os.path.isdir(args.index):
         report = check_index(args.index, repair=True, db_url=args.db, device=args.device)
@@ -213,26 +216,35 @@ def run_index(args: argparse.Namespace) -> int:
 
 
 def run_search(args: argparse.Namespace) -> int:
-    from lookalike.data.image_folder import display_path
-    from lookalike.indexer import search
+    with Loading(f"index {args.index}") as loading:
+        from lookalike.data.image_folder import display_path
+        from lookalike.indexer import open_index, search
+        from lookalike.metric import is_metric
 
-    hits = search(args.index, args.query, k=args.k, metric=args.metric, db_url=args.db, device=args.device,
-                  dtype=args.dtype, rerank=args.rerank, rerank_k=args.rerank_k, rerank_weights=args.rerank_weights)
+        with open_index(args.index, metric=args.metric, db_url=args.db, device=args.device, dtype=args.dtype) as idx:
+            loading.done(f"{idx.build.metric}, {placement(idx.build.metric, args.device, args.dtype)}"
+                         if is_metric(idx.build.metric) else idx.build.metric)
+            hits = search(idx, args.query, k=args.k, rerank=args.rerank, rerank_k=args.rerank_k,
+                          rerank_weights=args.rerank_weights, device=args.device)
     if args.json:
         print(json.dumps([h.as_dict() for h in hits], indent=1))
         return 0
     if args.rerank and hits:
         way = "lower" if hits[0].lower_is_better else "higher"
-        print(f"re-ranked by {hits[0].scored_by} ({way} = more similar); index distance in the second column")
+        print(f"re-ranked by {hits[0].scored_by} ({way} = more similar); the index's distance beside it")
+        print(f"{'#':>3}  {hits[0].scored_by:>10}  {'distance':>8}  path")
         for n, h in enumerate(hits, 1):
-            print(f"{n:3d}  {h.distance:.4f}  {h.score:.4f}  {display_path(h.path)}")
+            print(f"{n:3d}  {h.score:10.4f}  {h.distance:8.4f}  {display_path(h.path)}")
         return 0
+    print(f"{'#':>3}  {'distance':>8}  path   (1 - cosine: lower = more similar)")
     for n, h in enumerate(hits, 1):
-        print(f"{n:3d}  {h.distance:.4f}  {display_path(h.path)}")
+        print(f"{n:3d}  {h.distance:8.4f}  {display_path(h.path)}")
     return 0
 
 
 def run_dedup(args: argparse.Namespace) -> int:
+    if args.index and not args.undo:
+        Loading(f"index {args.index} and its vectors").done()
     from lookalike.data.image_folder import display_path
     from lookalike.indexer import find_duplicates, move_duplicates, undo_moves, write_report
 
@@ -272,6 +284,7 @@ def run_dedup(args: argparse.Namespace) -> int:
 
 
 def run_check(args: argparse.Namespace) -> int:
+    Loading(f"index {args.index} (the sha256 of every file)", verb="checking").done()
     from lookalike.indexer import check_index
 
     report = check_index(args.index, repair=args.repair, db_url=args.db, device=args.device)

@@ -156,6 +156,8 @@ def run_compare(args: argparse.Namespace) -> int:
             loaded[name] = load_metric(name, device=args.device, dtype=args.dtype, weights=args.weights)
         return loaded[name]
 
+    if len(names) == 1 and not args.all:
+        load(names[0])  # one named metric: a missing weight file is the error, with its ways out
     # Named metrics may download their weights (with a progress bar); --all only uses what is on disk.
     rows = compare_all(img_a, img_b, metrics=names, load=load, weights=args.weights, download=not args.all)
     if args.json:

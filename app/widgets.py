@@ -240,7 +240,7 @@ def full_size_dialog(index: ImageIndex, hit: Hit, rank: int) -> None:
 
 def embedding_metric_options() -> list[str]:
     """Embedding metrics a user may index with (random-weight test models left out)."""
-    return [n for n in list_metrics(kind="embedding") if get_metric_cfg(n).family != "test"]
+    return list_metrics(kind="embedding")
 
 
 @dataclass
