@@ -204,7 +204,8 @@ class Metric(nn.Module):
 
     @property
     def has_distance_map(self) -> bool:
-        """True when ``distance_map`` can say where two images differ (LPIPS, single-branch ViTs, DiffSim)."""
+        """True when ``distance_map`` can say where two images differ (efficientnet_lite0, LPIPS, single-branch
+        ViTs, DiffSim)."""
         return type(self).distance_map is not Metric.distance_map
 
     def distance_map(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -214,7 +215,8 @@ class Metric(nn.Module):
             TypeError: this metric has no spatial map (``has_distance_map`` is False).
         """
         raise TypeError(f"metric {self.name!r} cannot say where two images differ (no distance map); maps exist for "
-                        f"LPIPS, DiffSim, DreamSim patch variants and single-branch ViT backbones")
+                        f"efficientnet_lite0 (no download), LPIPS, DiffSim, DreamSim patch variants and single-branch ViT "
+                        f"backbones")
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, kind={self.kind!r}, dim={self.dim}, device={self.device}, dtype={self.dtype}"

@@ -53,7 +53,11 @@ def test_compare_shows_a_heat_map_beside_the_table(monkeypatch: pytest.MonkeyPat
     table = at.table[0].value.set_index("metric")
     assert {"efficientnet_lite0", "lpips_alex", "ssim"} <= set(table.index)
     choice = at.selectbox(key="cmp_map_metric")
-    assert choice.options == ["lpips_alex"]  # the one chosen metric that can say where
+    assert choice.options == ["efficientnet_lite0", "lpips_alex"]  # the chosen metrics that can say where
+    captions = [str(img.proto) for img in at.get("image")]
+    assert re.search(r'caption: "efficientnet_lite0: dark = alike, bright = different \(0 to [0-9.]+, 28x28 grid\)"',
+                     captions[2])  # the offline map comes first: no download needed to see one
+    choice.set_value("lpips_alex").run()
     captions = [str(img.proto) for img in at.get("image")]
     assert len(captions) == 3  # A, B and the map
     assert re.search(r'caption: "lpips_alex: dark = alike, bright = different \(0 to [0-9.]+, 256x256 grid\)"',
