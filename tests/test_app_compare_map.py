@@ -1,9 +1,9 @@
-"""The app's Compare page draws a metric's distance map beside the table (LPIPS files the test writes)."""
+"""The app's Compare page draws a metric's distance map beside the table (efficientnet_lite0's, offline, and LPIPS's
+from files the test writes), and the Search page re-ranks; both on the shared read-only ``photo_index``."""
 
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 
 import pytest
@@ -27,22 +27,16 @@ def _write_random_lpips_alex(folder: Path) -> None:
     torch.save({f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1) for i, c in enumerate(widths)}, folder / "alex.pth")
 
 
-def test_compare_shows_a_heat_map_beside_the_table(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_compare_shows_a_heat_map_beside_the_table(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                   photo_index: dict[str, Path]) -> None:
     import streamlit as st
-
-    from lookalike.indexer import build_index
 
     home = tmp_path / "home"
     monkeypatch.setenv("LOOKALIKE_HOME", str(home))
     _write_random_lpips_alex(home / "lpips")
-    photos = tmp_path / "photos"
-    photos.mkdir()
     names = [p.name for p in sorted(PHOTOS.glob("*.jpg"))[:3]]
-    for n in names:
-        shutil.copy(PHOTOS / n, photos / n)
-    build_index(photos, tmp_path / "index", metric="efficientnet_lite0", workers=0, progress=False)
     st.cache_resource.clear()
-    monkeypatch.setenv(ENV_INDEX, str(tmp_path / "index"))
+    monkeypatch.setenv(ENV_INDEX, str(photo_index["index"]))
     at = st_testing.AppTest.from_file(str(APP), default_timeout=180).run()
     at.switch_page("app_pages/compare.py").run()
     at.multiselect(key="cmp_metrics").set_value(["efficientnet_lite0", "lpips_alex", "ssim"]).run()
@@ -65,19 +59,15 @@ def test_compare_shows_a_heat_map_beside_the_table(monkeypatch: pytest.MonkeyPat
     st.cache_resource.clear()
 
 
-def test_search_page_rerank(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_search_page_rerank(monkeypatch: pytest.MonkeyPatch, photo_index: dict[str, Path]) -> None:
     import streamlit as st
 
-    from lookalike.indexer import build_index, search
+    from lookalike.indexer import search
 
-    photos = tmp_path / "photos"
-    photos.mkdir()
     names = [p.name for p in sorted(PHOTOS.glob("*.jpg"))[:5]]
-    for n in names:
-        shutil.copy(PHOTOS / n, photos / n)
-    build_index(photos, tmp_path / "index", metric="efficientnet_lite0", workers=0, progress=False)
+    photos = photo_index["photos"]
     st.cache_resource.clear()
-    monkeypatch.setenv(ENV_INDEX, str(tmp_path / "index"))
+    monkeypatch.setenv(ENV_INDEX, str(photo_index["index"]))
     at = st_testing.AppTest.from_file(str(APP), default_timeout=180).run()
     at.switch_page("app_pages/search.py").run()
     assert {NO_RERANK, "ssim", "psnr", "l1"} <= set(at.selectbox(key="search_rerank").options)
@@ -88,7 +78,7 @@ def test_search_page_rerank(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
     assert not at.exception, [e.message for e in at.exception]
     assert any("re-ranked by ssim (higher = more similar)" in h.value for h in at.subheader)
     hits = [m.value for m in at.markdown if m.value.startswith("**#")]
-    want = search(tmp_path / "index", photos / names[1], k=len(hits), rerank="ssim", rerank_k=50)
+    want = search(photo_index["index"], photos / names[1], k=len(hits), rerank="ssim", rerank_k=50)
     assert [h.split("\n")[-1] for h in hits] == [h.relpath for h in want]
     assert " ssim " in hits[0] and hits[0].endswith(names[1])
     st.cache_resource.clear()

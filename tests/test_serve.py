@@ -6,12 +6,9 @@ model ``efficientnet_lite0``. Uploads are edited versions of indexed photos that
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import shutil
-import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -23,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image, ImageEnhance, ImageFilter
+from support import DUP_OF, PHOTOS, run_service
 
 from lookalike.data.images import open_image
 
@@ -30,15 +28,7 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-PHOTOS = Path(__file__).parent / "fixtures" / "photos"
-DUP_OF = "bsd68_101085.jpg"  # indexed with an edited copy: the known duplicate group
 TOKEN = "s3cret-token-for-the-tests-0123456789"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _edit(img: Image.Image) -> Image.Image:
@@ -55,65 +45,17 @@ def _jpeg(img: Image.Image, quality: int = 85) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def collection(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from lookalike.indexer import build_index
-
-    base = tmp_path_factory.mktemp("serve")
-    photos = base / "photos"
-    shutil.copytree(PHOTOS, photos, ignore=shutil.ignore_patterns("*.md"))
-    im = open_image(PHOTOS / DUP_OF)
-    w, h = im.size
-    (photos / "edits").mkdir()
-    ImageEnhance.Brightness(im.crop((w // 20, h // 20, w - w // 20, h - h // 20))).enhance(1.15).save(
-        photos / "edits" / "bsd68_101085_edited.jpg", quality=90)
-    index_dir = base / "index"
-    summary = build_index(photos, index_dir, metric="efficientnet_lite0", workers=0, progress=False)
-    assert summary.total_vectors == 25
-    (base / "outside.jpg").write_bytes((PHOTOS / "bsd68_103070.jpg").read_bytes())  # a real image, not indexed
-    return {"base": base, "photos": photos, "index": index_dir, "outside": base / "outside.jpg"}
+def collection(photo_index: dict[str, Path]) -> dict[str, Path]:
+    """The shared ``photo_index`` (read-only): 24 photos + an edited copy of DUP_OF, and ``outside`` (not indexed)."""
+    return photo_index
 
 
-@contextlib.contextmanager
-def _serve(index_dir: Path, log_path: Path, *extra: str, env: dict[str, str] | None = None) -> Iterator[str]:
-    """``lookalike serve --index DIR --port FREE`` in its own process group; yields its URL, stops it at the end."""
-    port = _free_port()
-    log = open(log_path, "w+b")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([sys.executable, "-m", "lookalike.app.cli", "serve", "--index", str(index_dir),
-                             "--port", str(port), *extra], stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True, env={**os.environ, **(env or {})})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                log.seek(0)
-                pytest.fail(f"lookalike serve exited with {proc.returncode}:\n{log.read().decode(errors='replace')}")
-            try:
-                if httpx.get(url + "/health", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.3)
-        else:
-            pytest.fail("lookalike serve did not answer /health within 120 s")
-        log.seek(0)
-        assert f"lookalike serve: {url}" in log.read().decode(errors="replace")
-        yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.seek(0)
-        text = log.read().decode(errors="replace")
-        log.close()
-        assert "Traceback" not in text, text[-3000:]
+_serve = run_service  # ``lookalike serve`` on a free port; a traceback in its log fails the test
 
 
 @pytest.fixture(scope="module")
-def server(collection: dict[str, Path]) -> Iterator[str]:
-    with _serve(collection["index"], collection["base"] / "serve.log", "--max-upload-mb", "2") as url:
+def server(collection: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with _serve(collection["index"], tmp_path_factory.mktemp("serve") / "serve.log", "--max-upload-mb", "2") as url:
         yield url
 
 
