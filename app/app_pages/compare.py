@@ -68,10 +68,10 @@ def main() -> None:
     col_a, col_b = st.columns(2)
     with col_a:
         a = widgets.image_source_ui(settings, index, key="cmp_a", label="Image A")
-        widgets.picked_preview_ui(index, a)
+        widgets.picked_preview_ui(index, a, width=280)
     with col_b:
         b = widgets.image_source_ui(settings, index, key="cmp_b", label="Image B")
-        widgets.picked_preview_ui(index, b)
+        widgets.picked_preview_ui(index, b, width=280)
     names = list_compare_metrics()
     runnable = [n for n in names if missing_weights_reason(n) is None]
     chosen = st.multiselect("Metrics", names, default=runnable, key="cmp_metrics",
