@@ -87,6 +87,17 @@ def pairs_collection(base: Path) -> dict[str, Path]:
     return {"base": base, "photos": photos}
 
 
+def card_text(markdown: str) -> str:
+    """A Search result card's Markdown as a test reads it: the rank line, a newline, then the folder and the file
+    name as shown ("photos/edits/x.jpg": the root's name, the folders under it, the name), HTML taken out."""
+    import html
+    import re
+
+    head, _, rest = markdown.partition("<span")
+    shown = "".join(re.findall(r'class="ll-(?:folder|name)">([^<]*)</span>', "<span" + rest))
+    return f"{head}\n{html.unescape(shown)}"
+
+
 def _http_ok(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=5) as r:  # noqa: S310 - 127.0.0.1 only

@@ -111,6 +111,46 @@ def test_search_upload_finds_known_nearest_first(page: object, app_url: str, col
     _shot(page, "search_upload")
 
 
+@pytest.mark.parametrize("viewport", [{"width": 1440, "height": 900}, {"width": 1280, "height": 800}],
+                         ids=["desktop", "laptop"])
+def test_result_cards_line_up_at_desktop_and_laptop_widths(browser: object, app_url: str, viewport: dict) -> None:
+    ctx = browser.new_context(viewport=viewport)  # type: ignore[attr-defined]
+    page = ctx.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    try:
+        page.goto(app_url + "/search?q=" + DUP_OF)
+        page.locator(".st-key-hit-12 img").wait_for()
+        page.wait_for_function("""() => { const cards = [...document.querySelectorAll("[class*='st-key-hit-']")]
+            .filter(e => /st-key-hit-[0-9]+( |$)/.test(e.className));
+            return cards.length === 12 && cards.every(e => { const i = e.querySelector('img');
+                                                            return i && i.complete && i.naturalWidth > 0; }); }""")
+        cards = page.evaluate("""() => [...document.querySelectorAll("[class*='st-key-hit-']")]
+            .filter(e => /st-key-hit-[0-9]+( |$)/.test(e.className))
+            .map(e => { const r = e.getBoundingClientRect(); const img = e.querySelector('img').getBoundingClientRect();
+                        return {top: Math.round(r.top), h: Math.round(r.height),
+                                ratio: img.width / img.height,
+                                name: e.querySelector('.ll-name').getBoundingClientRect().height}; })""")
+        assert len(cards) == 12
+        rows: dict[int, list[dict]] = {}
+        for c in cards:
+            rows.setdefault(c["top"], []).append(c)
+        assert len(rows) == 3  # 4 columns by default
+        for row in rows.values():
+            assert max(c["h"] for c in row) - min(c["h"] for c in row) <= 1, row  # one height, portrait or not
+        assert all(abs(c["ratio"] - 4 / 3) < 0.02 for c in cards), cards  # one thumbnail shape
+        assert max(c["name"] for c in cards) < 30  # file names on one line (cut with an ellipsis, never wrapped)
+        cut = page.evaluate("""() => [...document.querySelectorAll("[data-testid='stMain'] button")]
+            .filter(b => b.offsetParent !== null && b.innerText.trim())
+            .filter(b => [...b.querySelectorAll('p, span, div')].some(t => t.scrollWidth > t.clientWidth + 1))
+            .map(b => b.innerText)""")
+        assert cut == [], cut  # no button label is cut
+        name = "desktop" if viewport["width"] == 1440 else "laptop"
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / f"search_cards_{name}.png"))
+    finally:
+        ctx.close()
+
+
 def test_compare_shows_numeric_table(page: object, app_url: str, collection: dict[str, Path]) -> None:
     page.goto(app_url + "/compare")  # type: ignore[attr-defined]
     inputs = page.locator("input[type=file]")  # type: ignore[attr-defined]
@@ -132,7 +172,8 @@ def test_compare_shows_numeric_table(page: object, app_url: str, collection: dic
     assert float(rows["psnr"]["value"]) > 10.0 and -1.0 <= float(rows["ssim"]["value"]) <= 1.0
     assert rows["efficientnet_lite0"]["direction"] == "lower = more similar"
     assert rows["psnr"]["direction"] == "higher = more similar"
-    assert page.get_by_text("metrics cannot run here").count() == 1  # type: ignore[attr-defined]  # no weights
+    sync_api.expect(page.get_by_text("metrics cannot run here")).to_have_count(1)  # type: ignore[attr-defined]
+    sync_api.expect(page.get_by_text("efficientnet_lite0: dark = alike")).to_have_count(1)  # the offline map
     _wait_images(page, "[data-testid='stMain']")
     _no_traceback(page)
     _shot(page, "compare")

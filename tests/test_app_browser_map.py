@@ -77,6 +77,11 @@ def test_map_selection_shows_thumbnails_and_a_point_becomes_the_query(page: obje
     assert legend == ["photos (6)", "photos/edits (6)"]
     page.wait_for_function(  # type: ignore[attr-defined]
         "() => document.querySelector('.js-plotly-plot canvas') !== null", timeout=TIMEOUT_MS)
+    thumbs = plot.locator(".layer-above image")
+    thumbs.first.wait_for()
+    assert 1 <= thumbs.count() <= 12  # thumbnails at points spread over the map, in data units: zoom enlarges them
+    swatches = plot.locator(".legendpoints path").evaluate_all("els => els.map(e => e.style.fill)")
+    assert len(set(swatches)) == 2, swatches  # one colour per folder
     _shot(page, "map")
     box = plot.locator(".nsewdrag").first.bounding_box()
     assert box is not None
@@ -91,7 +96,7 @@ def test_map_selection_shows_thumbnails_and_a_point_becomes_the_query(page: obje
     assert relpath.endswith(".jpg")
     assert page.locator("[class*='st-key-map-sel-']").count() == 12  # type: ignore[attr-defined]
     _shot(page, "map_selection")
-    first.get_by_role("button", name="Search with this").click()
+    first.get_by_role("button", name="Similar").click()
     hit = page.locator(".st-key-hit-1")  # type: ignore[attr-defined]
     sync_api.expect(hit).to_contain_text(relpath, timeout=TIMEOUT_MS)  # the point found itself first
     assert "/search" in page.url and "q=" in page.url  # type: ignore[attr-defined]

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
+from support import card_text
 
 from lookalike.app.settings import ENV_INDEX
 from lookalike.app.widgets import NO_RERANK
@@ -77,8 +78,8 @@ def test_search_page_rerank(monkeypatch: pytest.MonkeyPatch, photo_index: dict[s
     at.run()
     assert not at.exception, [e.message for e in at.exception]
     assert any("re-ranked by ssim (higher = more similar)" in h.value for h in at.subheader)
-    hits = [m.value for m in at.markdown if m.value.startswith("**#")]
+    hits = [card_text(m.value) for m in at.markdown if m.value.startswith("**#")]
     want = search(photo_index["index"], photos / names[1], k=len(hits), rerank="ssim", rerank_k=50)
-    assert [h.split("\n")[-1] for h in hits] == [h.relpath for h in want]
+    assert [h.split("\n")[-1] for h in hits] == [f"photos/{h.relpath}" for h in want]  # root name + relpath
     assert " ssim " in hits[0] and hits[0].endswith(names[1])
     st.cache_resource.clear()

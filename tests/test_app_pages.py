@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image, ImageEnhance
-from support import DUP_EDITED, PHOTOS, jpeg_bytes
+from support import DUP_EDITED, PHOTOS, card_text, jpeg_bytes
 
 from lookalike.app.settings import ENV_IMAGENET_R, ENV_INDEX, ENV_MAX_UPLOAD_MB, ENV_NIGHTS, load_settings
 from lookalike.data.images import open_image
@@ -75,8 +75,8 @@ def _texts(elements) -> list[str]:  # noqa: ANN001
 
 
 def _hits(at) -> list[str]:  # noqa: ANN001
-    """The result captions of the Search grid, in rank order."""
-    return [m.value for m in at.markdown if m.value.startswith("**#")]
+    """The Search result cards, in rank order: "**#1** &nbsp; `0.0000`\nphotos/edits/x.jpg" (``card_text``)."""
+    return [card_text(m.value) for m in at.markdown if m.value.startswith("**#")]
 
 
 # --- Overview ------------------------------------------------------------------------------------------------------
@@ -144,7 +144,7 @@ def test_search_upload_and_click_a_result(monkeypatch: pytest.MonkeyPatch, colle
     _ok(at)
     hits = _hits(at)
     assert hits[0].endswith(NAMES[3])
-    third = hits[2].rsplit("\n", 1)[-1]
+    third = hits[2].rsplit("\n", 1)[-1].split("/", 1)[1]  # shown as "photos/x.jpg": the root's name, then relpath
     at.button(key="hit-pick-3").click().run()
     _ok(at)
     assert at.query_params["q"] == [third] or at.query_params["q"] == third

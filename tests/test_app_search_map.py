@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support import PAIR_NAMES, PHOTOS, edited_copy
+from support import PAIR_NAMES, PHOTOS, card_text, edited_copy
 
 from lookalike.app.settings import ENV_IMAGENET_R, ENV_INDEX, ENV_MAX_UPLOAD_MB, ENV_NIGHTS
 from lookalike.data.images import open_image
@@ -58,7 +58,8 @@ def _ok(at) -> None:  # noqa: ANN001
 
 
 def _hits(at) -> list[str]:  # noqa: ANN001
-    return [m.value for m in at.markdown if m.value.startswith("**#")]
+    """The Search result cards, in rank order: "**#1** &nbsp; `0.0000`\nphotos/edits/x.jpg" (``card_text``)."""
+    return [card_text(m.value) for m in at.markdown if m.value.startswith("**#")]
 
 
 # --- landing --------------------------------------------------------------------------------------------------------
