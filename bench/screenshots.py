@@ -28,7 +28,7 @@ from support import CHROMIUM, CHROMIUM_ARGS, PHOTOS, edited_copy, run_app  # noq
 from lookalike.data.images import open_image  # noqa: E402
 
 #: The query of the Search shot, the pair of the Compare shot (A and an edit of it made here), the viewports.
-QUERY = "sun-hays/sunhays_beach_sun_bgtlposotyokcsdg.jpg"
+QUERY = "bsd68/bsd68_101087.jpg"  # it has an edited copy: the second result
 COMPARE_OF = "bsd68_101085.jpg"
 DESKTOP = {"width": 1440, "height": 900}
 LAPTOP = {"width": 1280, "height": 800}
@@ -60,7 +60,7 @@ def build_collection(base: Path) -> dict[str, Path]:
     b.paste(ImageEnhance.Brightness(a.crop(box).filter(ImageFilter.GaussianBlur(5))).enhance(1.3), box)
     b.save(base / "edited_upload.jpg", quality=92)
     index_dir = base / "index"
-    # 0.25: the threshold that separated copies from other photos for this metric (README, docs/reference.md)
+    # 0.25: the threshold that separated copies from other photos for this metric (docs/indexing.md)
     build_index(photos, index_dir, metric="efficientnet_lite0", dtype="fp32", workers=0, progress=False,
                 dedup_threshold=0.25)
     return {"base": base, "photos": photos, "index": index_dir, "upload": base / "edited_upload.jpg"}

@@ -170,7 +170,7 @@ class Metric(nn.Module):
     def enable_compile(self, **kwargs: object) -> Metric:
         """Compile the inner network with ``torch.compile``; returns self.
 
-        Opt-in: measured slower on a 2-core CPU (see README, Performance); meant for GPUs. Keyword arguments go to
+        Opt-in: measured slower on a 2-core CPU (see docs/benchmarks.md); meant for GPUs. Keyword arguments go to
         ``torch.compile``.
         """
         for attr in ("net", "model"):
@@ -214,9 +214,9 @@ class Metric(nn.Module):
         Raises:
             TypeError: this metric has no spatial map (``has_distance_map`` is False).
         """
-        raise TypeError(f"metric {self.name!r} cannot say where two images differ (no distance map); maps exist for "
-                        f"efficientnet_lite0 (no download), LPIPS, DiffSim, DreamSim patch variants and single-branch ViT "
-                        f"backbones")
+        raise TypeError(f"metric {self.name!r} cannot say where two images differ (no distance map); maps exist "
+                        f"for efficientnet_lite0 (no download), LPIPS, DiffSim, DreamSim patch variants and "
+                        f"single-branch ViT backbones")
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, kind={self.kind!r}, dim={self.dim}, device={self.device}, dtype={self.dtype}"

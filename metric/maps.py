@@ -47,8 +47,8 @@ def pair_distance_map(metric: Metric, img_a: Image.Image, img_b: Image.Image) ->
     """
     if not metric.has_distance_map:
         raise InvalidArgument(f"metric {metric.name!r} cannot say where two images differ (no distance map); maps "
-                              f"exist for efficientnet_lite0 (no download), LPIPS, DiffSim, DreamSim patch variants and "
-                              f"single-branch ViT backbones")
+                              f"exist for efficientnet_lite0 (no download), LPIPS, DiffSim, DreamSim patch variants "
+                              f"and single-branch ViT backbones")
     xa = metric.preprocess(img_a.convert("RGB"))[None]
     xb = metric.preprocess(img_b.convert("RGB"))[None]
     values = metric.distance_map(xa, xb)[0].float().numpy()
