@@ -41,8 +41,11 @@ def test_index_search_dedup_in_process(tree: tuple[Path, Path], tmp_path: Path, 
     rc, out, _ = _run(capsys, "index", str(root), "--index", str(idx), *common, "--no-progress",
                       "--dedup-threshold", "0.0001")
     assert rc == 0 and "unchanged 7" in out and "embedded 0" in out
-    rc, out, _ = _run(capsys, "dedup", "--index", str(idx), "--json")  # the stored threshold
+    rc, out, err = _run(capsys, "dedup", "--index", str(idx), "--json")  # the stored threshold
     assert rc == 0 and json.loads(out)["threshold"] == 0.0001 and json.loads(out)["n_duplicates"] == 1
+    assert err.startswith(f"loading index {idx} and its vectors...\n")  # said first; stdout stays pure JSON
+    rc, out, err = _run(capsys, "check", "--index", str(idx))
+    assert rc == 0 and err == f"checking index {idx} (the sha256 of every file)...\n" and "ok" in out
 
     first = sorted(os.listdir(root))[0]
     rc, out, _ = _run(capsys, "search", first, "--index", str(idx), "-k", "3", "--json")
