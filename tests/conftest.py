@@ -40,8 +40,35 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 
+#: Tests (node id prefixes) that take more than a few seconds on 2 cores, marked ``slow`` here in one list so that
+#: modules other engineers own need no edit; a new slow test can carry ``@pytest.mark.slow`` itself instead.
+#: Measured with ``python -m pytest --durations=0`` (docs/development.md).
+SLOW_TESTS = (
+    "tests/test_parity.py",  # the reference dreamsim package on random ViT-B weights, eight variants
+    "tests/test_index_ray.py",  # a Ray cluster, killed workers and drivers
+    "tests/test_index_crash.py",  # SIGKILL at every stage of a build, then resume
+    "tests/test_index_postgres.py",  # a PostgreSQL server
+    "tests/test_train.py",  # LoRA training runs
+    "tests/test_diffsim.py",  # a Stable Diffusion-shaped pipeline
+    "tests/test_serve.py",  # the REST service in a subprocess
+    "tests/test_search_quality.py",  # 40 real photos with five edits each, embedded
+    "tests/test_baselines.py::test_lpips_vgg_parity",
+    "tests/test_baselines.py::test_lpips_alex_parity",
+    "tests/test_classical.py::test_dists_matches_the_reference_package",
+    "tests/test_cli_metric.py::test_compare_table_and_json",
+    "tests/test_index_cli.py::test_console_script_subprocess",
+    "tests/test_metric.py::test_efficientnet_finds_the_original_of_every_edited_copy",
+    "tests/test_fast_decode.py::test_build_index_fast_decode",
+    "tests/test_fast_decode.py::test_device_jpeg_decode_close_to_exact_pil",
+)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked ``gpu`` need CUDA: skipped (with the reason) where there is none."""
+    """``SLOW_TESTS`` get the ``slow`` marker; tests marked ``gpu`` need CUDA: skipped (with the reason) where there
+    is none."""
+    for it in items:
+        if it.nodeid.startswith(SLOW_TESTS):
+            it.add_marker(pytest.mark.slow)
     gpu_items = [it for it in items if it.get_closest_marker("gpu") is not None]
     if not gpu_items:
         return
