@@ -29,6 +29,39 @@ class CliError(InvalidArgument):
     """A bad combination of command-line flags (printed as ``error: ...`` with exit status 2)."""
 
 
+class Loading:
+    """A ``loading WHAT (DETAIL)...`` line on stderr, so that a command is never silent while it starts (the CLI's
+    status lines all start with ``VERB `` and end with ``...``: tests that read errors skip them).
+
+    The start is printed at once, before the heavy imports (torch alone takes seconds); ``done(detail)`` ends the
+    line once the details are known (``cpu, fp32``). Used as a context manager the line is always ended, so an error
+    message starts on a line of its own.
+    """
+
+    def __init__(self, what: str, *, verb: str = "loading") -> None:
+        self._open = True
+        print(f"{verb} {what}", end="", file=sys.stderr, flush=True)
+
+    def done(self, detail: str = "") -> None:
+        if self._open:
+            self._open = False
+            print(f" ({detail})..." if detail else "...", file=sys.stderr, flush=True)
+
+    def __enter__(self) -> Loading:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done()
+
+
+def placement(metric: str, device: str | None, dtype: str | None) -> str:
+    """``"cpu, fp32"``: where and in which precision ``metric`` would run (nothing is loaded)."""
+    from lookalike.metric import dtype_name, resolve_placement
+
+    dev, dt = resolve_placement(metric, device=device, dtype=dtype)
+    return f"{dev}, {dtype_name(dt)}"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lookalike",

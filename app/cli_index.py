@@ -8,7 +8,7 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from lookalike.app.cli import CliError
+from lookalike.app.cli import CliError, Loading, placement
 
 if TYPE_CHECKING:
     from lookalike.indexer import BuildConfig
@@ -192,16 +192,18 @@ class _Bars:
     LABELS = {"scan": "scan", "diff": "diff", "embed": "embed", "derive": "search structure",
               "import": "import"}
 
-    def __init__(self) -> None:
+    def __init__(self, *, announce_load: bool = True) -> None:
         self.bar = None
         self.stage = None
+        self.announce_load = announce_load
 
     def __call__(self, stage: str, done: int, total: int) -> None:
         from tqdm.auto import tqdm
 
         if stage == "load":  # loading a model can take seconds: say what is happening
             self.close()
-            print("loading the metric ...", file=sys.stderr, flush=True)
+            if self.announce_load:
+                print("loading the metric ...", file=sys.stderr, flush=True)
             return
         if stage != self.stage:
             self.close()
@@ -220,15 +222,22 @@ class _Bars:
 
 
 def run_index(args: argparse.Namespace) -> int:
-    from lookalike.data.images import DEFAULT_MAX_PIXELS
-    from lookalike.indexer import EmbedOptions, check_index, index_folders
+    new_index = not args.db and not os.path.isfile(os.path.join(args.index, "catalog.sqlite"))
+    name = args.metric or ("dreamsim" if new_index else "the index's own metric")
+    with Loading(name) as loading:
+        from lookalike.data.images import DEFAULT_MAX_PIXELS
+        from lookalike.indexer import EmbedOptions, check_index, index_folders
+
+        if new_index or (args.metric and args.dtype not in (None, "auto")):
+            # an existing build keeps its recorded precision under "auto": the summary names it
+            loading.done(placement(name, args.device, args.dtype))
 
     config = build_config(args)
     options = EmbedOptions(device=args.device, dtype=args.dtype, batch_size=args.batch_size, workers=args.workers,
                            threads=args.threads, fast_decode=args.fast_decode, ray=args.ray,
                            follow_links=args.follow_links,
                            max_pixels=args.max_pixels if args.max_pixels is not None else DEFAULT_MAX_PIXELS)
-    bars = _Bars() if not args.no_progress and not args.json else None
+    bars = _Bars(announce_load=False) if not args.no_progress and not args.json else None
     try:
         if args.repair and os.path.isdir(args.index):
             report = check_index(args.index, repair=True, db_url=args.db, device=args.device, dtype=args.dtype,
@@ -248,26 +257,35 @@ def run_index(args: argparse.Namespace) -> int:
 
 
 def run_search(args: argparse.Namespace) -> int:
-    from lookalike.data.image_folder import display_path
-    from lookalike.indexer import search
+    with Loading(f"index {args.index}") as loading:
+        from lookalike.data.image_folder import display_path
+        from lookalike.indexer import open_index, search
+        from lookalike.metric import is_metric
 
-    hits = search(args.index, args.query, k=args.k, metric=args.metric, db_url=args.db, device=args.device,
-                  dtype=args.dtype, rerank=args.rerank, rerank_k=args.rerank_k, rerank_weights=args.rerank_weights)
+        with open_index(args.index, metric=args.metric, db_url=args.db, device=args.device, dtype=args.dtype) as idx:
+            loading.done(f"{idx.build.metric}, {placement(idx.build.metric, args.device, args.dtype)}"
+                         if is_metric(idx.build.metric) else idx.build.metric)
+            hits = search(idx, args.query, k=args.k, rerank=args.rerank, rerank_k=args.rerank_k,
+                          rerank_weights=args.rerank_weights, device=args.device)
     if args.json:
         print(json.dumps([h.as_dict() for h in hits], indent=1))
         return 0
     if args.rerank and hits:
         way = "lower" if hits[0].lower_is_better else "higher"
-        print(f"re-ranked by {hits[0].scored_by} ({way} = more similar); index distance in the second column")
+        print(f"re-ranked by {hits[0].scored_by} ({way} = more similar); the index's distance beside it")
+        print(f"{'#':>3}  {hits[0].scored_by:>10}  {'distance':>8}  path")
         for n, h in enumerate(hits, 1):
-            print(f"{n:3d}  {h.distance:.4f}  {h.score:.4f}  {display_path(h.path)}")
+            print(f"{n:3d}  {h.score:10.4f}  {h.distance:8.4f}  {display_path(h.path)}")
         return 0
+    print(f"{'#':>3}  {'distance':>8}  path   (1 - cosine: lower = more similar)")
     for n, h in enumerate(hits, 1):
-        print(f"{n:3d}  {h.distance:.4f}  {display_path(h.path)}")
+        print(f"{n:3d}  {h.distance:8.4f}  {display_path(h.path)}")
     return 0
 
 
 def run_dedup(args: argparse.Namespace) -> int:
+    if args.index and not args.undo:
+        Loading(f"index {args.index} and its vectors").done()
     from lookalike.data.image_folder import display_path
     from lookalike.indexer import find_duplicates, move_duplicates, undo_moves, write_report
 
@@ -307,6 +325,7 @@ def run_dedup(args: argparse.Namespace) -> int:
 
 
 def run_check(args: argparse.Namespace) -> int:
+    Loading(f"index {args.index} (the sha256 of every file)", verb="checking").done()
     from lookalike.indexer import check_index
 
     bars = _Bars() if args.repair and not args.no_progress and not args.json else None

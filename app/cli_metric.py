@@ -21,7 +21,8 @@ _COMPARE_EPILOG = """examples:
   lookalike compare a.jpg b.jpg --metric efficientnet_lite0 --metric psnr
   lookalike compare a.jpg b.jpg --all                      every metric that can run here
   lookalike compare a.jpg b.jpg --all --json
-  lookalike compare a.jpg b.jpg -m lpips_vgg --map where.png   heat map of where A differs, drawn over A
+  lookalike compare a.jpg b.jpg -m efficientnet_lite0 --map where.png   where A differs, drawn over A (offline)
+  lookalike compare a.jpg b.jpg -m lpips_vgg --map where.png
   lookalike compare a.jpg b.jpg -m diffsim --weights ~/models/stable-diffusion-v1-5
 
 Each row says its direction: for distances lower = more similar; PSNR and SSIM are similarities
@@ -49,7 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="precision (default fp32)")
     p.add_argument("--weights", metavar="DIR", help="folder searched first for weight files")
     p.add_argument("--map", metavar="PNG", help="write a heat map of where A differs from B, drawn over A (one "
-                   "metric with a map: lpips_*, diffsim, DreamSim patch variants, single-branch ViT backbones)")
+                   "metric with a map: efficientnet_lite0 (offline), lpips_*, diffsim, DreamSim patch variants, "
+                   "single-branch ViT backbones)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run_compare)
 
@@ -158,6 +160,8 @@ def run_compare(args: argparse.Namespace) -> int:
             loaded[name] = load_metric(name, device=args.device, dtype=args.dtype, weights=args.weights)
         return loaded[name]
 
+    if len(names) == 1 and not args.all:
+        load(names[0])  # one named metric: a missing weight file is the error, with its ways out
     # Named metrics may download their weights (with a progress bar); --all only uses what is on disk.
     rows = compare_all(img_a, img_b, metrics=names, load=load, weights=args.weights, download=not args.all)
     if args.json:

@@ -7,14 +7,16 @@ sampled ones. No Streamlit here, so it is tested and benchmarked directly.
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from lookalike.app.views import images_by_id
+from lookalike.app.views import framed_thumbnail, images_by_id
+from lookalike.data.images import ImageDecodeError
 from lookalike.indexer import ImageIndex
 
 _logger = logging.getLogger(__name__)
@@ -23,8 +25,18 @@ _logger = logging.getLogger(__name__)
 DEFAULT_LIMIT = 10_000
 #: Vectors the PCA axes are fitted on at most (then every sampled vector is projected on them).
 PCA_FIT_MAX = 2_000
-#: Folders with a colour of their own; the rest share "other folders".
-MAX_FOLDERS = 20
+#: One colour per folder on the Map: a qualitative palette (Okabe-Ito's eight, then four more) whose colours are at
+#: least 26 CIELAB units apart from each other and 34 from ``OTHER_COLOUR`` (tests/test_app_look.py measures it).
+FOLDER_PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#000000", "#F0E442",
+                  "#8C564B", "#9467BD", "#7FD34E", "#E41A1C")
+#: The colour of "other folders" (every folder past ``MAX_FOLDERS``).
+OTHER_COLOUR = "#9E9E9E"
+OTHER_FOLDERS = "other folders"
+#: Folders with a colour of their own (the largest ones); the rest share "other folders".
+MAX_FOLDERS = len(FOLDER_PALETTE)
+#: The Map draws thumbnails at a spread-out subset of its points: at most one per cell of a grid this many cells
+#: wide and high, so they never overlap, and they grow as the user zooms in (their size is in data units).
+THUMB_GRID = 9
 METHODS = ("PCA", "UMAP")
 
 
@@ -164,7 +176,73 @@ def project_index(index: ImageIndex, *, method: str = "PCA", limit: int = DEFAUL
     for f in labels:
         counts[f] = counts.get(f, 0) + 1
     top = set(sorted(counts, key=lambda f: (-counts[f], f))[:MAX_FOLDERS])
-    proj.folders = [f if f in top else "other folders" for f in labels]
+    proj.folders = [f if f in top else OTHER_FOLDERS for f in labels]
     proj.relpaths = [rows[int(i)].relpath for i in proj.ids]
     proj.paths = [rows[int(i)].path for i in proj.ids]
     return proj
+
+
+def folder_colours(folders: Sequence[str]) -> dict[str, str]:
+    """A colour for each folder label: ``FOLDER_PALETTE`` in sorted order, grey for "other folders"."""
+    named = sorted(f for f in set(folders) if f != OTHER_FOLDERS)
+    out = {f: FOLDER_PALETTE[n % len(FOLDER_PALETTE)] for n, f in enumerate(named)}
+    if OTHER_FOLDERS in folders:
+        out[OTHER_FOLDERS] = OTHER_COLOUR
+    return out
+
+
+def spread_sample(xy: np.ndarray, cells: int = THUMB_GRID) -> tuple[np.ndarray, float, float]:
+    """Points spread over the map, at most one per cell of a ``cells`` x ``cells`` grid over the points' extent:
+    in each occupied cell the point nearest its centre.
+
+    Returns:
+        The chosen point indices (in cell order), and a cell's width and height in data units.
+    """
+    xy = np.asarray(xy, np.float64)
+    if len(xy) == 0:
+        return np.zeros(0, np.int64), 1.0, 1.0
+    lo, hi = xy.min(axis=0), xy.max(axis=0)
+    size = np.where(hi - lo > 0, (hi - lo) / cells, 1.0)
+    cell = np.minimum(((xy - lo) / size).astype(np.int64), cells - 1)
+    centre = lo + (cell + 0.5) * size
+    off = (((xy - centre) / size) ** 2).sum(axis=1)
+    key = cell[:, 0] * cells + cell[:, 1]
+    order = np.lexsort((off, key))  # by cell, nearest the centre first
+    first = np.ones(len(order), bool)
+    first[1:] = key[order][1:] != key[order][:-1]
+    return order[first].astype(np.int64), float(size[0]), float(size[1])
+
+
+@dataclass
+class MapThumbnails:
+    """Thumbnails drawn at a spread-out subset of a Projection's points (``spread_sample``).
+
+    Attributes:
+        points: indices into the projection's points.
+        images: one ``data:image/jpeg;base64,...`` URI per point, framed in its folder's colour.
+        width: a thumbnail's width in data units (a grid cell's, less a margin); it grows on the screen as the user
+            zooms in.
+        height: its height in data units.
+    """
+
+    points: list[int]
+    images: list[str]
+    width: float
+    height: float
+
+
+def map_thumbnails(proj: Projection, *, cells: int = THUMB_GRID, size: int = 112) -> MapThumbnails:
+    """Framed thumbnails of at most ``cells`` x ``cells`` of ``proj``'s points, spread over the map (files that cannot
+    be read any more are left out). The paths come from the catalog (``project_index``)."""
+    chosen, cw, ch = spread_sample(proj.xy, cells)
+    colours = folder_colours(proj.folders)
+    points, images = [], []
+    for i in chosen.tolist():
+        try:
+            data = framed_thumbnail(proj.paths[i], size, colours[proj.folders[i]])
+        except (ImageDecodeError, OSError) as e:
+            _logger.info("no map thumbnail for %s: %s", proj.paths[i], e)
+            continue
+        points.append(i)
+        images.append("data:image/jpeg;base64," + base64.b64encode(data).decode("ascii"))
+    return MapThumbnails(points, images, 0.9 * cw, 0.9 * ch)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import streamlit as st
 
 from lookalike.app.loaders import MetricCache
-from lookalike.app.projection import Projection, project_index
+from lookalike.app.projection import MapThumbnails, Projection, map_thumbnails, project_index
 from lookalike.app.queries import folder_choices
 from lookalike.app.views import group_pairs, images_by_id, thumbnail_of_file, triplet_rows
 from lookalike.indexer import DedupReport, ImageIndex, find_duplicates, index_info, open_index
@@ -83,6 +83,14 @@ def get_projection(index_dir: str, metric: str | None, method: str, limit: int, 
     return project_index(get_fresh_index(Path(index_dir), metric, db_url), method=method, limit=limit)
 
 
+@st.cache_data(show_spinner="Drawing thumbnails...", max_entries=8)
+def get_map_thumbnails(index_dir: str, metric: str | None, method: str, limit: int, stamp: tuple,
+                       db_url: str | None = None) -> MapThumbnails:
+    """``map_thumbnails`` of ``get_projection`` at the same settings (a bounded number of files is read, whatever
+    the size of the index)."""
+    return map_thumbnails(get_projection(index_dir, metric, method, limit, stamp, db_url))
+
+
 @st.cache_data(show_spinner=False, max_entries=8)
 def get_folder_choices(index_dir: str, metric: str | None, stamp: tuple, db_url: str | None = None) -> list[str]:
     """Folders a search can be narrowed to (indexed roots and the folders directly inside them)."""
@@ -92,9 +100,10 @@ def get_folder_choices(index_dir: str, metric: str | None, stamp: tuple, db_url:
 
 
 @st.cache_data(show_spinner=False, max_entries=4096)
-def get_thumbnail(path: str, size: int, mtime_ns: int) -> bytes:
-    """JPEG thumbnail of a file the caller has already checked (catalog or dataset reader); see views."""
-    return thumbnail_of_file(path, size)
+def get_thumbnail(path: str, size: int, mtime_ns: int, aspect: tuple[int, int] | None = None) -> bytes:
+    """JPEG thumbnail of a file the caller has already checked (catalog or dataset reader); see views
+    (``aspect``: letterboxed to that shape)."""
+    return thumbnail_of_file(path, size, aspect=aspect)
 
 
 def clear_index_caches() -> None:

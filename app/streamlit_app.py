@@ -44,6 +44,9 @@ def landing_page() -> str:
 
 def main() -> None:
     st.set_page_config(page_title="lookalike", page_icon=":material/image_search:", layout="wide")
+    from lookalike.app.widgets import style_ui
+
+    style_ui()
     pages = {f: st.Page(PAGES_DIR / f, title=t, url_path=u, icon=i) for f, t, u, i in PAGES}
 
     def home() -> None:

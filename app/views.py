@@ -29,6 +29,11 @@ _logger = logging.getLogger(__name__)
 UPLOAD_MAX_PIXELS = 50_000_000
 UPLOAD_TYPES = ["jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff"]
 THUMB_SIZE = 320
+#: Every thumbnail of a grid (search results, map selections, duplicate groups) is letterboxed into a box of this
+#: shape (width, height), so a portrait photo makes no taller card than a landscape one.
+CARD_ASPECT = (4, 3)
+#: The letterbox colour: Streamlit's light secondary background.
+CARD_BACKGROUND = (240, 242, 246)
 
 
 def index_state(index_dir: Path | None, db_url: str | None = None) -> str:
@@ -83,24 +88,73 @@ def catalog_row(index: ImageIndex, path: str) -> ImageInfo:
     return row
 
 
-def encode_thumbnail(img: Image.Image, size: int = THUMB_SIZE) -> bytes:
-    """A JPEG (quality 85) no larger than ``size`` on its long side."""
+def encode_thumbnail(img: Image.Image, size: int = THUMB_SIZE, *, aspect: tuple[int, int] | None = None) -> bytes:
+    """A JPEG (quality 85) no larger than ``size`` on its long side.
+
+    With ``aspect`` (width, height) the image is scaled (up or down) to fit, whole, in a box ``size`` wide and
+    ``size * height / width`` high and centred on ``CARD_BACKGROUND``: every thumbnail then has the same shape.
+    """
     im = img.convert("RGB")
-    im.thumbnail((size, size))
+    if aspect is None:
+        im.thumbnail((size, size))
+    else:
+        box = (size, max(1, round(size * aspect[1] / aspect[0])))
+        scale = min(box[0] / im.width, box[1] / im.height)  # fit the box, small images included
+        im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.Resampling.LANCZOS)
+        framed = Image.new("RGB", box, CARD_BACKGROUND)
+        framed.paste(im, ((box[0] - im.width) // 2, (box[1] - im.height) // 2))
+        im = framed
     buf = io.BytesIO()
     im.save(buf, format="JPEG", quality=85)
     return buf.getvalue()
 
 
-def thumbnail_of_file(path: str, size: int = THUMB_SIZE) -> bytes:
-    """Decode ``path`` with the safe loader and return a JPEG thumbnail.
+def thumbnail_of_file(path: str, size: int = THUMB_SIZE, *, aspect: tuple[int, int] | None = None) -> bytes:
+    """Decode ``path`` with the safe loader and return a JPEG thumbnail (``encode_thumbnail``).
 
     Callers must have checked the path against the catalog (``catalog_row``) or a dataset reader first.
 
     Raises:
         ImageDecodeError: unreadable file.
     """
-    return encode_thumbnail(open_image(path), size)
+    return encode_thumbnail(open_image(path), size, aspect=aspect)
+
+
+def framed_thumbnail(path: str, size: int, colour: str, *, border: int = 4) -> bytes:
+    """A JPEG thumbnail of ``path`` (safe loader; no larger than ``size``) inside a ``border``-pixel frame of
+    ``colour`` ("#RRGGBB"): the Map's thumbnails, framed in their folder's colour.
+
+    Callers must have checked the path against the catalog first.
+
+    Raises:
+        ImageDecodeError: unreadable file.
+    """
+    im = open_image(path).convert("RGB")
+    im.thumbnail((size - 2 * border, size - 2 * border))
+    framed = Image.new("RGB", (im.width + 2 * border, im.height + 2 * border), colour)
+    framed.paste(im, (border, border))
+    buf = io.BytesIO()
+    framed.save(buf, format="JPEG", quality=80)
+    return buf.getvalue()
+
+
+def format_bytes(n: float) -> str:
+    """A size for people: "820 KB", "1.2 GB", "0 B" (powers of 1000; one decimal below 10 of a unit)."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 999.5 or unit == "TB":
+            break
+        n /= 1000
+    if unit == "B":
+        return f"{int(n)} B"
+    return f"{n:.1f} {unit}" if abs(n) < 9.95 else f"{n:.0f} {unit}"
+
+
+def split_folder(root: str, relpath: str) -> tuple[str, str]:
+    """(folder, file name) of an indexed file as a person reads it: the root's own name plus the folders under it,
+    with a trailing slash ("photos/edits/"), and the file name."""
+    name = root.rstrip("/").rsplit("/", 1)[-1] or root
+    head, _, base = relpath.rpartition("/")
+    return (f"{name}/{head}/" if head else f"{name}/"), base
 
 
 def decode_upload(data: bytes, name: str, *, max_bytes: int, max_pixels: int = UPLOAD_MAX_PIXELS) -> Image.Image:

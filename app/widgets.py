@@ -6,6 +6,7 @@ Every image drawn from disk goes through ``catalog_image_ui`` (catalog check, th
 
 from __future__ import annotations
 
+import html
 import logging
 import os
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from PIL import Image
 
 from lookalike.app import resources
 from lookalike.app.views import (
+    CARD_ASPECT,
     FULL_SIZE_MAX_SIDE,
     THUMB_SIZE,
     UPLOAD_TYPES,
@@ -26,10 +28,12 @@ from lookalike.app.views import (
     catalog_row,
     decode_upload,
     encode_thumbnail,
+    format_bytes,
     full_size_image,
     index_stamp,
     index_state,
     is_under,
+    split_folder,
 )
 from lookalike.common.errors import LookalikeError
 from lookalike.data.image_folder import scan_images
@@ -103,15 +107,18 @@ def metric_choice_ui(metrics: list[str], *, key: str, label: str = "Metric") -> 
     return st.selectbox(label, metrics, key=key)
 
 
-def catalog_image_ui(index: ImageIndex, path: str, caption: str = "", *, size: int = THUMB_SIZE) -> bool:
-    """Draw an indexed image (after checking ``path`` against the catalog); an error message otherwise."""
+def catalog_image_ui(index: ImageIndex, path: str, caption: str = "", *, size: int = THUMB_SIZE,
+                     aspect: tuple[int, int] | None = CARD_ASPECT, width: int | str = "stretch") -> bool:
+    """Draw an indexed image (after checking ``path`` against the catalog), letterboxed to ``aspect`` so that the
+    thumbnails of a grid line up (None: the image's own shape), as wide as its column (or ``width`` pixels); an
+    error message otherwise."""
     try:
         row = catalog_row(index, path)
-        data = resources.get_thumbnail(row.path, size, row.mtime_ns)
+        data = resources.get_thumbnail(row.path, size, row.mtime_ns, aspect)
     except (NotInCatalog, ImageDecodeError) as e:
         error_ui(e)
         return False
-    st.image(data, caption=caption or None, width="stretch")
+    st.image(data, caption=caption or None, width=width)
     return True
 
 
@@ -194,30 +201,79 @@ def load_picked(index: ImageIndex | None, picked: PickedImage) -> Image.Image:
     return open_image(catalog_row(index, picked.path).path)
 
 
-def picked_preview_ui(index: ImageIndex | None, picked: PickedImage, *, size: int = 240) -> None:
+def picked_preview_ui(index: ImageIndex | None, picked: PickedImage, *, size: int = 320,
+                      width: int | str = "stretch") -> None:
+    """The chosen image letterboxed to the cards' shape (as wide as its column, or ``width`` pixels), with its
+    label under it on one line."""
     if picked.image is not None:
-        st.image(encode_thumbnail(picked.image, size), caption=picked.label, width=size)
+        st.image(encode_thumbnail(picked.image, size, aspect=CARD_ASPECT), width=width)
     elif picked.path is not None and index is not None:
-        catalog_image_ui(index, picked.path, picked.label, size=size)
+        if not catalog_image_ui(index, picked.path, size=size, width=width):
+            return
+    else:
+        return
+    folder, _, name = picked.label.rpartition("/")
+    label = file_label_html(folder + "/" if folder else "", name, picked.label)
+    st.markdown(f'<div style="max-width: {width}px">{label}</div>' if isinstance(width, int) else label,
+                unsafe_allow_html=True)
+
+
+#: The app's few style rules (``style_ui``): file names on one line, cut with an ellipsis, never broken mid-word.
+APP_CSS = """
+<style>
+[data-testid="stMainBlockContainer"] {padding-top: 2.5rem;}
+.ll-file, .ll-file span {display: block; white-space: nowrap; overflow: hidden; text-overflow: ellipsis;}
+.ll-file {line-height: 1.35; margin-top: 0.25rem;}
+.ll-file .ll-folder {color: rgba(49, 51, 63, 0.6); font-size: 0.85rem;}
+.ll-file .ll-name {font-weight: 600;}
+</style>
+"""
+
+
+def style_ui() -> None:
+    """Add the app's style rules (``APP_CSS``) to the page; called once per run by the entry script."""
+    st.markdown(APP_CSS, unsafe_allow_html=True)
+
+
+def file_label_html(folder: str, name: str, title: str) -> str:
+    """Folder and file name on two lines that never wrap (cut with an ellipsis; the full path shows on hover).
+    Inline elements styled as blocks, so the label can follow other text in one Markdown paragraph."""
+    esc = html.escape
+    return (f'<span class="ll-file" title="{esc(title, quote=True)}"><span class="ll-folder">{esc(folder)}</span>'
+            f'<span class="ll-name">{esc(name)}</span></span>')
+
+
+def hit_caption(rank: int, hit: Hit) -> str:
+    """A result card's text: rank and distance (a re-ranker's score first), then folder and file name."""
+    value = (f"`{hit.distance:.4f}`" if hit.score == hit.distance else  # re-ranked: its score first
+             f"`{hit.score:.4f}` {hit.scored_by} &nbsp; `{hit.distance:.4f}`")
+    folder, name = split_folder(hit.root, hit.relpath) if hit.root and hit.relpath else ("", hit.path)
+    return f"**#{rank}** &nbsp; {value}" + file_label_html(folder, name, hit.path)
+
+
+#: Result grids up to this many columns label their buttons; wider ones show the icons only (with a tooltip).
+LABELLED_COLUMNS = 5
 
 
 def hit_grid_ui(index: ImageIndex, hits: list[Hit], *, columns: int = 4, key: str = "hit",
                 on_pick: Callable[[str], None] | None = None) -> None:
-    """Results as a grid: thumbnail, rank, distance and path; a button makes a result the next query."""
+    """Results as a grid of cards of one shape: a letterboxed thumbnail, rank and distance, folder and file name,
+    and two buttons: open it full size, or make it the next query (icons only past ``LABELLED_COLUMNS``)."""
+    labels = ("Open", "Similar") if columns <= LABELLED_COLUMNS else ("", "")
     for start in range(0, len(hits), columns):
         cols = st.columns(columns)
         for col, (rank, hit) in zip(cols, enumerate(hits[start:start + columns], start=start + 1), strict=False):
             with col, st.container(border=True, key=f"{key}-{rank}"):
                 catalog_image_ui(index, hit.path)
-                value = (f"`{hit.distance:.4f}`" if hit.score == hit.distance else  # re-ranked: its score first
-                         f"`{hit.score:.4f}` {hit.scored_by} &nbsp; `{hit.distance:.4f}`")
-                st.markdown(f"**#{rank}** &nbsp; {value}  \n{hit.relpath or hit.path}")
-                b1, b2 = st.columns(2)
-                if b1.button("Open", key=f"{key}-open-{rank}", icon=":material/open_in_full:"):
-                    full_size_dialog(index, hit, rank)
-                if on_pick is not None:
-                    b2.button("Search with this", key=f"{key}-pick-{rank}", on_click=on_pick,
-                              args=(hit.relpath or hit.path,))
+                st.markdown(hit_caption(rank, hit), unsafe_allow_html=True)
+                with st.container(horizontal=True, gap="small"):  # link-style buttons: their labels fit a card
+                    if st.button(labels[0], key=f"{key}-open-{rank}", icon=":material/open_in_full:",
+                                 type="tertiary", help="this image full size, with its path and size"):
+                        full_size_dialog(index, hit, rank)
+                    if on_pick is not None:
+                        st.button(labels[1], key=f"{key}-pick-{rank}", on_click=on_pick, icon=":material/search:",
+                                  args=(hit.relpath or hit.path,), type="tertiary",
+                                  help="search with this image: its nearest images")
 
 
 @st.dialog("Result", width="large")
@@ -231,7 +287,7 @@ def full_size_dialog(index: ImageIndex, hit: Hit, rank: int) -> None:
         return
     with st.container(key="full-size"):
         st.markdown(f"**#{rank}** &nbsp; distance `{hit.distance:.4f}` (lower = more similar)  \n"
-                    f"`{row.path}`  \n{row.width} x {row.height} pixels, {row.size / 1e3:,.0f} kB"
+                    f"`{row.path}`  \n{row.width} x {row.height} pixels, {format_bytes(row.size)}"
                     + (f", {row.format}" if row.format else ""))
         if reduced:
             st.caption(f"shown at {img.width} x {img.height} (reduced to {FULL_SIZE_MAX_SIDE} px on the long side)")
@@ -240,7 +296,7 @@ def full_size_dialog(index: ImageIndex, hit: Hit, rank: int) -> None:
 
 def embedding_metric_options() -> list[str]:
     """Embedding metrics a user may index with (random-weight test models left out)."""
-    return [n for n in list_metrics(kind="embedding") if get_metric_cfg(n).family != "test"]
+    return list_metrics(kind="embedding")
 
 
 @dataclass

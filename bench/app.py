@@ -5,7 +5,9 @@
 
 Map: ``project_vectors`` (sample past the limit, PCA fitted on at most 2,000 rows) on clustered unit vectors, with
 ``--limit`` points at most, against the same with no limit (every vector read and projected; the browser would then
-also have to draw every point).
+also have to draw every point); then the thumbnails: ``spread_sample`` over the drawn points (at most 81 of them, one
+per grid cell, whatever n) and, once, ``map_thumbnails`` reading that many real photos (the test fixtures, cycled),
+which the page caches per index state.
 Duplicates: the work one page turn does now (slice a page of groups out of the shared report) against what the page
 did before it was paginated (copy the cached report back out of ``st.cache_data`` with pickle, write the CSV and
 JSON reports for the download buttons, walk every pair, then draw at most 50 groups), for reports of n groups of
@@ -17,10 +19,11 @@ from __future__ import annotations
 import argparse
 import pickle
 import time
+from pathlib import Path
 
 import numpy as np
 
-from lookalike.app.projection import project_vectors
+from lookalike.app.projection import THUMB_GRID, Projection, map_thumbnails, project_vectors, spread_sample
 from lookalike.app.views import group_pairs, page_bounds, report_bytes
 from lookalike.indexer import DedupReport, DuplicateGroup, DuplicateMember, DuplicatePair
 
@@ -60,15 +63,31 @@ def main() -> None:
     ap.add_argument("--page-size", type=int, default=20)
     args = ap.parse_args()
 
-    print("| images | Map: sampled + PCA ms | points drawn | Map without the limit ms | points then |")
-    print("|---:|---:|---:|---:|---:|")
+    print("| images | Map: sampled + PCA ms | points drawn | thumbnail points ms | thumbnails | "
+          "Map without the limit ms | points then |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    proj = None
     for n in args.sizes:
         xb = clustered(n, args.dim)
         ids = np.arange(n, dtype=np.int64)
         proj = project_vectors(ids, lambda c, xb=xb: xb[c], limit=args.limit)
         t_new = best(lambda xb=xb, ids=ids: project_vectors(ids, lambda c: xb[c], limit=args.limit))
+        chosen, _, _ = spread_sample(proj.xy)
+        t_spread = best(lambda proj=proj: spread_sample(proj.xy))
         t_all = best(lambda xb=xb, ids=ids, n=n: project_vectors(ids, lambda c: xb[c], limit=max(n, 1)), reps=1)
-        print(f"| {n:,} | {t_new:.0f} | {len(proj.ids):,} | {t_all:.0f} | {n:,} |")
+        print(f"| {n:,} | {t_new:.0f} | {len(proj.ids):,} | {t_spread:.1f} | {len(chosen)} | {t_all:.0f} | {n:,} |")
+    if proj is not None:
+        photos = sorted(str(p) for p in (Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "photos")
+                        .glob("*.jpg"))
+        real = Projection(proj.method, proj.ids, proj.xy, proj.total, proj.sampled,
+                          folders=[f"f{i % 5}" for i in range(len(proj.ids))],
+                          relpaths=[""] * len(proj.ids), paths=[photos[i % len(photos)] for i in range(len(proj.ids))])
+        t0 = time.perf_counter()
+        thumbs = map_thumbnails(real)
+        spent = time.perf_counter() - t0
+        kb = sum(len(u) for u in thumbs.images) / 1e3
+        print(f"\nMap thumbnails, once per index state (cached): {len(thumbs.images)} of {THUMB_GRID}x{THUMB_GRID} "
+              f"cells, {spent * 1e3:.0f} ms to read and frame them, {kb:.0f} KB of data URIs in the figure")
 
     print()
     print("| groups | page turn now ms | page before (pickle + reports + pairs) ms | once per report: group pairs ms |")

@@ -3,8 +3,8 @@
 Every subclass also derives from the builtin it stands for (``WeightsNotFound`` is a ``FileNotFoundError``,
 ``IndexMismatch`` a ``ValueError``, ``UnknownName`` a ``KeyError``), so callers can catch either. The message says
 what is wrong and where; ``hint`` says how to fix it (often the ``lookalike`` command that does). Messages never
-spell command-line flags; the CLI prints the message and the hint, and treats anything that is not a
-``LookalikeError`` or an ``OSError`` as a bug.
+spell command-line flags (the hint of ``WeightsNotFound`` names ``--weights DIR`` beside ``weights=DIR``); the CLI
+prints the message and the hint, and treats anything that is not a ``LookalikeError`` or an ``OSError`` as a bug.
 """
 
 from __future__ import annotations
@@ -76,28 +76,52 @@ class _MissingFile(Protocol):
 class WeightsNotFound(LookalikeError, FileNotFoundError):
     """Weight files a metric needs are not on disk and could not be downloaded.
 
+    The message lists the files (grouped by where they come from) and the folders searched; the hint lists the ways
+    out, a few lines a person can act on: the download command, a folder that already holds the files (the one
+    hint that names a flag, ``--weights DIR``, beside its Python spelling ``weights=DIR``), and a metric that needs
+    no download when the raiser names one (``offline_metric``).
+
     Attributes:
         metric: the metric name.
         missing: the files not found (``WeightFile`` objects).
         searched: the folders looked in.
         reason: why nothing was downloaded ("offline: ...", "download failed: ...").
+        offline_metric: a metric that works with no download, offered as a way out (or None).
     """
 
     def __init__(self, metric: str, missing: Sequence[_MissingFile], searched: Sequence[str | Path],
-                 reason: str = ""):
+                 reason: str = "", *, offline_metric: str | None = None):
         self.metric = metric
         self.missing = list(missing)
         self.searched = [Path(p) for p in searched]
         self.reason = reason
+        self.offline_metric = offline_metric
         lines = [f"weights for metric {metric!r} not found" + (f" ({reason})" if reason else "") + ":"]
-        for wf in self.missing:
-            src = f"inside {wf.archive_url}" if wf.archive_url else (wf.url or "no public URL")
-            lines.append(f"  - {wf.path}: {src}")
+        by_source: dict[str, list[_MissingFile]] = {}
+        for wf in self.missing:  # one line per zip, per folder URL (a hub repo's files) or per file URL
+            if wf.archive_url:
+                src = f"inside {wf.archive_url}"
+            elif wf.url and wf.url.endswith("/" + wf.path):
+                src = f"from {wf.url.removesuffix(wf.path)}"
+            else:
+                src = f"from {wf.url}" if wf.url else "no public URL"
+            by_source.setdefault(src, []).append(wf)
+        for src, group in by_source.items():
+            if len(group) == 1 and group[0].url and not group[0].archive_url:
+                src = f"from {group[0].url}"
+            lines.append(f"  - {', '.join(wf.path for wf in group)} ({src})")
         lines.append("searched: " + (", ".join(str(p) for p in self.searched) or "(nothing)"))
         if any(wf.archive_url or wf.url for wf in self.missing):
-            hint = f"fetch them with: lookalike weights download {metric}"
+            folder = "or use a folder that already holds them: --weights DIR (weights=DIR in Python)"
+            if any(getattr(wf, "cache_subdir", None) == "dreamsim" for wf in self.missing):
+                folder += "; an existing dreamsim cache folder works as is"
+            ways = [f"download them (needs the network): lookalike weights download {metric}", folder]
         else:
-            hint = "put the files in one of the folders searched, or pass a weights folder"
+            ways = ["put the files in a weights folder: one of those searched, or --weights DIR (weights=DIR in "
+                    "Python)"]
+        if offline_metric and offline_metric != metric:
+            ways.append(f"or use {offline_metric}, which needs no download: --metric {offline_metric}")
+        hint = ways[0] if len(ways) == 1 else "ways out:\n" + "\n".join(f"  - {w}" for w in ways)
         super().__init__("\n".join(lines), hint=hint)
 
 

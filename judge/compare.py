@@ -22,9 +22,6 @@ from lookalike.metric.weights import weights_paths
 
 _logger = logging.getLogger(__name__)
 
-#: Metric families left out of ``compare_all`` unless named explicitly (random-weight test models).
-HIDDEN_FAMILIES = ("test",)
-
 STATUS_OK = "ok"
 STATUS_UNAVAILABLE = "unavailable"
 STATUS_ERROR = "error"
@@ -87,11 +84,8 @@ def missing_weights_reason(name: str, weights: str | os.PathLike[str] | None = N
 
 
 def list_compare_metrics(*, include_hidden: bool = False) -> list[str]:
-    """Registered metric names for comparisons, without the test-only families unless ``include_hidden``."""
-    names = list_metrics()
-    if include_hidden:
-        return names
-    return [n for n in names if get_metric_cfg(n).family not in HIDDEN_FAMILIES]
+    """Registered metric names for comparisons, without the test-only registrations unless ``include_hidden``."""
+    return list_metrics(include_test=include_hidden)
 
 
 def pair_distance(metric: Metric, img_a: Image.Image, img_b: Image.Image) -> float:
@@ -151,7 +145,8 @@ def compare_all(
         try:
             value = pair_distance(load(name), img_a, img_b)
         except WeightsNotFound as e:
-            out.append(_value_row(name, None, STATUS_UNAVAILABLE, str(e).splitlines()[-1]))
+            out.append(_value_row(name, None, STATUS_UNAVAILABLE, f"weights not present; fetch them with: "
+                                                                  f"lookalike weights download {e.metric}"))
             continue
         except (ValueError, TypeError, RuntimeError, OSError, ImportError) as e:
             _logger.warning("metric %s failed on this pair: %s", name, e)

@@ -12,6 +12,7 @@ from lookalike.metric._base import suggest_batch_size as suggest_batch_size
 from lookalike.metric._builders import required_files as required_files
 from lookalike.metric._cache import get_cache_dir as get_cache_dir
 from lookalike.metric._factory import load_metric as load_metric
+from lookalike.metric._factory import resolve_placement as resolve_placement
 from lookalike.metric._precision import describe_auto as describe_auto
 from lookalike.metric._precision import dtype_name as dtype_name
 from lookalike.metric._precision import has_native_bf16 as has_native_bf16

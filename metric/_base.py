@@ -170,7 +170,7 @@ class Metric(nn.Module):
     def enable_compile(self, **kwargs: object) -> Metric:
         """Compile the inner network with ``torch.compile``; returns self.
 
-        Opt-in: measured slower on a 2-core CPU (see README, Performance); meant for GPUs. Keyword arguments go to
+        Opt-in: measured slower on a 2-core CPU (see docs/benchmarks.md); meant for GPUs. Keyword arguments go to
         ``torch.compile``.
         """
         for attr in ("net", "model"):
@@ -204,7 +204,8 @@ class Metric(nn.Module):
 
     @property
     def has_distance_map(self) -> bool:
-        """True when ``distance_map`` can say where two images differ (LPIPS, single-branch ViTs, DiffSim)."""
+        """True when ``distance_map`` can say where two images differ (efficientnet_lite0, LPIPS, single-branch
+        ViTs, DiffSim)."""
         return type(self).distance_map is not Metric.distance_map
 
     def distance_map(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -213,8 +214,9 @@ class Metric(nn.Module):
         Raises:
             TypeError: this metric has no spatial map (``has_distance_map`` is False).
         """
-        raise TypeError(f"metric {self.name!r} cannot say where two images differ (no distance map); maps exist for "
-                        f"LPIPS, DiffSim, DreamSim patch variants and single-branch ViT backbones")
+        raise TypeError(f"metric {self.name!r} cannot say where two images differ (no distance map); maps exist "
+                        f"for efficientnet_lite0 (no download), LPIPS, DiffSim, DreamSim patch variants and "
+                        f"single-branch ViT backbones")
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, kind={self.kind!r}, dim={self.dim}, device={self.device}, dtype={self.dtype}"

@@ -51,9 +51,30 @@ def load_metric(
     cfg = get_metric_cfg(name)
     if options:
         cfg = with_options(cfg, options)
-    dev = get_device(device)
-    auto = isinstance(dtype, str) and dtype.strip().lower() == "auto"
-    dt = resolve_dtype("fp32" if auto and not cfg.auto_bf16 else dtype, dev)
+    dev, dt = resolve_placement(name, device=device, dtype=dtype)
     metric = get_builder(cfg.builder)(cfg, device=dev, dtype=dt, weights=weights)
     _logger.info("loaded metric %s on %s (%s), fingerprint %s", name, dev, dt, metric.fingerprint)
     return metric
+
+
+def resolve_placement(
+    name: str, *, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None
+) -> tuple[torch.device, torch.dtype]:
+    """The device and precision ``load_metric(name, device=device, dtype=dtype)`` would use, without loading it.
+
+    Args:
+        name: a registered metric name.
+        device: as for ``load_metric`` (default cuda > mps > cpu).
+        dtype: as for ``load_metric`` ("auto" honours the metric's ``auto_bf16``).
+
+    Returns:
+        ``(device, dtype)``.
+
+    Raises:
+        KeyError: unknown name.
+        ValueError: a bad device or dtype.
+    """
+    cfg = get_metric_cfg(name)
+    dev = get_device(device)
+    auto = isinstance(dtype, str) and dtype.strip().lower() == "auto"
+    return dev, resolve_dtype("fp32" if auto and not cfg.auto_bf16 else dtype, dev)

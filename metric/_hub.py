@@ -81,18 +81,34 @@ def resolve_files(
     if not missing:
         return found
     searched = searched_folders(root, files)
+    offline = offline_metric()
     if download is False:
-        raise WeightsNotFound(metric, missing, searched, reason="downloads disabled (download=False)")
+        raise WeightsNotFound(metric, missing, searched, reason="downloads disabled (download=False)",
+                              offline_metric=offline)
     var = offline_var()
     if download is None and var is not None:
-        raise WeightsNotFound(metric, missing, searched, reason=f"offline: {var}={os.environ[var]} is set")
+        raise WeightsNotFound(metric, missing, searched, reason=f"offline: {var}={os.environ[var]} is set",
+                              offline_metric=offline)
     fetched, failure = fetch_files([wf for wf in missing if wf.source], progress=progress)
     found.update(fetched)
     still = [wf for wf in missing if wf.path not in found]
     if still:
         reason = failure or ("no public URL" if not any(wf.source for wf in still) else "download failed")
-        raise WeightsNotFound(metric, still, searched, reason=reason)
+        raise WeightsNotFound(metric, still, searched, reason=reason, offline_metric=offline)
     return {wf.path: found[wf.path] for wf in files}
+
+
+def offline_metric() -> str | None:
+    """An embedding metric whose every weight file ships inside an installed package (``efficientnet_lite0``):
+    the way out offered when another metric's files are missing; None when there is none."""
+    from lookalike.metric._builders import required_files
+    from lookalike.metric._registry import get_metric_cfg, list_metrics
+
+    for name in list_metrics(kind="embedding"):
+        files = required_files(get_metric_cfg(name))
+        if files and all(wf.package for wf in files) and find_weight_file(files[0], None) is not None:
+            return name
+    return None
 
 
 def fetch_files(
@@ -157,7 +173,7 @@ def _registered_siblings(url: str, subdir: str, have: Sequence[WeightFile]) -> l
 
     seen = {wf.path for wf in have}
     out: list[WeightFile] = []
-    for name in list_metrics():
+    for name in list_metrics(include_test=True):
         try:
             files = required_files(get_metric_cfg(name))
         except (KeyError, ValueError) as e:  # a user-registered metric with a bad backbone is not our concern here

@@ -20,6 +20,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+#: The family of test-only registrations (random toy models): hidden from listings, still loadable by name.
+TEST_FAMILY = "test"
 
 
 @dataclass(frozen=True)
@@ -104,7 +106,8 @@ class MetricCfg:
         options: the builder's options dataclass (None: its defaults; a dict is converted and checked on
             registration).
         dim: embedding width when it does not follow from ``backbones`` (None for pairwise metrics).
-        family: grouping for listings ("dreamsim", "backbone", "cnn", "baseline", ...).
+        family: grouping for listings ("dreamsim", "backbone", "cnn", "baseline", ...); the family ``"test"`` marks
+            a test-only registration (random weights), which ``list_metrics()`` leaves out unless asked.
         unit: what the distance is measured in.
         auto_bf16: whether ``dtype="auto"`` may run this metric in bf16 where the hardware has it (False for a
             metric whose bf16 embeddings measurably change search results: ``bench/precision.py``).
@@ -129,6 +132,11 @@ class MetricCfg:
 
     def replace(self, **changes: Any) -> MetricCfg:
         return dataclasses.replace(self, **changes)
+
+    @property
+    def test_only(self) -> bool:
+        """A test-only registration (family ``"test"``): loadable by name, never listed for users."""
+        return self.family == TEST_FAMILY
 
 
 def _build(cls: type, d: Any, what: str) -> Any:

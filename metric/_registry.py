@@ -170,10 +170,20 @@ def restore(state: tuple[dict[str, MetricCfg], dict[str, BackboneCfg]]) -> None:
     _BACKBONES.update(backbones)
 
 
-def list_metrics(pattern: str = "*", *, kind: str | None = None) -> list[str]:
-    """Names of registered metrics matching a glob ``pattern``, optionally only one ``kind``."""
+def list_metrics(pattern: str = "*", *, kind: str | None = None, include_test: bool = False) -> list[str]:
+    """Names of registered metrics matching a glob ``pattern``, optionally only one ``kind``.
+
+    Args:
+        pattern: a glob over names ("dreamsim*").
+        kind: "embedding" or "pairwise" to keep only that kind.
+        include_test: also list the test-only registrations (family "test", such as ``test_vit_tiny``), which are
+            hidden from users but load by name like any other.
+
+    Returns:
+        Sorted names.
+    """
     _ensure_loaded()
-    names = [n for n in _METRICS if fnmatch.fnmatch(n, pattern)]
+    names = [n for n in _METRICS if fnmatch.fnmatch(n, pattern) and (include_test or not _METRICS[n].test_only)]
     if kind is not None:
         names = [n for n in names if _METRICS[n].kind == kind]
     return sorted(names)

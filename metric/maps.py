@@ -1,8 +1,9 @@
 """Where two images differ: a metric's distance map for a pair of PIL images, and a heat map drawn over image A.
 
-``pair_distance_map`` runs ``metric.distance_map`` (LPIPS's spatial map, per-patch token distances of single-branch
-ViTs, DiffSim's per-token disagreement) on two PIL images; ``overlay_heatmap`` colours the map (dark = same,
-bright = different) and blends it over A at A's own size. Library code: nothing here prints or writes, except
+``pair_distance_map`` runs ``metric.distance_map`` (efficientnet_lite0's multi-stage feature distances, which need
+no download; LPIPS's spatial map, per-patch token distances of single-branch ViTs, DiffSim's per-token
+disagreement) on two PIL images; ``overlay_heatmap`` colours the map (dark = same, bright = different) and blends it
+over A at A's own size. Library code: nothing here prints or writes, except
 ``save_heatmap``, which writes the PNG it is asked for.
 """
 
@@ -46,7 +47,8 @@ def pair_distance_map(metric: Metric, img_a: Image.Image, img_b: Image.Image) ->
     """
     if not metric.has_distance_map:
         raise InvalidArgument(f"metric {metric.name!r} cannot say where two images differ (no distance map); maps "
-                              f"exist for LPIPS, DiffSim, DreamSim patch variants and single-branch ViT backbones")
+                              f"exist for efficientnet_lite0 (no download), LPIPS, DiffSim, DreamSim patch variants "
+                              f"and single-branch ViT backbones")
     xa = metric.preprocess(img_a.convert("RGB"))[None]
     xb = metric.preprocess(img_b.convert("RGB"))[None]
     values = metric.distance_map(xa, xb)[0].float().numpy()

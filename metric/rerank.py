@@ -19,10 +19,6 @@ from lookalike.metric._base import Metric
 
 _logger = logging.getLogger(__name__)
 
-#: Families never offered as re-rankers (random-weight test models).
-_HIDDEN_FAMILIES = ("test",)
-
-
 class FeaturePairwise:
     """Mixin for a pairwise metric whose per-image work can be computed once and kept.
 
@@ -55,13 +51,11 @@ def list_rerankers(*, weights: str | os.PathLike[str] | None = None, include_hid
     Returns:
         Sorted registry names (pixel metrics need no files and are always listed).
     """
-    from lookalike.metric._registry import get_metric_cfg, list_metrics
+    from lookalike.metric._registry import list_metrics
     from lookalike.metric.weights import weights_paths
 
     out = []
-    for name in list_metrics(kind="pairwise"):
-        if not include_hidden and get_metric_cfg(name).family in _HIDDEN_FAMILIES:
-            continue
+    for name in list_metrics(kind="pairwise", include_test=include_hidden):
         if all(row["present"] for row in weights_paths(name, weights=weights)):
             out.append(name)
     return out

@@ -1,6 +1,7 @@
 """Helpers shared by the test modules (tests never import each other; they import this module and conftest's
-fixtures): fixture paths, small image and network helpers, and random weights in the official DreamSim on-disk
-formats (design/dreamsim-spec.md §8, §10.3).
+fixtures): fixture paths, the real-photo collections the shared indexes are built from, starting ``lookalike app`` /
+``lookalike serve`` on a free port, Chromium's flags, small image helpers, and random weights in the official
+DreamSim on-disk formats (design/dreamsim-spec.md §8, §10.3). ``bench/screenshots.py`` uses the same helpers.
 
 The weights' layout is a dreamsim cache folder: what the release zips extract to, plus torch.hub's ``checkpoints/`` and
 hubconf folders for DINO / DINOv2 whose ``hubconf.py`` builds the upstream architectures (DreamSim's own copy of
@@ -10,13 +11,23 @@ lookalike read the same files.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import os
+import shutil
+import signal
 import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from PIL import Image
+from PIL import Image, ImageEnhance
 from safetensors.torch import save_file
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -24,12 +35,147 @@ DEMO = FIXTURES / "dreamsim-demo"
 PHOTOS = FIXTURES / "photos"
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
+#: Debian's chromium (``.ci/install-system.sh``), never a browser downloaded by Playwright, with the flags this
+#: machine needs (no sandbox as root, no background network: the machine has none).
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+#: The photo indexed with an edited copy in ``photo_collection``: the known duplicate group.
+DUP_OF = "bsd68_101085.jpg"
+DUP_EDITED = "edits/bsd68_101085_edited.jpg"
+#: The six photos that ``pairs_collection`` indexes with an edited copy of each (six duplicate groups).
+PAIR_NAMES = ["bsd68_101085.jpg", "bsd68_102061.jpg", "bsd68_108070.jpg", "sunhays_beach_sun_bgtlposotyokcsdg.jpg",
+              "sunhays_barn_sun_btulbiaoilnxcseh.jpg", "sunhays_butte_sun_aidickeaxixvkuxv.jpg"]
+
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def edited_copy(img: Image.Image) -> Image.Image:
+    """A 5 % border crop and +15 % brightness: the near-duplicate the app, service and dedup tests look for."""
+    w, h = img.size
+    return ImageEnhance.Brightness(img.crop((w // 20, h // 20, w - w // 20, h - h // 20))).enhance(1.15)
+
+
+def photo_collection(base: Path) -> dict[str, Path]:
+    """The 24 fixture photos in ``base/photos`` plus an edited copy of ``DUP_OF`` in ``photos/edits`` (25 images),
+    and ``base/outside.jpg``: a real photo that is never indexed. Nothing is indexed here."""
+    from lookalike.data.images import open_image
+
+    photos = base / "photos"
+    shutil.copytree(PHOTOS, photos, ignore=shutil.ignore_patterns("*.md"))
+    (photos / "edits").mkdir()
+    edited_copy(open_image(PHOTOS / DUP_OF)).save(photos / DUP_EDITED, quality=90)
+    shutil.copy(PHOTOS / "bsd68_103070.jpg", base / "outside.jpg")
+    return {"base": base, "photos": photos, "outside": base / "outside.jpg"}
+
+
+def pairs_collection(base: Path) -> dict[str, Path]:
+    """``PAIR_NAMES`` in ``base/photos`` and an edited copy of each under the same name in ``photos/edits``."""
+    from lookalike.data.images import open_image
+
+    photos = base / "photos"
+    (photos / "edits").mkdir(parents=True)
+    for n in PAIR_NAMES:
+        shutil.copy(PHOTOS / n, photos / n)
+        edited_copy(open_image(PHOTOS / n)).save(photos / "edits" / n, quality=90)
+    return {"base": base, "photos": photos}
+
+
+def card_text(markdown: str) -> str:
+    """A Search result card's Markdown as a test reads it: the rank line, a newline, then the folder and the file
+    name as shown ("photos/edits/x.jpg": the root's name, the folders under it, the name), HTML taken out."""
+    import html
+    import re
+
+    head, _, rest = markdown.partition("<span")
+    shown = "".join(re.findall(r'class="ll-(?:folder|name)">([^<]*)</span>', "<span" + rest))
+    return f"{head}\n{html.unescape(shown)}"
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:  # noqa: S310 - 127.0.0.1 only
+            return r.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+class ServerFailed(RuntimeError):
+    """A ``lookalike`` server did not come up; the message holds its log."""
+
+
+@contextlib.contextmanager
+def run_lookalike_server(command: str, index_dir: Path, log_path: Path, *extra: str, health: str,
+                         env: dict[str, str] | None = None, timeout: float = 120,
+                         allow_traceback: bool = True, drop_env: tuple[str, ...] = ()) -> Iterator[str]:
+    """``lookalike COMMAND --index DIR --port FREE EXTRA...`` in its own process group on 127.0.0.1.
+
+    Waits until ``GET URL+health`` answers 200 and the server has printed ``lookalike COMMAND: URL``, yields the URL,
+    and stops the whole process group at the end (SIGTERM, SIGKILL after 15 s). With ``allow_traceback=False`` a
+    traceback in the server's log fails the caller when the server stops.
+
+    Raises:
+        ServerFailed: the server exited or did not answer within ``timeout`` seconds (its log is in the message).
+    """
+    port = free_port()
+    log = open(log_path, "w+b")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([sys.executable, "-m", "lookalike.app.cli", command, "--index", str(index_dir),
+                             "--port", str(port), *extra], stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True,
+                            env={**{k: v for k, v in os.environ.items() if k not in drop_env}, **(env or {})})
+    url = f"http://127.0.0.1:{port}"
+
+    def text() -> str:
+        log.flush()
+        log.seek(0)
+        return log.read().decode(errors="replace")
+
+    try:
+        deadline = time.monotonic() + timeout
+        while not (_http_ok(url + health) and f"lookalike {command}: {url}" in text()):
+            if proc.poll() is not None:
+                raise ServerFailed(f"lookalike {command} exited with {proc.returncode}:\n{text()}")
+            if time.monotonic() > deadline:
+                raise ServerFailed(f"lookalike {command} did not answer {health} within {timeout:.0f} s:\n{text()}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        logged = text()
+        log.close()
+    if not allow_traceback and "Traceback" in logged:
+        raise AssertionError(f"lookalike {command} logged a traceback:\n{logged[-3000:]}")
+
+
+def run_app(index_dir: Path, log_path: Path, *extra: str, env: dict[str, str] | None = None
+            ) -> contextlib.AbstractContextManager[str]:
+    """``lookalike app --index DIR`` on a free port (``run_lookalike_server``): yields its URL."""
+    return run_lookalike_server("app", index_dir, log_path, *extra, health="/_stcore/health", env=env, timeout=90)
+
+
+#: Environment of a served process: fp32 on every CPU, so the numbers it returns (upload embeddings) match the fp32
+#: indexes the tests build whatever the CPU's bf16 support.
+PINNED = {"LOOKALIKE_CPU_BF16": "0"}
+
+
+def run_service(index_dir: Path, log_path: Path, *extra: str, env: dict[str, str] | None = None
+                ) -> contextlib.AbstractContextManager[str]:
+    """``lookalike serve --index DIR`` on a free port (``run_lookalike_server``), pinned to fp32 (``PINNED``) and
+    without the caller's ``LOOKALIKE_SERVE_TOKEN``: yields its URL; a traceback in its log fails the test."""
+    return run_lookalike_server("serve", index_dir, log_path, *extra, health="/health", env={**PINNED, **(env or {})},
+                                allow_traceback=False, timeout=180, drop_env=("LOOKALIKE_SERVE_TOKEN",))
 
 
 def jpeg_bytes(img: Image.Image, *, quality: int = 90, **kw: object) -> bytes:
@@ -207,3 +353,10 @@ def load_reference(root: Path, name: str):
     finally:
         torch.hub.set_dir(old)
     return model, preprocess
+
+
+def error_lines(err: str) -> list[str]:
+    """The lines of a command's stderr without its status lines (``loading X...``, ``checking X...``: the CLI says
+    what it loads before it works), so that a test can count what an error printed."""
+    return [ln for ln in err.strip().splitlines()
+            if not (ln.startswith(("loading ", "checking ")) and ln.endswith("..."))]

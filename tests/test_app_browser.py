@@ -7,14 +7,9 @@ Chromium comes from ``apt-get install chromium`` (``.ci/install-system.sh``), ne
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shutil
-import signal
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -22,16 +17,11 @@ from pathlib import Path
 
 import pytest
 from PIL import ImageEnhance
-from support import PHOTOS
-from support import free_port as _free_port
+from support import CHROMIUM, DUP_EDITED, DUP_OF, PHOTOS, run_app
 
 from lookalike.data.images import open_image
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "test-output" / "screenshots"
-DUP_OF = "bsd68_101085.jpg"  # indexed together with an edited copy: the known duplicate group
 QUERY_OF = "sunhays_beach_sun_bgtlposotyokcsdg.jpg"  # an edit of it (not indexed) is uploaded: its known nearest
 TIMEOUT_MS = 60_000
 
@@ -53,75 +43,21 @@ def _get(url: str) -> tuple[int, bytes]:
 
 
 @pytest.fixture(scope="module")
-def collection(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Photos + an edited copy of DUP_OF, indexed with efficientnet_lite0; an uploadable edit of QUERY_OF."""
-    from lookalike.indexer import build_index
-
+def collection(photo_index: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The shared ``photo_index`` (read-only) and an uploadable edit of QUERY_OF that is not indexed."""
     base = tmp_path_factory.mktemp("app_e2e")
-    photos = base / "photos"
-    shutil.copytree(PHOTOS, photos, ignore=shutil.ignore_patterns("*.md"))
-    im = open_image(PHOTOS / DUP_OF)
-    w, h = im.size
-    (photos / "edits").mkdir()
-    edited = ImageEnhance.Brightness(im.crop((w // 20, h // 20, w - w // 20, h - h // 20))).enhance(1.15)
-    edited.save(photos / "edits" / "bsd68_101085_edited.jpg", quality=90)
     q = open_image(PHOTOS / QUERY_OF)
     w, h = q.size
     query = base / "query_beach.jpg"  # outside the indexed folder: never in the catalog
     ImageEnhance.Contrast(q.crop((0, 0, w * 9 // 10, h * 9 // 10)).resize((w * 4 // 5, h * 4 // 5))).enhance(
         0.85).save(query, quality=80)
-    index_dir = base / "index"
-    summary = build_index(photos, index_dir, metric="efficientnet_lite0", workers=0, progress=False)
-    assert summary.total_vectors == 25
-    return {"photos": photos, "index": index_dir, "query": query, "base": base}
-
-
-@contextlib.contextmanager
-def _run_app(index_dir: Path, log_path: Path) -> Iterator[str]:
-    """``lookalike app --index DIR --port FREE`` in a subprocess (its own process group, stopped at the end)."""
-    port = _free_port()
-    log = open(log_path, "w+b")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([sys.executable, "-m", "lookalike.app.cli", "app", "--index", str(index_dir),
-                             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                log.seek(0)
-                pytest.fail(f"lookalike app exited with {proc.returncode}:\n{log.read().decode(errors='replace')}")
-            try:
-                if _get(url + "/_stcore/health")[1].strip() == b"ok":
-                    break
-            except OSError:
-                pass
-            time.sleep(0.3)
-        else:
-            pytest.fail("lookalike app did not answer /_stcore/health within 90 s")
-        log.seek(0)
-        assert f"lookalike app: {url}" in log.read().decode(errors="replace")  # it prints its URL
-        yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
+    return {**photo_index, "query": query, "base": base}
 
 
 @pytest.fixture(scope="module")
 def app_url(collection: dict[str, Path]) -> Iterator[str]:
-    with _run_app(collection["index"], collection["base"] / "app.log") as url:
+    with run_app(collection["index"], collection["base"] / "app.log") as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    with sync_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        yield b
-        b.close()
 
 
 @pytest.fixture()
@@ -175,13 +111,53 @@ def test_search_upload_finds_known_nearest_first(page: object, app_url: str, col
     _shot(page, "search_upload")
 
 
+@pytest.mark.parametrize("viewport", [{"width": 1440, "height": 900}, {"width": 1280, "height": 800}],
+                         ids=["desktop", "laptop"])
+def test_result_cards_line_up_at_desktop_and_laptop_widths(browser: object, app_url: str, viewport: dict) -> None:
+    ctx = browser.new_context(viewport=viewport)  # type: ignore[attr-defined]
+    page = ctx.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    try:
+        page.goto(app_url + "/search?q=" + DUP_OF)
+        page.locator(".st-key-hit-12 img").wait_for()
+        page.wait_for_function("""() => { const cards = [...document.querySelectorAll("[class*='st-key-hit-']")]
+            .filter(e => /st-key-hit-[0-9]+( |$)/.test(e.className));
+            return cards.length === 12 && cards.every(e => { const i = e.querySelector('img');
+                                                            return i && i.complete && i.naturalWidth > 0; }); }""")
+        cards = page.evaluate("""() => [...document.querySelectorAll("[class*='st-key-hit-']")]
+            .filter(e => /st-key-hit-[0-9]+( |$)/.test(e.className))
+            .map(e => { const r = e.getBoundingClientRect(); const img = e.querySelector('img').getBoundingClientRect();
+                        return {top: Math.round(r.top), h: Math.round(r.height),
+                                ratio: img.width / img.height,
+                                name: e.querySelector('.ll-name').getBoundingClientRect().height}; })""")
+        assert len(cards) == 12
+        rows: dict[int, list[dict]] = {}
+        for c in cards:
+            rows.setdefault(c["top"], []).append(c)
+        assert len(rows) == 3  # 4 columns by default
+        for row in rows.values():
+            assert max(c["h"] for c in row) - min(c["h"] for c in row) <= 1, row  # one height, portrait or not
+        assert all(abs(c["ratio"] - 4 / 3) < 0.02 for c in cards), cards  # one thumbnail shape
+        assert max(c["name"] for c in cards) < 30  # file names on one line (cut with an ellipsis, never wrapped)
+        cut = page.evaluate("""() => [...document.querySelectorAll("[data-testid='stMain'] button")]
+            .filter(b => b.offsetParent !== null && b.innerText.trim())
+            .filter(b => [...b.querySelectorAll('p, span, div')].some(t => t.scrollWidth > t.clientWidth + 1))
+            .map(b => b.innerText)""")
+        assert cut == [], cut  # no button label is cut
+        name = "desktop" if viewport["width"] == 1440 else "laptop"
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / f"search_cards_{name}.png"))
+    finally:
+        ctx.close()
+
+
 def test_compare_shows_numeric_table(page: object, app_url: str, collection: dict[str, Path]) -> None:
     page.goto(app_url + "/compare")  # type: ignore[attr-defined]
     inputs = page.locator("input[type=file]")  # type: ignore[attr-defined]
     inputs.nth(0).wait_for(state="attached")
     inputs.nth(0).set_input_files(str(PHOTOS / DUP_OF))
     page.get_by_text(f"upload: {DUP_OF}").wait_for()  # type: ignore[attr-defined]  # A is in before B goes
-    inputs.nth(1).set_input_files(str(collection["photos"] / "edits" / "bsd68_101085_edited.jpg"))
+    inputs.nth(1).set_input_files(str(collection["photos"] / DUP_EDITED))
     table = page.locator(".st-key-compare-table table")  # type: ignore[attr-defined]
     table.wait_for()
     header = [c.strip() for c in table.locator("thead th").all_inner_texts()]
@@ -196,7 +172,8 @@ def test_compare_shows_numeric_table(page: object, app_url: str, collection: dic
     assert float(rows["psnr"]["value"]) > 10.0 and -1.0 <= float(rows["ssim"]["value"]) <= 1.0
     assert rows["efficientnet_lite0"]["direction"] == "lower = more similar"
     assert rows["psnr"]["direction"] == "higher = more similar"
-    assert page.get_by_text("metrics cannot run here").count() == 1  # type: ignore[attr-defined]  # no weights
+    sync_api.expect(page.get_by_text("metrics cannot run here")).to_have_count(1)  # type: ignore[attr-defined]
+    sync_api.expect(page.get_by_text("efficientnet_lite0: dark = alike")).to_have_count(1)  # the offline map
     _wait_images(page, "[data-testid='stMain']")
     _no_traceback(page)
     _shot(page, "compare")
@@ -205,7 +182,7 @@ def test_compare_shows_numeric_table(page: object, app_url: str, collection: dic
 def test_duplicates_shows_known_group(page: object, app_url: str) -> None:
     page.goto(app_url + "/duplicates")  # type: ignore[attr-defined]
     group = page.locator(".st-key-group-0")  # type: ignore[attr-defined]
-    for text in ("KEEP", DUP_OF, "edits/bsd68_101085_edited.jpg", "distance"):
+    for text in ("KEEP", DUP_OF, DUP_EDITED, "distance"):
         sync_api.expect(group).to_contain_text(text, timeout=TIMEOUT_MS)  # rendered progressively: wait
     assert page.locator(".st-key-group-1").count() == 0  # type: ignore[attr-defined]  # no false duplicates
     _wait_images(page, ".st-key-group-0")
@@ -217,7 +194,7 @@ def test_duplicates_shows_known_group(page: object, app_url: str) -> None:
 
 def test_files_outside_the_catalog_are_refused(page: object, app_url: str, collection: dict[str, Path]) -> None:
     outside = str(collection["query"])  # a real image on disk, not indexed
-    for q in (outside, "/etc/passwd", "../../../../etc/passwd", "edits/../../query_beach.jpg"):
+    for q in (outside, "/etc/passwd", "../../../../etc/passwd", "edits/../../outside.jpg"):
         page.goto(app_url + "/search?q=" + urllib.request.quote(q, safe=""))  # type: ignore[attr-defined]
         err = page.locator("[data-testid='stAlertContentError']").first  # type: ignore[attr-defined]
         err.wait_for()
@@ -243,7 +220,7 @@ def test_no_index_builds_a_typed_folder(page: object, collection: dict[str, Path
     for name in (DUP_OF, QUERY_OF, "bsd68_101087.jpg"):
         shutil.copy(PHOTOS / name, folder / name)
     index_dir = tmp_path / "new_index"
-    with _run_app(index_dir, tmp_path / "app.log") as url:
+    with run_app(index_dir, tmp_path / "app.log") as url:
         page.goto(url)  # type: ignore[attr-defined]
         main = page.locator("[data-testid='stMain']")  # type: ignore[attr-defined]
         sync_api.expect(main).to_contain_text("There is no index at", timeout=TIMEOUT_MS)

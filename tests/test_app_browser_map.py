@@ -7,31 +7,14 @@ the real offline model ``efficientnet_lite0``. Screenshots go to ``test-output/s
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from PIL import ImageEnhance
+from support import CHROMIUM, run_app
 
-from lookalike.data.images import open_image
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "test-output" / "screenshots"
-PHOTOS = Path(__file__).parent / "fixtures" / "photos"
-NAMES = ["bsd68_101085.jpg", "bsd68_102061.jpg", "bsd68_108070.jpg", "sunhays_beach_sun_bgtlposotyokcsdg.jpg",
-         "sunhays_barn_sun_btulbiaoilnxcseh.jpg", "sunhays_butte_sun_aidickeaxixvkuxv.jpg"]
 TIMEOUT_MS = 60_000
 
 pytestmark = pytest.mark.slow
@@ -43,74 +26,11 @@ if not CHROMIUM.is_file():
 sync_api = pytest.importorskip("playwright.sync_api")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url + "/_stcore/health", timeout=5) as r:  # noqa: S310 - 127.0.0.1 only
-            return r.read().strip() == b"ok"
-    except (urllib.error.URLError, OSError):
-        return False
-
-
 @pytest.fixture(scope="module")
-def collection(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from lookalike.indexer import build_index
-
-    base = tmp_path_factory.mktemp("app_map_e2e")
-    photos = base / "photos"
-    (photos / "edits").mkdir(parents=True)
-    for n in NAMES:
-        shutil.copy(PHOTOS / n, photos / n)
-        im = open_image(PHOTOS / n)
-        w, h = im.size
-        ImageEnhance.Brightness(im.crop((w // 20, h // 20, w - w // 20, h - h // 20))).enhance(1.15).save(
-            photos / "edits" / n, quality=90)
-    index_dir = base / "index"
-    assert build_index(photos, index_dir, metric="efficientnet_lite0", workers=0, progress=False).total_vectors == 12
-    return {"base": base, "photos": photos, "index": index_dir}
-
-
-@contextlib.contextmanager
-def _run_app(index_dir: Path, log_path: Path) -> Iterator[str]:
-    port = _free_port()
-    log = open(log_path, "w+b")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([sys.executable, "-m", "lookalike.app.cli", "app", "--index", str(index_dir),
-                             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while not _healthy(url):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                log.seek(0)
-                pytest.fail(f"lookalike app did not start:\n{log.read().decode(errors='replace')}")
-            time.sleep(0.3)
+def app_url(pairs_index: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The app on the shared ``pairs_index`` (read-only): six photos and an edited copy of each."""
+    with run_app(pairs_index["index"], tmp_path_factory.mktemp("app_map_e2e") / "app.log") as url:
         yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
-
-
-@pytest.fixture(scope="module")
-def app_url(collection: dict[str, Path]) -> Iterator[str]:
-    with _run_app(collection["index"], collection["base"] / "app.log") as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    with sync_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        yield b
-        b.close()
 
 
 @pytest.fixture()
@@ -157,6 +77,11 @@ def test_map_selection_shows_thumbnails_and_a_point_becomes_the_query(page: obje
     assert legend == ["photos (6)", "photos/edits (6)"]
     page.wait_for_function(  # type: ignore[attr-defined]
         "() => document.querySelector('.js-plotly-plot canvas') !== null", timeout=TIMEOUT_MS)
+    thumbs = plot.locator(".layer-above image")
+    thumbs.first.wait_for()
+    assert 1 <= thumbs.count() <= 12  # thumbnails at points spread over the map, in data units: zoom enlarges them
+    swatches = plot.locator(".legendpoints path").evaluate_all("els => els.map(e => e.style.fill)")
+    assert len(set(swatches)) == 2, swatches  # one colour per folder
     _shot(page, "map")
     box = plot.locator(".nsewdrag").first.bounding_box()
     assert box is not None
@@ -171,7 +96,7 @@ def test_map_selection_shows_thumbnails_and_a_point_becomes_the_query(page: obje
     assert relpath.endswith(".jpg")
     assert page.locator("[class*='st-key-map-sel-']").count() == 12  # type: ignore[attr-defined]
     _shot(page, "map_selection")
-    first.get_by_role("button", name="Search with this").click()
+    first.get_by_role("button", name="Similar").click()
     hit = page.locator(".st-key-hit-1")  # type: ignore[attr-defined]
     sync_api.expect(hit).to_contain_text(relpath, timeout=TIMEOUT_MS)  # the point found itself first
     assert "/search" in page.url and "q=" in page.url  # type: ignore[attr-defined]

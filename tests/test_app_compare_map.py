@@ -1,14 +1,15 @@
-"""The app's Compare page draws a metric's distance map beside the table (LPIPS files the test writes)."""
+"""The app's Compare page draws a metric's distance map beside the table (efficientnet_lite0's, offline, and LPIPS's
+from files the test writes), and the Search page re-ranks; both on the shared read-only ``photo_index``."""
 
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
 import torchvision
+from support import card_text
 
 from lookalike.app.settings import ENV_INDEX
 from lookalike.app.widgets import NO_RERANK
@@ -27,22 +28,16 @@ def _write_random_lpips_alex(folder: Path) -> None:
     torch.save({f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1) for i, c in enumerate(widths)}, folder / "alex.pth")
 
 
-def test_compare_shows_a_heat_map_beside_the_table(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_compare_shows_a_heat_map_beside_the_table(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                   photo_index: dict[str, Path]) -> None:
     import streamlit as st
-
-    from lookalike.indexer import build_index
 
     home = tmp_path / "home"
     monkeypatch.setenv("LOOKALIKE_HOME", str(home))
     _write_random_lpips_alex(home / "lpips")
-    photos = tmp_path / "photos"
-    photos.mkdir()
     names = [p.name for p in sorted(PHOTOS.glob("*.jpg"))[:3]]
-    for n in names:
-        shutil.copy(PHOTOS / n, photos / n)
-    build_index(photos, tmp_path / "index", metric="efficientnet_lite0", workers=0, progress=False)
     st.cache_resource.clear()
-    monkeypatch.setenv(ENV_INDEX, str(tmp_path / "index"))
+    monkeypatch.setenv(ENV_INDEX, str(photo_index["index"]))
     at = st_testing.AppTest.from_file(str(APP), default_timeout=180).run()
     at.switch_page("app_pages/compare.py").run()
     at.multiselect(key="cmp_metrics").set_value(["efficientnet_lite0", "lpips_alex", "ssim"]).run()
@@ -53,7 +48,11 @@ def test_compare_shows_a_heat_map_beside_the_table(monkeypatch: pytest.MonkeyPat
     table = at.table[0].value.set_index("metric")
     assert {"efficientnet_lite0", "lpips_alex", "ssim"} <= set(table.index)
     choice = at.selectbox(key="cmp_map_metric")
-    assert choice.options == ["lpips_alex"]  # the one chosen metric that can say where
+    assert choice.options == ["efficientnet_lite0", "lpips_alex"]  # the chosen metrics that can say where
+    captions = [str(img.proto) for img in at.get("image")]
+    assert re.search(r'caption: "efficientnet_lite0: dark = alike, bright = different \(0 to [0-9.]+, 28x28 grid\)"',
+                     captions[2])  # the offline map comes first: no download needed to see one
+    choice.set_value("lpips_alex").run()
     captions = [str(img.proto) for img in at.get("image")]
     assert len(captions) == 3  # A, B and the map
     assert re.search(r'caption: "lpips_alex: dark = alike, bright = different \(0 to [0-9.]+, 256x256 grid\)"',
@@ -61,19 +60,15 @@ def test_compare_shows_a_heat_map_beside_the_table(monkeypatch: pytest.MonkeyPat
     st.cache_resource.clear()
 
 
-def test_search_page_rerank(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_search_page_rerank(monkeypatch: pytest.MonkeyPatch, photo_index: dict[str, Path]) -> None:
     import streamlit as st
 
-    from lookalike.indexer import build_index, search
+    from lookalike.indexer import search
 
-    photos = tmp_path / "photos"
-    photos.mkdir()
     names = [p.name for p in sorted(PHOTOS.glob("*.jpg"))[:5]]
-    for n in names:
-        shutil.copy(PHOTOS / n, photos / n)
-    build_index(photos, tmp_path / "index", metric="efficientnet_lite0", workers=0, progress=False)
+    photos = photo_index["photos"]
     st.cache_resource.clear()
-    monkeypatch.setenv(ENV_INDEX, str(tmp_path / "index"))
+    monkeypatch.setenv(ENV_INDEX, str(photo_index["index"]))
     at = st_testing.AppTest.from_file(str(APP), default_timeout=180).run()
     at.switch_page("app_pages/search.py").run()
     assert {NO_RERANK, "ssim", "psnr", "l1"} <= set(at.selectbox(key="search_rerank").options)
@@ -83,8 +78,8 @@ def test_search_page_rerank(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
     at.run()
     assert not at.exception, [e.message for e in at.exception]
     assert any("re-ranked by ssim (higher = more similar)" in h.value for h in at.subheader)
-    hits = [m.value for m in at.markdown if m.value.startswith("**#")]
-    want = search(tmp_path / "index", photos / names[1], k=len(hits), rerank="ssim", rerank_k=50)
-    assert [h.split("\n")[-1] for h in hits] == [h.relpath for h in want]
+    hits = [card_text(m.value) for m in at.markdown if m.value.startswith("**#")]
+    want = search(photo_index["index"], photos / names[1], k=len(hits), rerank="ssim", rerank_k=50)
+    assert [h.split("\n")[-1] for h in hits] == [f"photos/{h.relpath}" for h in want]  # root name + relpath
     assert " ssim " in hits[0] and hits[0].endswith(names[1])
     st.cache_resource.clear()

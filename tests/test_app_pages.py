@@ -1,7 +1,7 @@
 """Page logic of the Streamlit app with ``AppTest`` (no browser, no server), plus its plain helpers and CLI.
 
-One small index of real photos (and an edited copy of one: a known duplicate) is built with the offline model
-``efficientnet_lite0`` and shared by the tests. Every run checks that no exception reached the page.
+The tests share the session's ``photo_index`` (24 real photos and an edited copy of one: a known duplicate,
+indexed with the offline model ``efficientnet_lite0``; read-only). Every run checks that no exception reached the page.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image, ImageEnhance
-from support import PHOTOS, jpeg_bytes
+from support import DUP_EDITED, PHOTOS, card_text, jpeg_bytes
 
 from lookalike.app.settings import ENV_IMAGENET_R, ENV_INDEX, ENV_MAX_UPLOAD_MB, ENV_NIGHTS, load_settings
 from lookalike.data.images import open_image
@@ -24,7 +24,7 @@ st_testing = pytest.importorskip("streamlit.testing.v1")
 APP = Path(__file__).resolve().parents[1] / "app" / "streamlit_app.py"
 NAMES = ["bsd68_101085.jpg", "bsd68_101087.jpg", "bsd68_102061.jpg", "sunhays_beach_sun_bgtlposotyokcsdg.jpg",
          "sunhays_barn_sun_btulbiaoilnxcseh.jpg", "sunhays_butte_sun_aidickeaxixvkuxv.jpg"]
-EDITED = "edits/bsd68_101085_edited.jpg"
+EDITED = DUP_EDITED
 TIMEOUT = 120
 
 
@@ -36,21 +36,9 @@ def _copy_photos(dst: Path, names: list[str] = NAMES) -> Path:
 
 
 @pytest.fixture(scope="module")
-def collection(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from lookalike.indexer import build_index
-
-    base = tmp_path_factory.mktemp("app_pages")
-    photos = _copy_photos(base / "photos")
-    im = open_image(PHOTOS / NAMES[0])
-    w, h = im.size
-    (photos / "edits").mkdir()
-    ImageEnhance.Brightness(im.crop((w // 20, h // 20, w - w // 20, h - h // 20))).enhance(1.15).save(
-        photos / EDITED, quality=90)
-    index_dir = base / "index"
-    build_index(photos, index_dir, metric="efficientnet_lite0", workers=0, progress=False)
-    outside = base / "not_indexed.jpg"
-    shutil.copy(PHOTOS / "bsd68_103070.jpg", outside)
-    return {"base": base, "photos": photos, "index": index_dir, "outside": outside}
+def collection(photo_index: dict[str, Path]) -> dict[str, Path]:
+    """The shared ``photo_index`` (read-only): 24 photos + an edited copy of NAMES[0], and ``outside``."""
+    return photo_index
 
 
 @pytest.fixture(autouse=True)
@@ -87,8 +75,8 @@ def _texts(elements) -> list[str]:  # noqa: ANN001
 
 
 def _hits(at) -> list[str]:  # noqa: ANN001
-    """The result captions of the Search grid, in rank order."""
-    return [m.value for m in at.markdown if m.value.startswith("**#")]
+    """The Search result cards, in rank order: "**#1** &nbsp; `0.0000`\nphotos/edits/x.jpg" (``card_text``)."""
+    return [card_text(m.value) for m in at.markdown if m.value.startswith("**#")]
 
 
 # --- Overview ------------------------------------------------------------------------------------------------------
@@ -130,7 +118,7 @@ def test_overview_describes_the_index(monkeypatch: pytest.MonkeyPatch, collectio
     assert not at.metric
     at.switch_page("app_pages/overview.py").run()  # Overview is one click away
     _ok(at)
-    assert [m.value for m in at.metric][:3] == ["7", "7", "0"]
+    assert [m.value for m in at.metric][:3] == ["25", "25", "0"]
     assert "efficientnet_lite0" in at.table[0].value["metric"].tolist()
 
 
@@ -144,7 +132,7 @@ def test_search_by_indexed_path_in_the_url(monkeypatch: pytest.MonkeyPatch, coll
     at.run()
     _ok(at)
     hits = _hits(at)
-    assert len(hits) == 7
+    assert len(hits) == 12  # k = 12 by default, of 25
     assert hits[0].startswith("**#1** &nbsp; `0.0000`") and hits[0].endswith(NAMES[0])
     assert hits[1].endswith(EDITED)  # the edited copy is the nearest other image
 
@@ -156,7 +144,7 @@ def test_search_upload_and_click_a_result(monkeypatch: pytest.MonkeyPatch, colle
     _ok(at)
     hits = _hits(at)
     assert hits[0].endswith(NAMES[3])
-    third = hits[2].rsplit("\n", 1)[-1]
+    third = hits[2].rsplit("\n", 1)[-1].split("/", 1)[1]  # shown as "photos/x.jpg": the root's name, then relpath
     at.button(key="hit-pick-3").click().run()
     _ok(at)
     assert at.query_params["q"] == [third] or at.query_params["q"] == third
@@ -166,7 +154,7 @@ def test_search_upload_and_click_a_result(monkeypatch: pytest.MonkeyPatch, colle
 def test_search_refuses_paths_outside_the_catalog(monkeypatch: pytest.MonkeyPatch,
                                                   collection: dict[str, Path]) -> None:
     at = _app(monkeypatch, collection["index"], "search")
-    for q in (str(collection["outside"]), "/etc/passwd", "../../../etc/passwd", "edits/../../not_indexed.jpg"):
+    for q in (str(collection["outside"]), "/etc/passwd", "../../../etc/passwd", "edits/../../outside.jpg"):
         at.query_params["q"] = q
         at.run()
         _ok(at)

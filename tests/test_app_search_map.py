@@ -1,54 +1,36 @@
 """The app's landing page, folder-narrowed search, full-size results, the Map page and paginated duplicates
 (``AppTest``, no browser), plus the plain helpers behind them (projection, query narrowing, paging).
 
-The index holds six real photos and an edited copy of each in ``edits/`` (six known duplicate groups), embedded
-with the real offline model ``efficientnet_lite0``.
+The tests share the session's ``pairs_index``: six real photos and an edited copy of each in ``edits/`` (six known
+duplicate groups), embedded with the real offline model ``efficientnet_lite0`` (read-only).
 """
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import ImageEnhance
+from support import PAIR_NAMES, PHOTOS, card_text, edited_copy
 
 from lookalike.app.settings import ENV_IMAGENET_R, ENV_INDEX, ENV_MAX_UPLOAD_MB, ENV_NIGHTS
 from lookalike.data.images import open_image
 
 st_testing = pytest.importorskip("streamlit.testing.v1")
 APP = Path(__file__).resolve().parents[1] / "app" / "streamlit_app.py"
-PHOTOS = Path(__file__).parent / "fixtures" / "photos"
-NAMES = ["bsd68_101085.jpg", "bsd68_102061.jpg", "bsd68_108070.jpg", "sunhays_beach_sun_bgtlposotyokcsdg.jpg",
-         "sunhays_barn_sun_btulbiaoilnxcseh.jpg", "sunhays_butte_sun_aidickeaxixvkuxv.jpg"]
+NAMES = PAIR_NAMES
 TIMEOUT = 120
 
 
 def edited(name: str):  # noqa: ANN201 - a PIL image
-    im = open_image(PHOTOS / name)
-    w, h = im.size
-    return ImageEnhance.Brightness(im.crop((w // 20, h // 20, w - w // 20, h - h // 20))).enhance(1.15)
-
-
-def make_collection(base: Path) -> dict[str, Path]:
-    """Six photos and an edited copy of each under ``edits/``, indexed with efficientnet_lite0."""
-    from lookalike.indexer import build_index
-
-    photos = base / "photos"
-    (photos / "edits").mkdir(parents=True)
-    for n in NAMES:
-        shutil.copy(PHOTOS / n, photos / n)
-        edited(n).save(photos / "edits" / n, quality=90)
-    index_dir = base / "index"
-    build_index(photos, index_dir, metric="efficientnet_lite0", workers=0, progress=False)
-    return {"base": base, "photos": photos, "index": index_dir}
+    return edited_copy(open_image(PHOTOS / name))
 
 
 @pytest.fixture(scope="module")
-def collection(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return make_collection(tmp_path_factory.mktemp("app_search_map"))
+def collection(pairs_index: dict[str, Path]) -> dict[str, Path]:
+    """The shared ``pairs_index`` (read-only): six photos and an edited copy of each under ``edits/``."""
+    return pairs_index
 
 
 @pytest.fixture(autouse=True)
@@ -76,7 +58,8 @@ def _ok(at) -> None:  # noqa: ANN001
 
 
 def _hits(at) -> list[str]:  # noqa: ANN001
-    return [m.value for m in at.markdown if m.value.startswith("**#")]
+    """The Search result cards, in rank order: "**#1** &nbsp; `0.0000`\nphotos/edits/x.jpg" (``card_text``)."""
+    return [card_text(m.value) for m in at.markdown if m.value.startswith("**#")]
 
 
 # --- landing --------------------------------------------------------------------------------------------------------

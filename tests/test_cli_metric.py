@@ -39,8 +39,9 @@ def test_info_json_reports_metrics_devices_and_weights() -> None:
     assert by_name["efficientnet_lite0"]["weights"] == "present"
     assert by_name["dreamsim"]["weights"] == "missing" and by_name["dreamsim"]["dim"] == 1792
     assert by_name["psnr"]["direction"] == "higher = more similar"
+    assert "test_vit_tiny" not in by_name  # a random toy model for tests is no metric for users
     r = run("info")
-    assert r.returncode == 0 and "lookalike weights download" in r.stdout
+    assert r.returncode == 0 and "lookalike weights download" in r.stdout and "test_vit_tiny" not in r.stdout
 
 
 def test_compare_table_and_json(demo_dir: Path) -> None:

@@ -172,7 +172,9 @@ def test_missing_weights_name_the_hugging_face_files(tmp_path: Path) -> None:
     with pytest.raises(WeightsNotFound) as e:
         load_metric("diffsim", weights=tmp_path, device="cpu")
     msg = str(e.value)
-    assert "https://huggingface.co/sd-legacy/stable-diffusion-v1-5/resolve/main/unet/" in msg
+    # the repo's files, named under the folder URL they come from (one line for the repo, not one per file)
+    assert "https://huggingface.co/sd-legacy/stable-diffusion-v1-5/resolve/main/" in msg
+    assert "unet/diffusion_pytorch_model.safetensors" in msg
     assert "lookalike weights download diffsim" in msg
 
 

@@ -41,15 +41,21 @@ def test_index_search_dedup_in_process(tree: tuple[Path, Path], tmp_path: Path, 
     rc, out, _ = _run(capsys, "index", str(root), "--index", str(idx), *common, "--no-progress",
                       "--dedup-threshold", "0.0001")
     assert rc == 0 and "unchanged 7" in out and "embedded 0" in out
-    rc, out, _ = _run(capsys, "dedup", "--index", str(idx), "--json")  # the stored threshold
+    rc, out, err = _run(capsys, "dedup", "--index", str(idx), "--json")  # the stored threshold
     assert rc == 0 and json.loads(out)["threshold"] == 0.0001 and json.loads(out)["n_duplicates"] == 1
+    assert err.startswith(f"loading index {idx} and its vectors...\n")  # said first; stdout stays pure JSON
+    rc, out, err = _run(capsys, "check", "--index", str(idx))
+    assert rc == 0 and err == f"checking index {idx} (the sha256 of every file)...\n" and "ok" in out
 
     first = sorted(os.listdir(root))[0]
     rc, out, _ = _run(capsys, "search", first, "--index", str(idx), "-k", "3", "--json")
     hits = json.loads(out)
     assert rc == 0 and len(hits) == 3 and {hits[0]["relpath"], hits[1]["relpath"]} == {first, "dup_copy.jpg"}
-    rc, out, _ = _run(capsys, "search", str(root / first), "--index", str(idx), "-k", "2")
-    assert rc == 0 and len(out.strip().splitlines()) == 2 and "0.0000" in out
+    rc, out, err = _run(capsys, "search", str(root / first), "--index", str(idx), "-k", "2")
+    header, *rows = out.strip().splitlines()
+    assert rc == 0 and header.split()[:3] == ["#", "distance", "path"] and len(rows) == 2 and "0.0000" in rows[0]
+    assert rows[0].split()[0] == "1" and rows[0].split()[2] == str(root / first)
+    assert err.startswith("loading index ") and "(test_vit_tiny, cpu, " in err  # what it loads, before it does
 
     rc, out, _ = _run(capsys, "dedup", "--index", str(idx), "--threshold", "0.0001", "--out",
                       str(tmp_path / "d.csv"), "--json")
@@ -67,11 +73,19 @@ def test_index_search_dedup_in_process(tree: tuple[Path, Path], tmp_path: Path, 
 def test_user_errors_exit_2(tree: tuple[Path, Path], tmp_path: Path, capsys) -> None:
     root, idx = tree
     rc, _, err = _run(capsys, "search", "x.jpg", "--index", str(tmp_path / "missing"))
-    assert rc == 2 and err.startswith("error: index folder not found")
+    assert rc == 2 and err.splitlines()[1].startswith("error: index folder not found"), err
+    assert err.splitlines()[0] == f"loading index {tmp_path / 'missing'}..."  # said before the imports, ended
     rc, _, err = _run(capsys, "index", str(tmp_path / "nope"), "--index", str(idx), "--metric", "test_vit_tiny")
     assert rc == 2 and "folder to index not found" in err
     rc, _, err = _run(capsys, "dedup")
     assert rc == 2 and "--index" in err
+    rc, out, err = _run(capsys, "index", str(root), "--index", str(idx))  # the default metric, dreamsim: no weights
+    first, error, *rest = err.splitlines()
+    assert rc == 2 and out == "" and first.startswith("loading dreamsim (cpu, ") and first.endswith(")...")
+    assert error.startswith("error: weights for metric 'dreamsim' not found") and len(err.splitlines()) <= 10, err
+    ways = err.split("hint: ", 1)[1]  # the ways out, one a line: download, a folder of one's own, an offline metric
+    assert "lookalike weights download dreamsim" in ways and "--weights DIR" in ways, err
+    assert "--metric efficientnet_lite0" in ways, err
     with pytest.raises(SystemExit):
         main(["index", "--help"])
     out = capsys.readouterr().out

@@ -133,7 +133,8 @@ def test_cli_ray_flag_and_missing_ray(tmp_path: Path, capsys: pytest.CaptureFixt
     monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
     monkeypatch.setitem(sys.modules, "ray.data", None)
     rc = main(["index", str(src), "--index", str(tmp_path / "idx"), "--metric", METRIC, "--ray", "--no-progress"])
-    err = capsys.readouterr().err.strip()
-    assert rc == 2
+    first, *rest = capsys.readouterr().err.strip().splitlines()
+    err = "\n".join(rest)
+    assert rc == 2 and first.startswith(f"loading {METRIC} (")  # what it loads, said first
     assert len(err.splitlines()) == 1 and 'pip install "lookalike[ray]"' in err, err
     assert not (tmp_path / "idx").exists()  # nothing was created

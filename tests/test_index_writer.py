@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support import error_lines
 from test_index_build import copy_photos
 
 from lookalike.app.cli import main
@@ -152,7 +153,7 @@ def test_a_folder_that_is_not_an_index_is_refused(tmp_path: Path, capsys, comman
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert f"error: {photos} is not empty and is not a lookalike index (it holds " in err, err
-    assert "nothing was written" in err and len(err.strip().splitlines()) == 2  # error + hint
+    assert "nothing was written" in err and len(error_lines(err)) == 2  # error + hint
     assert _snapshot(photos) == before and sorted(os.listdir(photos)) == sorted(before)
     empty = tmp_path / "empty"  # an existing empty folder is fine
     empty.mkdir()
@@ -181,7 +182,7 @@ def test_dedup_and_info_name_any_damaged_catalog_page(ivf_index, tmp_path: Path,
             except sqlite3.DatabaseError:
                 sound = False
         rc = main(["dedup", "--index", str(idx), "--threshold", "0.5"])
-        err = capsys.readouterr().err.strip()
+        err = "\n".join(error_lines(capsys.readouterr().err))
         if sound:  # a free page: nothing lost
             assert rc == 0, (page, err)
         else:
@@ -191,7 +192,7 @@ def test_dedup_and_info_name_any_damaged_catalog_page(ivf_index, tmp_path: Path,
             assert main(["info", "--index", str(idx)]) == 2
             out, err = capsys.readouterr()
             assert out.startswith(f"index {idx}") and f"damaged: {idx}/catalog.sqlite" in out, (page, out)
-            assert len(err.strip().splitlines()) == 1 and "catalog.sqlite" in err
+            assert len(error_lines(err)) == 1 and "catalog.sqlite" in err
         shutil.rmtree(idx)
     assert damaged_pages >= pages // 2
 

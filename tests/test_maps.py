@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from PIL import Image
+from PIL import Image, ImageEnhance, ImageFilter
 
 from lookalike.app.cli import main
 from lookalike.common.errors import InvalidArgument
@@ -100,6 +100,42 @@ def test_patch_token_map(photos) -> None:
     assert torch.allclose(dc.flatten(), 1 - (tok_a * tok_c).sum(-1), atol=1e-5)
 
 
+def _edited(img: Image.Image) -> tuple[Image.Image, tuple[int, int, int, int]]:
+    """``img`` with its upper-right region blurred and brightened (an edit a person would make), and that box."""
+    w, h = img.size
+    box = (int(w * 0.55), int(h * 0.10), int(w * 0.90), int(h * 0.45))
+    out = img.copy()
+    region = ImageEnhance.Brightness(img.crop(box).filter(ImageFilter.GaussianBlur(5))).enhance(1.3)
+    out.paste(region, box)
+    return out, box
+
+
+def _inside_outside(values: np.ndarray, box: tuple[int, int, int, int], size: tuple[int, int]) -> tuple[float, float]:
+    """Mean of the map inside the edited box (on the map's grid; A is squashed to the metric's square input)."""
+    gh, gw = values.shape
+    w, h = size
+    x0, y0 = int(np.ceil(box[0] / w * gw)), int(np.ceil(box[1] / h * gh))  # grid cells wholly inside the edit
+    x1, y1 = int(box[2] / w * gw), int(box[3] / h * gh)
+    inside = np.zeros(values.shape, bool)
+    inside[y0:y1, x0:x1] = True
+    ring = np.zeros(values.shape, bool)  # cells next to the edit see it through their receptive field: left out
+    ring[max(y0 - 3, 0):y1 + 3, max(x0 - 3, 0):x1 + 3] = True
+    return float(values[inside].mean()), float(values[~ring].mean())
+
+
+def test_efficientnet_map_lights_up_the_edited_region_offline(photos) -> None:
+    m = load_metric("efficientnet_lite0", device="cpu", dtype="fp32")  # packaged weights: no download
+    assert m.has_distance_map
+    for a in photos:
+        b, box = _edited(a)
+        dmap = pair_distance_map(m, a, b)
+        assert dmap.values.shape == (28, 28) and dmap.values.min() >= 0.0 and dmap.values.max() <= 2.0
+        inside, outside = _inside_outside(dmap.values, box, a.size)
+        assert inside > 4 * outside, (inside, outside)
+        same = pair_distance_map(m, a, a)
+        assert float(np.abs(same.values).max()) < 1e-5
+
+
 def test_ensembles_and_pixel_metrics_have_no_map(photos) -> None:
     for name in ("test_vit_tiny", "ssim"):
         m = load_metric(name, device="cpu")
@@ -133,6 +169,25 @@ def test_cli_compare_map(photos, tmp_path: Path, capsys) -> None:
     with pytest.raises(ValueError, match="unknown extension"):
         save_heatmap(tmp_path / "x.notanext", photos[0], pair_distance_map(load_metric("test_vit_tiny_patch"),
                                                                             *photos))
+
+
+def test_cli_compare_map_offline_efficientnet(photos, tmp_path: Path, capsys) -> None:
+    a_path = sorted(PHOTOS.glob("*.jpg"))[0]
+    a = open_image(a_path)
+    b, box = _edited(a)
+    b.save(tmp_path / "edited.jpg", quality=95)
+    out = tmp_path / "where.png"
+    assert main(["compare", str(a_path), str(tmp_path / "edited.jpg"), "-m", "efficientnet_lite0", "--map", str(out),
+                 "--device", "cpu"]) == 0
+    text = capsys.readouterr().out
+    assert "map of efficientnet_lite0 (28x28" in text and out.is_file()
+    heat = np.asarray(Image.open(out).convert("RGB"), np.float32)
+    base = np.asarray(a, np.float32)
+    assert heat.shape == base.shape
+    # the overlay lifts the edited box towards the bright end of the colour map more than the rest of A
+    lift = (heat - 0.45 * base).sum(axis=-1)
+    inside, outside = _inside_outside(lift[::8, ::8], box, a.size)
+    assert inside > outside + 60, (inside, outside)
 
 
 def test_cli_compare_all_lists_missing_weights_on_one_line(capsys) -> None:

@@ -15,7 +15,7 @@ from lookalike.metric.releases import RELEASE_FILES, release_file
 
 
 def test_every_metric_has_its_builders_options_type() -> None:
-    for name in list_metrics():
+    for name in list_metrics(include_test=True):
         cfg = get_metric_cfg(name)
         cls = _OPTIONS[cfg.builder]
         assert (cfg.options is None) if cls is None else isinstance(cfg.options, cls), name
@@ -42,14 +42,19 @@ def test_registry_fixture_restores(registry) -> None:
     assert is_metric("test_temporary")
 
 
+def test_test_only_metrics_are_hidden_from_users_but_load_by_name() -> None:
+    assert "test_vit_tiny" not in list_metrics() and "test_vit_tiny" in list_metrics(include_test=True)
+    assert "test_vit_tiny" not in list_metrics(kind="embedding") and get_metric_cfg("test_vit_tiny").test_only
+    assert not any(get_metric_cfg(n).test_only for n in list_metrics())
+    assert is_metric("test_vit_tiny")  # still a registered name: tests and plumbing load it
+
+
 def test_registry_fixture_restored_the_table() -> None:
     assert not is_metric("test_temporary") and not is_metric("test_typo")
 
 
 def test_every_released_file_comes_from_the_one_table() -> None:
-    for name in list_metrics():
-        if get_metric_cfg(name).family == "test":
-            continue
+    for name in list_metrics():  # users' metrics only: test-only ones have no released files
         for wf in required_files(get_metric_cfg(name)):
             assert RELEASE_FILES.get(wf.path) == wf, (name, wf.path)
     assert release_file("alex.pth").sha256 and release_file("alex.pth").size == 6009

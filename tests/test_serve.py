@@ -2,7 +2,7 @@
 
 The index holds the fixture photos (plus an edited copy of one: a known duplicate), embedded with the real offline
 model ``efficientnet_lite0``. Uploads are edited versions of indexed photos that are not themselves indexed. The
-index is fp32 and the server runs with ``LOOKALIKE_CPU_BF16=0`` (``serve_support``), and so does the CLI compared
+index is fp32 and the server runs with ``LOOKALIKE_CPU_BF16=0`` (``support.run_service``), and so does the CLI compared
 with it: the numbers are the same on every CPU.
 """
 
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image, ImageEnhance, ImageFilter
-from serve_support import PINNED, serve
+from support import DUP_OF, PHOTOS, PINNED, run_service
 
 from lookalike.data.images import open_image
 
@@ -30,8 +30,6 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-PHOTOS = Path(__file__).parent / "fixtures" / "photos"
-DUP_OF = "bsd68_101085.jpg"  # indexed with an edited copy: the known duplicate group
 TOKEN = "s3cret-token-for-the-tests-0123456789"
 
 
@@ -49,27 +47,17 @@ def _jpeg(img: Image.Image, quality: int = 85) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def collection(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from lookalike.indexer import build_index
+def collection(photo_index: dict[str, Path]) -> dict[str, Path]:
+    """The shared ``photo_index`` (read-only): 24 photos + an edited copy of DUP_OF, and ``outside`` (not indexed)."""
+    return photo_index
 
-    base = tmp_path_factory.mktemp("serve")
-    photos = base / "photos"
-    shutil.copytree(PHOTOS, photos, ignore=shutil.ignore_patterns("*.md"))
-    im = open_image(PHOTOS / DUP_OF)
-    w, h = im.size
-    (photos / "edits").mkdir()
-    ImageEnhance.Brightness(im.crop((w // 20, h // 20, w - w // 20, h - h // 20))).enhance(1.15).save(
-        photos / "edits" / "bsd68_101085_edited.jpg", quality=90)
-    index_dir = base / "index"
-    summary = build_index(photos, index_dir, metric="efficientnet_lite0", dtype="fp32", workers=0, progress=False)
-    assert summary.total_vectors == 25
-    (base / "outside.jpg").write_bytes((PHOTOS / "bsd68_103070.jpg").read_bytes())  # a real image, not indexed
-    return {"base": base, "photos": photos, "index": index_dir, "outside": base / "outside.jpg"}
+
+serve = run_service  # ``lookalike serve`` on a free port, fp32 on every CPU; a traceback in its log fails the test
 
 
 @pytest.fixture(scope="module")
-def server(collection: dict[str, Path]) -> Iterator[str]:
-    with serve(collection["index"], collection["base"] / "serve.log", "--max-upload-mb", "2") as url:
+def server(collection: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with serve(collection["index"], tmp_path_factory.mktemp("serve") / "serve.log", "--max-upload-mb", "2") as url:
         yield url
 
 

@@ -17,7 +17,7 @@ from urllib.parse import quote as urlquote
 
 import pytest
 from PIL import Image
-from serve_support import serve
+from support import run_service as serve
 
 from lookalike.data.images import open_image
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from PIL import ImageEnhance
-from serve_support import serve
+from support import run_service as serve
 
 from lookalike.data.images import open_image
 

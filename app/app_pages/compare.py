@@ -44,7 +44,8 @@ def neighbours_ui(settings: AppSettings, metrics: list[str], picked: widgets.Pic
 def distance_map_ui(metrics: list[str], img_a: Image.Image, img_b: Image.Image) -> None:
     """Where A differs from B under one metric: its distance map as a heat map over image A."""
     name = st.selectbox("Where A differs from B", metrics, key="cmp_map_metric",
-                        help="metrics that can say where: LPIPS, DiffSim, DreamSim patch variants, single-branch ViTs")
+                        help="metrics that can say where: efficientnet_lite0 (no download), LPIPS, DiffSim, "
+                        "DreamSim patch variants, single-branch ViTs")
     try:
         dmap = pair_distance_map(resources.get_metric(name), img_a, img_b)
     except (TypeError, ValueError, RuntimeError) as e:
@@ -67,10 +68,10 @@ def main() -> None:
     col_a, col_b = st.columns(2)
     with col_a:
         a = widgets.image_source_ui(settings, index, key="cmp_a", label="Image A")
-        widgets.picked_preview_ui(index, a)
+        widgets.picked_preview_ui(index, a, width=280)
     with col_b:
         b = widgets.image_source_ui(settings, index, key="cmp_b", label="Image B")
-        widgets.picked_preview_ui(index, b)
+        widgets.picked_preview_ui(index, b, width=280)
     names = list_compare_metrics()
     runnable = [n for n in names if missing_weights_reason(n) is None]
     chosen = st.multiselect("Metrics", names, default=runnable, key="cmp_metrics",

@@ -6,37 +6,50 @@ from __future__ import annotations
 import streamlit as st
 
 from lookalike.app import resources, widgets
-from lookalike.app.projection import DEFAULT_LIMIT, Projection, list_methods
+from lookalike.app.projection import (
+    DEFAULT_LIMIT,
+    OTHER_FOLDERS,
+    MapThumbnails,
+    Projection,
+    folder_colours,
+    list_methods,
+)
 from lookalike.app.views import images_by_id, index_stamp, load_settings
 
 #: Thumbnails shown for a selection at most.
 MAX_SELECTED = 24
 
 
-def map_figure(proj: Projection):  # -> plotly Figure
-    """One WebGL scatter trace per folder; each point carries its id and path for selection and hover."""
+def map_figure(proj: Projection, thumbs: MapThumbnails | None = None):  # -> plotly Figure
+    """One WebGL scatter trace per folder (each point carries its id and path for selection and hover), in colours
+    of a qualitative palette; ``thumbs`` are drawn at their points, framed in their folder's colour."""
     import plotly.graph_objects as go
-    from plotly.colors import qualitative
 
-    palette = qualitative.D3 + qualitative.Set2  # 18 distinct colours; "other folders" is grey
+    colours = folder_colours(proj.folders)
     fig = go.Figure()
     by_folder: dict[str, list[int]] = {}
     for i, f in enumerate(proj.folders):
         by_folder.setdefault(f, []).append(i)
-    for n, folder in enumerate(sorted(by_folder, key=lambda f: (f == "other folders", f))):
+    for folder in sorted(by_folder, key=lambda f: (f == OTHER_FOLDERS, f)):
         idx = by_folder[folder]
-        colour = "#9e9e9e" if folder == "other folders" else palette[n % len(palette)]
         fig.add_trace(go.Scattergl(
             x=proj.xy[idx, 0], y=proj.xy[idx, 1], mode="markers", name=f"{folder} ({len(idx)})",
-            marker={"size": 7 if len(proj.ids) < 5000 else 4, "opacity": 0.85, "color": colour},
+            marker={"size": 8 if len(proj.ids) < 5000 else 5, "opacity": 0.9, "color": colours[folder],
+                    "line": {"width": 0.5, "color": "white"}},
             customdata=[[int(proj.ids[i]), proj.relpaths[i]] for i in idx],
             hovertemplate="%{customdata[1]}<extra>%{fullData.name}</extra>",
         ))
+    for i, src in zip(thumbs.points, thumbs.images, strict=True) if thumbs is not None else ():
+        fig.add_layout_image(source=src, x=float(proj.xy[i, 0]), y=float(proj.xy[i, 1]), xref="x", yref="y",
+                             sizex=thumbs.width, sizey=thumbs.height, xanchor="center", yanchor="middle",
+                             sizing="contain", layer="above")
     axis = proj.method if proj.explained is None else None
     xt = f"PC 1 ({proj.explained[0]:.0%} of variance)" if proj.explained else f"{axis} 1"
     yt = f"PC 2 ({proj.explained[1]:.0%} of variance)" if proj.explained else f"{axis} 2"
     fig.update_layout(height=640, margin={"l": 10, "r": 10, "t": 30, "b": 10}, dragmode="select",
-                      legend={"title": {"text": "folder"}}, xaxis_title=xt, yaxis_title=yt)
+                      legend={"title": {"text": "folder"}}, xaxis_title=xt, yaxis_title=yt, plot_bgcolor="white",
+                      xaxis={"showgrid": True, "gridcolor": "#eeeeee", "zeroline": False},
+                      yaxis={"showgrid": True, "gridcolor": "#eeeeee", "zeroline": False})
     return fig
 
 
@@ -71,6 +84,8 @@ def main() -> None:
             st.caption("UMAP: pip install 'lookalike[map]' (umap-learn) to enable it.")
         limit = st.select_slider("Points at most", [1000, 2000, 5000, 10_000, 20_000], value=DEFAULT_LIMIT,
                                  key="map_limit", help="larger collections are drawn as a random sample")
+        show_thumbs = st.toggle("Thumbnails", value=True, key="map_thumbs",
+                                help="draw images at points spread over the map; zoom in to see them larger")
     index = widgets.require_index_ui(settings, metric)
     try:
         proj = resources.get_projection(str(settings.index_dir), metric, method, limit,
@@ -83,8 +98,13 @@ def main() -> None:
                 f"Raise *Points at most* in the sidebar to draw more.", icon=":material/scatter_plot:")
     else:
         st.caption(f"All {len(proj.ids):,} images, {method} of the {index.info.metric} embeddings, coloured by "
-                   f"folder. Drag a box or lasso (or click) to select.")
-    event = st.plotly_chart(map_figure(proj), key="map_chart", on_select="rerun",
+                   f"folder. Hover a point for its file; zoom in (scroll) to see the thumbnails larger; drag a box "
+                   f"or lasso (or click) to select.")
+    thumbs = None
+    if show_thumbs:
+        thumbs = resources.get_map_thumbnails(str(settings.index_dir), metric, method, limit,
+                                              index_stamp(settings.index_dir), settings.db_url)
+    event = st.plotly_chart(map_figure(proj, thumbs), key="map_chart", on_select="rerun",
                             selection_mode=("points", "box", "lasso"), config={"displaylogo": False})
     chosen = selected_ids(event)
     if not chosen:
@@ -100,7 +120,8 @@ def main() -> None:
         with cols[n % 6], st.container(border=True, key=f"map-sel-{n}"):
             widgets.catalog_image_ui(index, row.path, size=200)
             st.caption(row.relpath)
-            if st.button("Search with this", key=f"map-query-{n}"):
+            if st.button("Similar", key=f"map-query-{n}", icon=":material/search:", width="stretch",
+                         help="search with this image"):
                 st.session_state["query_source"] = widgets.SOURCE_INDEXED
                 st.session_state["query_path"] = row.relpath
                 st.switch_page("app_pages/search.py", query_params={"q": row.relpath})

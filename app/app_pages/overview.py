@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from lookalike.app import resources, widgets
-from lookalike.app.views import build_command, index_stamp, index_state, load_settings
+from lookalike.app.views import build_command, format_bytes, index_stamp, index_state, load_settings
 from lookalike.indexer import format_dtypes
 
 
@@ -36,13 +36,13 @@ def main() -> None:
     cols[0].metric("Images", images["total"])
     cols[1].metric("Indexed", images["ok"])
     cols[2].metric("Unreadable", images["failed"])
-    cols[3].metric("On disk", f"{info['bytes_on_disk'] / 1e6:.1f} MB")
+    cols[3].metric("On disk", format_bytes(info["bytes_on_disk"]))
     if not info["metrics"] or not any(m["vectors"] for m in info["metrics"]):
         st.info("The index holds no vectors yet. Add images with:")
         st.code(build_command(settings.index_dir), language="bash")
     st.subheader("Metrics in this index")
     st.table([{"metric": m["metric"], "vectors": m["vectors"], "dim": m["dim"], "faiss": m["faiss"],
-               "dtype": format_dtypes(m.get("dtypes", {})), "MB": round(m["bytes"] / 1e6, 2)}
+               "dtype": format_dtypes(m.get("dtypes", {})), "size": format_bytes(m["bytes"])}
               for m in info["metrics"]])
     st.subheader("Indexed folders")
     st.table([{"folder": root, "files": n} for root, n in info["roots"].items()])

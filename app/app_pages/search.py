@@ -42,11 +42,14 @@ def main() -> None:
     opts = widgets.search_options_ui(metrics, folders, list_rerank_choices())
     index = widgets.require_index_ui(settings, opts.metric)
     adopt_query_param()
-    picked = widgets.image_source_ui(settings, index, key="query", label="Query")
+    col_preview, col_query = st.columns([1, 3], vertical_alignment="top")
+    with col_query:
+        picked = widgets.image_source_ui(settings, index, key="query", label="Query")
     if not picked.ready:
         st.info("Upload an image, or pick an indexed one, to see the most similar indexed images.")
         return
-    widgets.picked_preview_ui(index, picked)
+    with col_preview:
+        widgets.picked_preview_ui(index, picked)
     try:
         res = run_query(index, picked.image if picked.image is not None else picked.path, k=opts.k,
                         folder=opts.folder, rerank=opts.rerank)
@@ -55,9 +58,10 @@ def main() -> None:
         return
     where = f" in {res.folder}" if res.folder else ""
     way = "higher" if res.hits and not res.hits[0].lower_is_better else "lower"
-    how = (f", re-ranked by {res.rerank} ({way} = more similar)" if res.rerank
-           else " (1 - cosine, lower = more similar)")
+    how = f", re-ranked by {res.rerank} ({way} = more similar)" if res.rerank else ""
     st.subheader(f"{len(res.hits)} nearest{where} under {index.info.metric}{how}")
+    st.caption("distance: 1 - cosine of the embeddings, lower = more similar"
+               + (f"; the {res.rerank} score comes first on each card" if res.rerank else ""))
     if res.folder and not res.hits:
         st.info(f"No indexed image in {res.folder}.")
     widgets.hit_grid_ui(index, res.hits, columns=opts.columns, key="hit", on_pick=use_as_query)
