@@ -119,7 +119,7 @@ def test_reports(chain: tuple[Path, Path], tmp_path: Path) -> None:
     data = json.loads((tmp_path / "dups.json").read_text())
     assert data["threshold"] == 0.05 and len(data["pairs"]) == 3 and data["n_duplicates"] == 3
     assert data["groups"][0]["keeper"]["relpath"] == "b.jpg"
-    with pytest.raises(ValueError, match=r"\.csv or \.json"):
+    with pytest.raises(ValueError, match=r"\.json, \.csv, \.parquet, \.html"):
         write_report(report, tmp_path / "dups.txt")
 
 
@@ -128,7 +128,9 @@ def test_move_and_undo(chain: tuple[Path, Path], tmp_path: Path) -> None:
     before = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
     report = find_duplicates(idx, threshold=0.05)
     q = tmp_path / "quarantine"
-    manifest = move_duplicates(report, q)
+    moved = move_duplicates(report, q)
+    assert moved.moved == 3 and moved.gone == 0
+    manifest = Path(moved.manifest)
     left = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
     assert left == ["b.jpg", "e.jpg"]  # keepers stay; nothing deleted
     moved = sorted(p.relative_to(q).as_posix() for p in q.rglob("*.jpg"))
