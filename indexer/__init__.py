@@ -10,6 +10,7 @@ from lookalike.indexer._catalog import SCHEMA_VERSION as SCHEMA_VERSION
 from lookalike.indexer._catalog import IndexDamaged as IndexDamaged
 from lookalike.indexer._check import CheckReport as CheckReport
 from lookalike.indexer._check import check_index as check_index
+from lookalike.indexer._dedup import CHAIN_LIMIT as CHAIN_LIMIT
 from lookalike.indexer._dedup import GROUP_MODES as GROUP_MODES
 from lookalike.indexer._dedup import KEEP_RULES as KEEP_RULES
 from lookalike.indexer._dedup import DedupReport as DedupReport
