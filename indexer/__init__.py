@@ -49,6 +49,7 @@ from lookalike.indexer._store import choose_structure as choose_structure
 from lookalike.indexer._tiers import TIERS as TIERS
 from lookalike.indexer._tiers import LabelledDistances as LabelledDistances
 from lookalike.indexer._tiers import TierBounds as TierBounds
+from lookalike.indexer._tiers import get_tier_bounds as get_tier_bounds
 from lookalike.indexer._tiers import labelled_distances as labelled_distances
 from lookalike.indexer._tiers import set_tiers as set_tiers
 from lookalike.indexer._vectors import VectorIndex as VectorIndex

@@ -14,6 +14,7 @@ import datetime as dt
 import logging
 import os
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 from sqlalchemy import DateTime, Float, String, Text, inspect
 from sqlalchemy.orm import Mapped, mapped_column
@@ -21,6 +22,9 @@ from sqlalchemy.orm import Mapped, mapped_column
 from lookalike.common.errors import InvalidArgument, UnknownName
 from lookalike.indexer._catalog import Base, BuildRow, Catalog, utcnow
 from lookalike.indexer._shards import writer_lock
+
+if TYPE_CHECKING:
+    from lookalike.indexer._index import ImageIndex
 
 _logger = logging.getLogger(__name__)
 
@@ -90,6 +94,11 @@ def get_tiers(catalog: Catalog, build: BuildRow) -> TierBounds:
         if row is not None:
             return TierBounds(float(row.near), None if row.similar is None else float(row.similar), row.source)
     return metric_default(build.metric)
+
+
+def get_tier_bounds(index: ImageIndex) -> TierBounds:
+    """The tier boundaries an open index's dedup uses: stored in its catalog, else the metric's measured default."""
+    return get_tiers(index.catalog, index.build)
 
 
 def set_tiers(index_dir: str | os.PathLike[str], near: float, *, similar: float | None = None,
