@@ -121,8 +121,9 @@ def run_dedup(args: argparse.Namespace) -> int:
         print(f"note: {w}", file=sys.stderr)
     if moved is not None:
         if moved.manifest is None:
-            print(f"nothing to move: the {moved.gone} duplicates are gone from their folders already; no manifest "
-                  "written", file=sys.stderr)
+            why = (f"the {moved.gone} duplicates are gone from their folders already" if moved.gone else
+                   "no duplicates left (moved files are left out until --undo)")
+            print(f"nothing to move: {why}; no manifest written", file=sys.stderr)
         else:
             gone = f" ({moved.gone} already gone)" if moved.gone else ""
             print(f"moved {moved.moved} files{gone}; undo with: lookalike dedup --undo {moved.manifest}",
@@ -134,9 +135,8 @@ def print_report(report, *, shown: int, out: str | None) -> None:  # report: Ded
     """The text form of a report: settings, counts per tier, matches across collections, the first groups."""
     tiers = report.tiers
     counts = ", ".join(f"{t} {n}" for t, n in report.tier_counts().items())
-    print(f"threshold {report.threshold:.4f} ({report.threshold_source}); near copies up to "
-          + (f"{tiers['near']:.4f}" if tiers.get("near") is not None else "(no boundary)")
-          + f" ({tiers.get('source')})")
+    near = f"near <= {tiers['near']:.4f}" if tiers.get("near") is not None else "no near boundary"
+    print(f"threshold {report.threshold:.4f} ({report.threshold_source}); tiers: {near} ({tiers.get('source')})")
     print(f"{len(report.pairs)} pairs ({counts}) among {report.images} images: {len(report.groups)} groups, "
           f"{report.n_duplicates} duplicates; the largest group holds {report.largest_group} files")
     if report.hidden:

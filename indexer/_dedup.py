@@ -233,7 +233,7 @@ def _resolve_threshold(index: ImageIndex, threshold: float | None, tiers: TierBo
     elif index.build.dedup_threshold is not None:
         threshold, source = float(index.build.dedup_threshold), "stored with the index"
     elif tiers.near is not None:
-        threshold, source = tiers.near, f"the near-copy boundary: {tiers.source}"
+        threshold, source = tiers.near, "the near-copy boundary"
     else:
         raise InvalidArgument(
             f"no distance threshold given, and none is stored or measured for metric {index.build.metric!r}",
@@ -351,6 +351,7 @@ def find_duplicates(
 
     kept: dict[tuple[int, int], tuple[float, str, str | None]] = {}
     hidden: list[DuplicatePair] = []
+    shown: set[int] = set()  # images of the kept and hidden pairs
     for (a, b), d in pairs.items():
         if a not in rows or b not in rows:
             continue
@@ -366,8 +367,10 @@ def find_duplicates(
                 label = "same" if v else "different"
             if v is False:
                 hidden.append(DuplicatePair(ra.path, rb.path, d, tier, label))
+                shown.update((a, b))
                 continue
         kept[(a, b)] = (d, tier, label)
+        shown.update((a, b))
     groups_ids = _group(kept, rows, group, key_fn)
 
     def member(i: int, d: float, tier: str) -> DuplicateMember:
@@ -399,7 +402,7 @@ def find_duplicates(
         report.between, report.images_between = [fa, fb], images_between
         report.matches = _nearest_matches(kept, rows, side)
     if labels:
-        seen = set(keys.values())
+        seen = {keys[i] for i in shown}
         report.labels = [lb for lb in labels if lb.key_a in seen or lb.key_b in seen]
     _warn(report, chain_limit)
     _logger.info("dedup at %.4f: %d pairs, %d groups, %d duplicates, %d hidden by labels", threshold, len(pair_list),
