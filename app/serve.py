@@ -43,9 +43,17 @@ from lookalike.app.views import (
     images_by_id,
     index_stamp,
 )
-from lookalike.common.errors import LookalikeError
+from lookalike.common.errors import IndexLocked, LookalikeError
 from lookalike.data.images import ImageDecodeError, open_image
-from lookalike.indexer import DedupReport, DuplicateMember, ImageIndex, ImageInfo, find_duplicates, open_index
+from lookalike.indexer import (
+    DedupReport,
+    DuplicateMember,
+    ImageIndex,
+    ImageInfo,
+    add_labels,
+    find_duplicates,
+    open_index,
+)
 from lookalike.metric import Metric, WeightsNotFound
 
 _logger = logging.getLogger(__name__)
@@ -55,6 +63,9 @@ DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 FORM_OVERHEAD_BYTES = 64 * 1024
 MAX_K = 1000
 MAX_PAGE_SIZE = 500
+MAX_LABELS = 1000
+BETWEEN_HELP = ("two absolute indexed folders, A then B (the parameter given twice): only pairs with one image under "
+                "each, and the nearest match under B of each image under A")
 THUMB_MIN, THUMB_MAX = 16, 1024
 
 
@@ -135,6 +146,10 @@ class IndexHolder:
                     if stamp != self._stamp:
                         self._reopen(stamp)
         return self._index
+
+    def refresh_now(self) -> None:
+        """Check the index folder on the next ``get()`` (after this process wrote to the catalog)."""
+        self._checked = float("-inf")
 
     def _reopen(self, stamp: tuple) -> None:
         try:
@@ -244,6 +259,33 @@ class MemberOut(BaseModel):
     width: int | None
     height: int | None
     size: int
+    tier: str = Field("", description="exact, near or similar with respect to the keeper ('' for the keeper)")
+
+
+class PairOut(BaseModel):
+    a: str
+    b: str
+    distance: float
+    tier: str = Field(description="exact (same content), near (a near copy) or similar")
+    label: str | None = Field(None, description="'same' or 'different' when a person said so")
+
+
+class LabelPairIn(BaseModel):
+    """A verdict on two indexed images (each by id or path), as ``lookalike label`` records it."""
+
+    a: CompareJsonSide
+    b: CompareJsonSide
+    same: bool = Field(description="true: the same picture (always grouped); false: different (never reported)")
+
+
+class LabelsIn(BaseModel):
+    labels: list[LabelPairIn] = Field(min_length=1, max_length=MAX_LABELS)
+
+
+class LabelsOut(BaseModel):
+    added: int
+    changed: int
+    unchanged: int
 
 
 class GroupOut(BaseModel):
@@ -264,6 +306,13 @@ class DuplicatesOut(BaseModel):
     page_size: int
     pages: int
     groups: list[GroupOut]
+    threshold_source: str = ""
+    tiers: dict[str, Any] = Field(default_factory=dict, description="the near boundary and where it comes from")
+    tier_counts: dict[str, int] = Field(default_factory=dict, description="reported pairs per tier")
+    hidden_total: int = Field(0, description="pairs left out because a person labelled them different")
+    between: list[str] | None = None
+    matches: list[PairOut] = Field(default_factory=list,
+                                   description="with between: the nearest image under B of each image under A")
 
 
 def _error_body(status: int, message: str, **extra: Any) -> dict[str, Any]:
@@ -595,7 +644,7 @@ def create_app(cfg: ServeConfig, holder: IndexHolder | None = None) -> FastAPI:
     def member_out(index: ImageIndex, m: DuplicateMember) -> MemberOut:
         row = index.find_image(m.path)
         return MemberOut(id=row.id if row is not None else None, path=m.path, relpath=m.relpath,
-                         distance=m.distance, width=m.width, height=m.height, size=m.size)
+                         distance=m.distance, width=m.width, height=m.height, size=m.size, tier=m.tier)
 
     @app.get("/duplicates", dependencies=auth, response_model=DuplicatesOut,
              summary="near-duplicate groups at a threshold, a page at a time (largest groups first)")
@@ -605,11 +654,17 @@ def create_app(cfg: ServeConfig, holder: IndexHolder | None = None) -> FastAPI:
         keep: Literal["largest", "oldest", "newest", "first"] = "largest",
         page: int = Query(1, ge=1),
         page_size: int = Query(50, ge=1, le=MAX_PAGE_SIZE),
+        between: list[str] | None = Query(None, description=BETWEEN_HELP),  # noqa: B008 - a FastAPI declaration
     ) -> DuplicatesOut:
+        if between is not None and len(between) != 2:
+            raise ApiError(422, f"between needs two folders (A, then B), got {len(between)}")
+        if between is not None and not all(f.startswith("/") for f in between):
+            raise ApiError(422, "between needs absolute folders (the indexed roots are listed by /info)")
         index = holder.get()
-        key = (threshold, group, keep, holder.generation, index.fingerprint)
+        pair = (between[0], between[1]) if between else None
+        key = (threshold, group, keep, holder.generation, index.fingerprint, pair)
         report = library_call(lambda: reports.get(key, lambda: find_duplicates(
-            index, threshold=threshold, group=group, keep=keep)))
+            index, threshold=threshold, group=group, keep=keep, between=pair)))
         total = len(report.groups)
         pages = max(1, -(-total // page_size))
         shown = report.groups[(page - 1) * page_size: page * page_size]
@@ -618,7 +673,34 @@ def create_app(cfg: ServeConfig, holder: IndexHolder | None = None) -> FastAPI:
             images=report.images, groups_total=total, duplicates_total=report.n_duplicates,
             pairs_total=len(report.pairs), page=page, page_size=page_size, pages=pages,
             groups=[GroupOut(keeper=member_out(index, g.keeper),
-                             duplicates=[member_out(index, d) for d in g.duplicates]) for g in shown])
+                             duplicates=[member_out(index, d) for d in g.duplicates]) for g in shown],
+            threshold_source=report.threshold_source, tiers=report.tiers, tier_counts=report.tier_counts(),
+            hidden_total=len(report.hidden), between=report.between,
+            matches=[PairOut(a=p.a, b=p.b, distance=p.distance, tier=p.tier, label=p.label) for p in report.matches])
+
+    @app.post("/labels", dependencies=auth, response_model=LabelsOut,
+              summary="record verdicts on pairs of indexed images (what 'lookalike label' records)")
+    async def labels_endpoint(request: Request) -> LabelsOut:
+        req = await parse_json(request, LabelsIn)
+        index = holder.get()
+        pairs = []
+        for p in req.labels:
+            sides = []
+            for side in (p.a, p.b):
+                if (side.id is None) == (side.path is None):
+                    raise ApiError(422, "each of 'a' and 'b' needs exactly one of 'id' and 'path'")
+                sides.append(row_of_id(index, side.id) if side.id is not None else row_of_path(index, side.path or ""))
+            pairs.append((sides[0].path, sides[1].path, 1.0 if p.same else 0.0))
+
+        def write() -> LabelsOut:
+            try:
+                s = add_labels(cfg.index_dir, pairs, db_url=cfg.db_url, source="service")
+            except IndexLocked as e:
+                raise ApiError.of(409, e) from None
+            holder.refresh_now()
+            return LabelsOut(added=s.added, changed=s.changed, unchanged=s.unchanged)
+
+        return await run_in_threadpool(lambda: library_call(write))
 
     image_responses: dict[int | str, dict[str, Any]] = {200: {"content": {"image/jpeg": {}, "image/png": {}}}}
 
