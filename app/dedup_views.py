@@ -37,9 +37,9 @@ def pairs_by_group(report: DedupReport) -> list[list[GroupPair]]:
             relpath[m.path] = m.relpath
     out: list[list[GroupPair]] = [[] for _ in report.groups]
     for p in report.pairs:
-        n = group_of.get(p.a)
-        if n is not None and n == group_of.get(p.b):
-            out[n].append(GroupPair(p.a, p.b, relpath[p.a], relpath[p.b], p.distance, p.tier, p.label))
+        g = group_of.get(p.a)
+        if g is not None and g == group_of.get(p.b):
+            out[g].append(GroupPair(p.a, p.b, relpath[p.a], relpath[p.b], p.distance, p.tier, p.label))
     return out
 
 

@@ -303,19 +303,19 @@ def find_duplicates(
     """
     if group not in GROUP_MODES:
         raise InvalidArgument(f"unknown group mode {group!r}; choose from {', '.join(GROUP_MODES)}")
-    prefer = [folder_prefix(f) for f in prefer]
+    prefer_dirs = [folder_prefix(f) for f in prefer]
     fa = fb = ""
     if between is not None:
         fa, fb = (folder_prefix(f) for f in between)
         if fa == fb or is_under(fa, fb) or is_under(fb, fa):
             raise InvalidArgument(f"the folders of a cross-collection run must not overlap: {fa} and {fb}",
                                   hint="give two separate folders, e.g. test/ and train/")
-        prefer = prefer or [fb]
-    key_fn = _keep_key(keep, prefer)
+        prefer_dirs = prefer_dirs or [fb]
+    key_fn = _keep_key(keep, prefer_dirs)
     if isinstance(index, (str, os.PathLike)):
         with open_index(index, metric=metric, db_url=db_url) as idx:
             return find_duplicates(idx, threshold=threshold, group=group, keep=keep, block_size=block_size,
-                                   nprobe=nprobe, progress=progress, between=between, prefer=prefer,
+                                   nprobe=nprobe, progress=progress, between=between, prefer=prefer_dirs,
                                    use_labels=use_labels, chain_limit=chain_limit)
     tiers = get_tiers(index.catalog, index.build)
     threshold, threshold_source = _resolve_threshold(index, threshold, tiers)
@@ -396,7 +396,7 @@ def find_duplicates(
     report = DedupReport(index_dir=str(index.index_dir), metric=index.build.metric, fingerprint=index.fingerprint,
                          threshold=threshold, group=group, keep=keep, images=index.vectors.ntotal, pairs=pair_list,
                          groups=groups, probe=probe.as_dict(), threshold_source=threshold_source,
-                         tiers=tiers.as_dict(), prefer=list(prefer), hidden=sorted(hidden, key=lambda p: p.distance),
+                         tiers=tiers.as_dict(), prefer=prefer_dirs, hidden=sorted(hidden, key=lambda p: p.distance),
                          quarantined=len(skip), largest_group=1 + len(groups[0].duplicates) if groups else 0)
     if between is not None:
         report.between, report.images_between = [fa, fb], images_between
