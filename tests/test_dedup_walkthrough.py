@@ -270,3 +270,35 @@ def test_bad_input_gets_a_clear_error(tmp_path: Path) -> None:
     listed = subprocess.run(["bash", "-c", "lookalike label --index idx --list"], cwd=tmp_path, env=env,
                             capture_output=True, text=True).stdout
     assert listed.strip() == "0 labels"
+
+
+def test_labels_survive_renames_and_moves(tmp_path: Path) -> None:
+    """A label is keyed by content: renaming or moving a labelled file, then re-indexing, keeps the verdict."""
+    photos = tmp_path / "photos"
+    (photos / "a").mkdir(parents=True)
+    for name in TRAIN[:3]:
+        shutil.copyfile(PHOTOS / f"{name}.jpg", photos / "a" / f"{name}.jpg")
+    ImageEnhance.Brightness(Image.open(PHOTOS / f"{TRAIN[0]}.jpg").convert("RGB")).enhance(1.2).save(
+        photos / "a" / "bright.jpg", quality=90)
+    env = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
+
+    def run(cmd: str) -> str:
+        r = subprocess.run(["bash", "-c", cmd], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+        assert r.returncode == 0, (cmd, r.stderr)
+        return r.stdout
+
+    run("lookalike index photos --index idx --metric efficientnet_lite0 --no-progress")
+    assert len(json.loads(run("lookalike dedup --index idx --json"))["pairs"]) == 1
+    run(f"lookalike label --index idx --different photos/a/{TRAIN[0]}.jpg photos/a/bright.jpg")
+    (photos / "b").mkdir()
+    os.rename(photos / "a" / "bright.jpg", photos / "b" / "renamed.jpg")  # moved and renamed
+    out = run("lookalike index photos --index idx --metric efficientnet_lite0 --no-progress")
+    assert "moved 1" in out  # relinked by content hash, not embedded again
+    d = json.loads(run("lookalike dedup --index idx --json"))
+    assert d["pairs"] == [] and len(d["hidden"]) == 1
+    assert {Path(d["hidden"][0][k]).name for k in "ab"} == {f"{TRAIN[0]}.jpg", "renamed.jpg"}
+    shutil.copyfile(photos / "b" / "renamed.jpg", photos / "b" / "another_copy.jpg")  # the same bytes again
+    run("lookalike index photos --index idx --metric efficientnet_lite0 --no-progress")
+    d = json.loads(run("lookalike dedup --index idx --json"))
+    assert [p["tier"] for p in d["pairs"]] == ["exact"]  # the two copies; the label holds for both
+    assert len(d["hidden"]) == 2
