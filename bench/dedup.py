@@ -3,7 +3,7 @@
     python bench/dedup.py                                    # 20k exact and 100k auto-IVF, 1792-d
     python bench/dedup.py --sizes 1000000 --nprobe 16        # the issue-9 reference size (1M x 1792)
     python bench/dedup.py --sizes 300000 --storage fp16 --max-memory 1G
-    python bench/dedup.py --sizes 300000 --dim 768 --ref-commit main --ref-queries 0   # tiers/labels/star overhead
+    python bench/dedup.py --sizes 200000 --dim 768 --ref-commit main --ref-queries 0   # tiers/labels/star overhead
 
 An index folder (catalog + shards + derived FAISS file) is written straight from vectors through the shard writer
 (``lookalike.indexer._shards``) and ``update_structure``: a low-rank Gaussian mixture (as in bench/search.py) in
