@@ -20,7 +20,8 @@ from sqlalchemy.exc import DatabaseError
 
 from lookalike.common.errors import InvalidArgument, LookalikeError
 
-_COMMAND_MODULES = ("lookalike.app.cli_metric", "lookalike.app.cli_index", "lookalike.app.cli_weights",
+_COMMAND_MODULES = ("lookalike.app.cli_metric", "lookalike.app.cli_index", "lookalike.app.cli_dedup",
+                    "lookalike.app.cli_weights",
                     "lookalike.app.cli_app",
                     "lookalike.app.cli_eval", "lookalike.app.cli_import", "lookalike.app.cli_serve")
 

@@ -28,9 +28,11 @@ _CALIBRATE_EPILOG = """examples:
   lookalike calibrate --pairs judged_pairs.csv --metric dreamsim
   lookalike calibrate --pairs judged_pairs.csv --metric dreamsim --target-precision 0.99 --plot pr.png
   lookalike calibrate --pairs judged_pairs.csv --metric dreamsim --index ~/pictures.idx
+  lookalike calibrate --index ~/pictures.idx          (from the labels given with 'lookalike label' or the app)
 The pairs CSV has the header a,b,same (paths relative to the CSV; same = 1 for duplicates, 0 for different, or the
-fraction of people who said 'same'). With --index, the threshold becomes that index's dedup default, so
-'lookalike dedup --index DIR' needs no --threshold."""
+fraction of people who said 'same'). With --index, the threshold becomes that index's dedup default and the end of
+its 'near' tier, so 'lookalike dedup --index DIR' needs no --threshold. Without --pairs, the labelled pairs of the
+index are measured with its own stored vectors (no model is loaded)."""
 
 _TRAIN_EPILOG = """examples:
   lookalike train --dataset nights --root ~/data/nights --metric dreamsim_dino_vitb16 --out runs/dino
@@ -41,8 +43,10 @@ A triplet CSV with a 'split' column uses its train / val rows; without one, --va
 Interrupted? Run the same command again: it resumes. OUT/<adapter>/ is in the official peft layout."""
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--metric", required=True, help="metric name (see 'lookalike info')")
+def _add_common(p: argparse.ArgumentParser, *, metric_required: bool = True) -> None:
+    p.add_argument("--metric", required=metric_required,
+                   help="metric name (see 'lookalike info')" + ("" if metric_required else
+                        "; with --pairs; without, the index's metric"))
     p.add_argument("--weights", default=None, metavar="DIR",
                    help="folder searched first for weight files (e.g. a 'lookalike train' output folder)")
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
@@ -87,13 +91,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser("calibrate", help="dedup threshold from human same/different judgements",
                               epilog=_CALIBRATE_EPILOG, formatter_class=fmt)
-    p.add_argument("--pairs", required=True, metavar="CSV", help="judged pairs: header a,b,same")
+    p.add_argument("--pairs", default=None, metavar="CSV",
+                   help="judged pairs: header a,b,same (default with --index: the index's stored labels)")
     p.add_argument("--target-precision", type=float, default=0.95, help="precision to reach (default 0.95)")
     p.add_argument("--plot", default=None, metavar="PNG",
                    help="where to save the precision/recall plot (default: <pairs>.calibration.png)")
-    p.add_argument("--index", default=None, metavar="DIR", help="store the threshold as this index's dedup default")
+    p.add_argument("--index", default=None, metavar="DIR",
+                   help="store the threshold as this index's dedup default and near-copy boundary")
     p.add_argument("--db", default=None, metavar="URL", help="catalog URL when it is not the SQLite file in --index")
-    _add_common(p)
+    _add_common(p, metric_required=False)
     p.set_defaults(func=run_calibrate)
 
     p = subparsers.add_parser("train", help="LoRA fine-tuning of a metric on 2AFC triplets (DreamSim recipe)",
@@ -174,41 +180,64 @@ def run_eval_jnd(args: argparse.Namespace) -> int:
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
-    from lookalike.data.triplets import read_pairs_csv
-    from lookalike.judge.calibrate import calibrate_threshold, plot_calibration
+    from lookalike.judge.calibrate import calibrate_distances, calibrate_threshold, plot_calibration
 
-    pairs = read_pairs_csv(args.pairs)
-    metric = _load(args)
-    if args.index and args.center is not None:
-        raise CliError("--index stores a threshold for the index's own vectors; drop --centered/--uncentered")
-    if args.index and not metric.lower_is_better:
-        raise CliError(f"metric {metric.name!r} is a similarity (higher = more alike); an index threshold is a "
-                       "distance: calibrate an embedding metric")
-    cal = calibrate_threshold(metric, pairs, target_precision=args.target_precision, center=args.center,
-                              batch_size=args.batch_size, workers=args.workers, progress=not args.no_progress)
-    plot = Path(args.plot) if args.plot else Path(args.pairs).with_suffix(".calibration.png")
+    if args.pairs is None:
+        if not args.index:
+            raise CliError("calibrate needs --pairs CSV, or --index DIR to learn from the labels stored there")
+        if args.center is not None:
+            raise CliError("--centered/--uncentered apply to --pairs; the index's own vectors are used here")
+        from lookalike.indexer import labelled_distances
+
+        ld = labelled_distances(args.index, metric=args.metric, db_url=args.db)
+        cal = calibrate_distances(ld.metric, ld.distances, ld.same, target_precision=args.target_precision)
+        plot = Path(args.plot) if args.plot else Path(args.index) / "labels.calibration.png"
+        left_out = ld.left_out
+        metric_name = ld.metric
+    else:
+        if not args.metric:
+            raise CliError("calibrate --pairs needs --metric")
+        from lookalike.data.triplets import read_pairs_csv
+
+        pairs = read_pairs_csv(args.pairs)
+        metric = _load(args)
+        if args.index and args.center is not None:
+            raise CliError("--index stores a threshold for the index's own vectors; drop --centered/--uncentered")
+        if args.index and not metric.lower_is_better:
+            raise CliError(f"metric {metric.name!r} is a similarity (higher = more alike); an index threshold is a "
+                           "distance: calibrate an embedding metric")
+        cal = calibrate_threshold(metric, pairs, target_precision=args.target_precision, center=args.center,
+                                  batch_size=args.batch_size, workers=args.workers, progress=not args.no_progress)
+        plot = Path(args.plot) if args.plot else Path(args.pairs).with_suffix(".calibration.png")
+        left_out = 0
+        metric_name = metric.name
     plot_calibration(cal, plot)
     stored = None
     if args.index and cal.threshold is not None:
-        from lookalike.indexer import set_dedup_threshold
+        from lookalike.indexer import set_tiers
 
-        stored = set_dedup_threshold(args.index, cal.threshold, metric=metric, db_url=args.db)
+        source = (f"calibrated from {cal.count} {'pairs of ' + args.pairs if args.pairs else 'labels'} at precision "
+                  f"{cal.precision:.3f}, recall {cal.recall:.3f}")
+        stored = set_tiers(args.index, cal.threshold, threshold=cal.threshold, metric=args.metric or None,
+                           db_url=args.db, source=source)
     if args.json:
         print(json.dumps({**cal.to_dict(), "plot": str(plot), "index": args.index if stored else None,
-                          "fingerprint": stored}, indent=1))
+                          "fingerprint": stored, "left_out": left_out}, indent=1))
     else:
         op = "<=" if cal.lower_is_better else ">="
         if cal.threshold is None:
             print(f"no threshold reaches precision {args.target_precision:g}: the best is {cal.precision:.3f} "
                   f"(recall {cal.recall:.3f}) on {cal.count} pairs")
         else:
-            print(f"threshold {cal.threshold:.6g} ({metric.name} distance {op} threshold = duplicate): "
+            print(f"threshold {cal.threshold:.6g} ({metric_name} distance {op} threshold = duplicate): "
                   f"precision {cal.precision:.3f}, recall {cal.recall:.3f} on {cal.count} pairs "
                   f"({cal.positives:g} judged the same)")
+        if left_out:
+            print(f"{left_out} labels left out: an image of the pair is not indexed for {metric_name}")
         print(f"plot: {plot}")
         if stored:
-            print(f"stored as the dedup default of {args.index} ({stored}); 'lookalike dedup --index {args.index}' "
-                  "now needs no --threshold")
+            print(f"stored as the dedup default and near-copy boundary of {args.index} ({stored}); "
+                  f"'lookalike dedup --index {args.index}' now needs no --threshold")
     if cal.threshold is None:
         if args.index:
             print("error: nothing stored in the index", file=sys.stderr)

@@ -1,4 +1,5 @@
-"""``lookalike index | search | dedup``: thin wrappers over ``lookalike.indexer``."""
+"""``lookalike index | search | check``: thin wrappers over ``lookalike.indexer`` (``dedup`` and ``label`` live in
+``cli_dedup``)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from lookalike.app.cli import CliError, Loading, placement
+from lookalike.app.cli import Loading, placement
 
 if TYPE_CHECKING:
     from lookalike.indexer import BuildConfig
@@ -32,13 +33,6 @@ _SEARCH_EPILOG = """examples:
   lookalike search query.jpg --index idx --rerank diffsim --rerank-weights ~/models/stable-diffusion-v1-5
 Distances are 1 - cosine of the embeddings: lower = more similar (0 = same embedding). With --rerank the top
 --rerank-k results are re-scored pairwise by that metric and re-ordered by it (its own direction)."""
-
-_DEDUP_EPILOG = """examples:
-  lookalike dedup --index idx --threshold 0.05 --out dups.csv
-  lookalike dedup --index idx --threshold 0.05 --group star --keep oldest --json
-  lookalike dedup --index idx --threshold 0.05 --move-to ~/quarantine     (moves, never deletes)
-  lookalike dedup --undo ~/quarantine/manifest-20260101-120000-000000.json
-Files are only touched with --move-to; the manifest it writes lets --undo put everything back."""
 
 _CHECK_EPILOG = """examples:
   lookalike check --index idx                  (sha256 of every shard and search file against the catalog)
@@ -87,7 +81,7 @@ def build_config(args: argparse.Namespace, *, storage: str | None = None) -> Bui
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``index``, ``search`` and ``dedup`` subcommands."""
+    """Add the ``index``, ``search`` and ``check`` subcommands."""
     fmt = argparse.RawDescriptionHelpFormatter
 
     p = subparsers.add_parser("index", help="index image folders (incremental, crash-safe)", epilog=_INDEX_EPILOG,
@@ -150,28 +144,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="precision for embedding the query (default auto, as for index)")
     p.add_argument("--json", action="store_true", help="print results as JSON")
     p.set_defaults(func=run_search)
-
-    p = subparsers.add_parser("dedup", help="find near-duplicate images in an index", epilog=_DEDUP_EPILOG,
-                              formatter_class=fmt)
-    _add_catalog_flags(p, required_index=False)
-    p.add_argument("--threshold", type=float, default=None,
-                   help="largest distance (1 - cosine) counted as a duplicate, e.g. 0.05 (default: the one stored "
-                        "with 'lookalike index --dedup-threshold')")
-    p.add_argument("--group", choices=["components", "star"], default="components",
-                   help="components: linked chains; star: files within the threshold of a keeper (default "
-                        "components)")
-    p.add_argument("--keep", choices=["largest", "oldest", "newest", "first"], default="largest",
-                   help="which file of a group to keep (default largest)")
-    p.add_argument("--metric", default=None, help="which metric's vectors, when the index holds several")
-    p.add_argument("--out", default=None, metavar="FILE", help="write the report to FILE (.csv or .json)")
-    p.add_argument("--move-to", default=None, metavar="QUARANTINE",
-                   help="move the duplicates (not the keepers) there and write a manifest")
-    p.add_argument("--undo", default=None, metavar="MANIFEST", help="put back the files a --move-to moved")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.add_argument("--nprobe", type=int, default=None,
-                   help="on an inverted-file index: lists each list is compared with, itself included (default: the "
-                        "index's search nprobe; lower is faster)")
-    p.set_defaults(func=run_dedup)
 
     p = subparsers.add_parser("check", help="check an index folder's files and repair them", epilog=_CHECK_EPILOG,
                               formatter_class=fmt)
@@ -280,47 +252,6 @@ def run_search(args: argparse.Namespace) -> int:
     print(f"{'#':>3}  {'distance':>8}  path   (1 - cosine: lower = more similar)")
     for n, h in enumerate(hits, 1):
         print(f"{n:3d}  {h.distance:8.4f}  {display_path(h.path)}")
-    return 0
-
-
-def run_dedup(args: argparse.Namespace) -> int:
-    if args.index and not args.undo:
-        Loading(f"index {args.index} and its vectors").done()
-    from lookalike.data.image_folder import display_path
-    from lookalike.indexer import find_duplicates, move_duplicates, undo_moves, write_report
-
-    if args.undo:
-        n = undo_moves(args.undo)
-        print(json.dumps({"restored": n}) if args.json else f"restored {n} files")
-        return 0
-    if not args.index:
-        raise CliError("dedup needs --index DIR (or --undo MANIFEST)")
-    report = find_duplicates(args.index, threshold=args.threshold, group=args.group, keep=args.keep,
-                             metric=args.metric, db_url=args.db, nprobe=args.nprobe)
-    if args.out:
-        write_report(report, args.out)
-    manifest = move_duplicates(report, args.move_to) if args.move_to else None
-    if args.json:
-        d = report.as_dict()
-        d["manifest"] = str(manifest) if manifest else None
-        print(json.dumps(d, indent=1))
-        return 0
-    print(f"{len(report.pairs)} pairs within {report.threshold:g} among {report.images} images: "
-          f"{len(report.groups)} groups, {report.n_duplicates} duplicates")
-    pr = report.probe
-    if pr.get("method") == "ivf-lists":
-        print(f"probed: {pr['lists']} inverted lists, each against {pr['neighbour_lists']} neighbour lists "
-              f"({pr['share_of_exact']:.3%} of the exact pair comparisons)")
-    for g in report.groups[:50]:
-        print(f"keep {display_path(g.keeper.path)}")
-        for d in g.duplicates:
-            print(f"   {d.distance:.4f}  {display_path(d.path)}")
-    if len(report.groups) > 50:
-        print(f"... {len(report.groups) - 50} more groups" + ("" if args.out else " (use --out FILE for all)"))
-    if args.out:
-        print(f"report written to {args.out}")
-    if manifest:
-        print(f"moved {report.n_duplicates} files; undo with: lookalike dedup --undo {manifest}", file=sys.stderr)
     return 0
 
 

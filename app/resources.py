@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING
 
 import streamlit as st
 
+from lookalike.app.dedup_views import GroupPair, pairs_by_group, report_file_bytes
 from lookalike.app.loaders import MetricCache
 from lookalike.app.projection import MapThumbnails, Projection, map_thumbnails, project_index
 from lookalike.app.queries import folder_choices
-from lookalike.app.views import group_pairs, images_by_id, thumbnail_of_file, triplet_rows
+from lookalike.app.views import images_by_id, thumbnail_of_file, triplet_rows
 from lookalike.indexer import DedupReport, ImageIndex, find_duplicates, index_info, open_index
 from lookalike.metric import Metric
 
@@ -60,20 +61,34 @@ def get_index_info(index_dir: str, stamp: tuple, db_url: str | None = None) -> d
 
 @st.cache_resource(show_spinner="Finding duplicates...", max_entries=8)
 def get_duplicates(index_dir: str, metric: str | None, threshold: float, group: str, keep: str,
-                   stamp: tuple, db_url: str | None = None) -> DedupReport:
-    """``find_duplicates`` at these settings (recomputed when the index changes).
+                   stamp: tuple, db_url: str | None = None, between: tuple[str, str] | None = None) -> DedupReport:
+    """``find_duplicates`` at these settings (recomputed when the index changes: new vectors, labels, moves).
 
     A shared resource, not ``cache_data``: a report of 100k groups is not copied (pickled) on every rerun, so
     turning a page costs the page. Callers only read it.
     """
-    return find_duplicates(index_dir, threshold=threshold, group=group, keep=keep, metric=metric, db_url=db_url)
+    return find_duplicates(index_dir, threshold=threshold, group=group, keep=keep, metric=metric, db_url=db_url,
+                           between=between)
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
 def get_group_pairs(index_dir: str, metric: str | None, threshold: float, group: str, keep: str,
-                    stamp: tuple, db_url: str | None = None) -> list[list[tuple[str, str, float]]]:
-    """The pairs inside each group of ``get_duplicates`` (relative paths, closest first), computed once."""
-    return group_pairs(get_duplicates(index_dir, metric, threshold, group, keep, stamp, db_url))
+                    stamp: tuple, db_url: str | None = None, between: tuple[str, str] | None = None
+                    ) -> list[list[GroupPair]]:
+    """The pairs inside each group of ``get_duplicates`` (closest first, with tier and label), computed once."""
+    return pairs_by_group(get_duplicates(index_dir, metric, threshold, group, keep, stamp, db_url, between))
+
+
+@st.cache_resource(show_spinner="Writing the report...", max_entries=8)
+def get_report_bytes(index_dir: str, metric: str | None, threshold: float, group: str, keep: str,
+                     stamp: tuple, db_url: str | None, between: tuple[str, str] | None, suffix: str) -> bytes:
+    """The report of ``get_duplicates`` as a file's bytes (``suffix`` .csv, .json or .parquet), written once.
+
+    Download buttons get these bytes, not a callable: a deferred callable is dropped when a rerun (a new threshold)
+    stops, so a click during that rerun downloaded nothing (``MediaFileStorageError: Deferred file ... not found``).
+    """
+    return report_file_bytes(get_duplicates(index_dir, metric, threshold, group, keep, stamp, db_url, between),
+                             suffix)
 
 
 @st.cache_data(show_spinner="Projecting the embeddings...", max_entries=8)

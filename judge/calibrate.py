@@ -151,17 +151,42 @@ def calibrate_threshold(metric: Any, pairs: Sequence[Pair], *, target_precision:
         raise InvalidArgument("no pairs to calibrate on")
     d = pair_distances(metric, [(q.a, q.b) for q in pairs], center=center, batch_size=batch_size, workers=workers,
                        progress=progress)
-    same = np.array([q.same for q in pairs])
-    curve = precision_recall_curve(d, same, lower_is_better=metric.lower_is_better)
+    return calibrate_distances(metric.name, d, [q.same for q in pairs], target_precision=target_precision,
+                               lower_is_better=metric.lower_is_better)
+
+
+def calibrate_distances(metric: str, values: Any, same: Any, *, target_precision: float = 0.95,
+                        lower_is_better: bool = True) -> Calibration:
+    """Precision/recall curve of judged pairs whose metric values are known → the threshold reaching
+    ``target_precision`` (e.g. the distances of an index's labelled pairs, ``lookalike.indexer.labelled_distances``).
+
+    Args:
+        metric: the metric name (for the report).
+        values: (N,) metric value of each pair.
+        same: (N,) verdicts in [0, 1] (1 = judged the same).
+        target_precision: the precision the threshold must reach, in (0, 1].
+        lower_is_better: True for distances.
+
+    Returns:
+        A Calibration (``threshold`` None when the target precision is out of reach).
+
+    Raises:
+        ValueError: no pair, no pair judged the same, or bad values.
+    """
+    d = np.asarray(values, dtype=np.float64).reshape(-1)
+    if d.size == 0:
+        raise InvalidArgument("no pairs to calibrate on")
+    same_arr = np.asarray(same, dtype=np.float64).reshape(-1)
+    curve = precision_recall_curve(d, same_arr, lower_is_better=lower_is_better)
     thr, prec, rec = threshold_at_precision(curve, target_precision)
-    cal = Calibration(metric=metric.name, target_precision=target_precision, threshold=thr, precision=prec, recall=rec,
-                      count=len(pairs), positives=float(same.sum()), lower_is_better=metric.lower_is_better,
+    cal = Calibration(metric=metric, target_precision=target_precision, threshold=thr, precision=prec, recall=rec,
+                      count=int(d.size), positives=float(same_arr.sum()), lower_is_better=lower_is_better,
                       curve=curve)
     if thr is None:
-        _logger.warning("no threshold of %s reaches precision %.3f (best %.3f at recall %.3f)", metric.name,
+        _logger.warning("no threshold of %s reaches precision %.3f (best %.3f at recall %.3f)", metric,
                         target_precision, prec, rec)
     else:
-        _logger.info("%s: threshold %.6g gives precision %.3f, recall %.3f", metric.name, thr, prec, rec)
+        _logger.info("%s: threshold %.6g gives precision %.3f, recall %.3f", metric, thr, prec, rec)
     return cal
 
 

@@ -18,6 +18,7 @@ from lookalike.metric._precision import dtype_name as dtype_name
 from lookalike.metric._precision import has_native_bf16 as has_native_bf16
 from lookalike.metric._precision import resolve_dtype as resolve_dtype
 from lookalike.metric._pretrained import BackboneCfg as BackboneCfg
+from lookalike.metric._pretrained import DedupTiersCfg as DedupTiersCfg
 from lookalike.metric._pretrained import MetricCfg as MetricCfg
 from lookalike.metric._pretrained import WeightFile as WeightFile
 from lookalike.metric._registry import get_metric_cfg as get_metric_cfg

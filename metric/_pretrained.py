@@ -88,6 +88,21 @@ class BackboneCfg:
 
 
 @dataclass(frozen=True)
+class DedupTiersCfg:
+    """Distances (1 - cosine) that separate a metric's near copies from similar photos, measured on real photo edits.
+
+    Attributes:
+        near: largest distance of a near copy (resized, re-encoded, lightly cropped or recoloured).
+        similar: a larger distance that also links other views of the same scene, short of unrelated photos.
+        measured: how the numbers were measured (the command), shown with every dedup report.
+    """
+
+    near: float
+    similar: float | None = None
+    measured: str = ""
+
+
+@dataclass(frozen=True)
 class MetricCfg:
     """Everything that defines a registered metric; one per name.
 
@@ -111,6 +126,7 @@ class MetricCfg:
         unit: what the distance is measured in.
         auto_bf16: whether ``dtype="auto"`` may run this metric in bf16 where the hardware has it (False for a
             metric whose bf16 embeddings measurably change search results: ``bench/precision.py``).
+        dedup_tiers: where its near copies end (``bench/dedup_tiers.py``); None: not measured.
     """
 
     name: str
@@ -129,6 +145,7 @@ class MetricCfg:
     family: str = ""
     unit: str = "1 - cosine"
     auto_bf16: bool = True
+    dedup_tiers: DedupTiersCfg | None = None
 
     def replace(self, **changes: Any) -> MetricCfg:
         return dataclasses.replace(self, **changes)
@@ -167,6 +184,8 @@ def metric_cfg_from_dict(d: dict[str, Any]) -> MetricCfg:
             d[key] = tuple(_build(WeightFile, x, key) for x in d[key])
     if "backbones" in d:
         d["backbones"] = tuple(d["backbones"])
+    if d.get("dedup_tiers") is not None:
+        d["dedup_tiers"] = _build(DedupTiersCfg, d["dedup_tiers"], "dedup_tiers")
     options = d.pop("options", None)
     cfg = _build(MetricCfg, d, f"metric {d.get('name', '?')!r}")
     return cfg.replace(options=options) if options is not None else cfg

@@ -256,7 +256,7 @@ def test_duplicates_group_keeper_and_reports(monkeypatch: pytest.MonkeyPatch, co
     assert "**1 groups**" in text
     assert f"**KEEP**  \n{NAMES[0]}" in text and EDITED in text
     downloads = at.get("download_button")
-    assert len(downloads) == 2
+    assert len(downloads) == 3  # CSV, JSON, Parquet
     at.slider(key="dup_threshold").set_value(0.0).run()
     _ok(at)
     assert any("No duplicates at this threshold" in t for t in _texts(at.info))

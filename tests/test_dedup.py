@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sqlalchemy import update
 
 from lookalike.common.errors import IndexMismatch, InvalidArgument
 from lookalike.indexer import (
@@ -130,7 +131,7 @@ def test_reports(chain: tuple[Path, Path], tmp_path: Path) -> None:
     data = json.loads((tmp_path / "dups.json").read_text())
     assert data["threshold"] == 0.05 and len(data["pairs"]) == 3 and data["n_duplicates"] == 3
     assert data["groups"][0]["keeper"]["relpath"] == "b.jpg"
-    with pytest.raises(ValueError, match=r"\.csv or \.json"):
+    with pytest.raises(ValueError, match=r"\.json, \.csv, \.parquet, \.html"):
         write_report(report, tmp_path / "dups.txt")
 
 
@@ -139,7 +140,9 @@ def test_move_and_undo(chain: tuple[Path, Path], tmp_path: Path) -> None:
     before = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
     report = find_duplicates(idx, threshold=0.05)
     q = tmp_path / "quarantine"
-    manifest = move_duplicates(report, q)
+    moved = move_duplicates(report, q)
+    assert moved.moved == 3 and moved.gone == 0
+    manifest = Path(moved.manifest)
     left = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
     assert left == ["b.jpg", "e.jpg"]  # keepers stay; nothing deleted
     moved = sorted(p.relative_to(q).as_posix() for p in q.rglob("*.jpg"))
@@ -157,3 +160,104 @@ def test_move_and_undo(chain: tuple[Path, Path], tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(ValueError, match="not a lookalike dedup manifest"):
         undo_moves(tmp_path / "bad.json")
+
+
+def test_ties_fall_to_earliest_mtime_then_first_indexed(tmp_path: Path) -> None:
+    """Equal pixels and bytes: 'largest' keeps the older file, then the one indexed first; --prefer overrides."""
+    _, idx = make_vector_index(tmp_path, {
+        "new/copy.jpg": {"vec": _unit(0), "mtime": 5},  # indexed first, modified later
+        "old/orig.jpg": {"vec": _unit(0.1), "mtime": 1},
+        "z/twin_b.jpg": {"vec": _unit(90), "mtime": 7},  # same mtime: the one indexed first is kept
+        "a/twin_a.jpg": {"vec": _unit(90.1), "mtime": 7},
+    })
+    for rule in ("largest", "oldest", "newest", "first"):
+        report = find_duplicates(idx, threshold=0.01, keep=rule)
+        keepers = sorted(os.path.relpath(g.keeper.path, tmp_path / "files") for g in report.groups)
+        expect = {"largest": ["old/orig.jpg", "z/twin_b.jpg"], "oldest": ["old/orig.jpg", "z/twin_b.jpg"],
+                  "newest": ["new/copy.jpg", "z/twin_b.jpg"], "first": ["a/twin_a.jpg", "new/copy.jpg"]}[rule]
+        assert keepers == expect, rule
+    preferred = find_duplicates(idx, threshold=0.01, prefer=[tmp_path / "files" / "new"])
+    assert sorted(os.path.basename(g.keeper.path) for g in preferred.groups) == ["copy.jpg", "twin_b.jpg"]
+    assert preferred.prefer == [str(tmp_path / "files" / "new")]
+
+
+def test_labels_cut_and_join_groups(chain: tuple[Path, Path]) -> None:
+    """'different' removes a link (no group is joined through it); 'same' links a pair beyond the threshold."""
+    from sqlalchemy import inspect
+
+    from lookalike.indexer import add_labels, list_labels
+
+    root, idx = chain
+    find_duplicates(idx, threshold=0.05)  # migrates the hand-made schema-1 folder first
+    with Catalog(idx) as cat, cat.engine.begin() as conn:  # a catalog written before labels existed
+        for table in ("dedup_labels", "dedup_tiers", "dedup_moved"):
+            conn.exec_driver_sql(f"DROP TABLE {table}")
+    before = find_duplicates(idx, threshold=0.05)
+    with Catalog(idx) as cat:  # readers never create the tables
+        assert not {"dedup_labels", "dedup_tiers", "dedup_moved"} & set(inspect(cat.engine).get_table_names())
+    assert before.labels == [] and before.hidden == []
+    summary = add_labels(idx, [(str(root / "b.jpg"), str(root / "sub/c.jpg"), 0.0),
+                               ("a.jpg", "d.jpg", 1.0)], source="cli")  # a path relative to the indexed root
+    assert (summary.added, summary.changed) == (2, 0)
+    assert add_labels(idx, [(str(root / "sub/c.jpg"), str(root / "b.jpg"), 0.0)]
+                      ).unchanged == 1
+    report = find_duplicates(idx, threshold=0.05)
+    names = {(os.path.basename(p.a), os.path.basename(p.b)): p for p in report.pairs}
+    assert ("b.jpg", "c.jpg") not in names and ("b.jpg", "c.jpg") in {
+        (os.path.basename(p.a), os.path.basename(p.b)) for p in report.hidden}
+    assert names[("a.jpg", "d.jpg")].label == "same" and names[("a.jpg", "d.jpg")].distance > 0.9
+    # c is now alone; a, b, d, e are one group (a-b linked, a-d labelled same, d-e linked)
+    assert _names(report) == [("b.jpg", ["a.jpg", "d.jpg", "e.jpg"])]
+    assert {os.path.basename(lb.path_a) for lb in report.labels} == {"a.jpg", "b.jpg"}
+    assert len(list_labels(idx)) == 2
+    ignored = find_duplicates(idx, threshold=0.05, use_labels=False)
+    assert len(ignored.pairs) == 3 and not ignored.hidden
+    with pytest.raises(ValueError, match="same file"):
+        add_labels(idx, [("a.jpg", str(root / "a.jpg"), 0.0)])
+    with pytest.raises(FileNotFoundError, match="not in the index"):
+        add_labels(idx, [("a.jpg", "nope.jpg", 0.0)])
+    with pytest.raises(ValueError, match=r"must be in \[0, 1\]"):
+        add_labels(idx, [("a.jpg", "b.jpg", 2.0)])
+
+
+def test_label_is_a_short_writer_operation(chain: tuple[Path, Path]) -> None:
+    from lookalike.common.errors import IndexLocked
+    from lookalike.indexer import add_labels
+    from lookalike.indexer._writer import writer_lock
+
+    _, idx = chain
+    find_duplicates(idx, threshold=0.05)  # migrates the hand-made schema-1 folder first
+    with writer_lock(idx), pytest.raises(IndexLocked):
+        add_labels(idx, [("a.jpg", "b.jpg", 0.0)])
+    assert add_labels(idx, [("a.jpg", "b.jpg", 0.0)]).added == 1
+
+
+def test_files_without_hash_are_labelled_by_path_and_tiered_by_vector(tmp_path: Path) -> None:
+    """Imported embeddings may have no sha256: labels key them by path, identical vectors are 'exact'."""
+    from lookalike.indexer import add_labels
+
+    _, idx = make_vector_index(tmp_path, {"x.jpg": {"vec": _unit(0)}, "y.jpg": {"vec": _unit(0)},
+                                          "z.jpg": {"vec": _unit(3)}})
+    with Catalog(idx) as cat, cat.session() as s, s.begin():
+        s.execute(update(ImageRow).values(sha256=None))
+    report = find_duplicates(idx, threshold=0.01)
+    tiers = {(os.path.basename(p.a), os.path.basename(p.b)): p.tier for p in report.pairs}
+    assert tiers == {("x.jpg", "y.jpg"): "exact", ("x.jpg", "z.jpg"): "similar", ("y.jpg", "z.jpg"): "similar"}
+    assert report.tiers["near"] is None and any("no near-copy boundary" in w for w in report.warnings)
+    add_labels(idx, [("x.jpg", "z.jpg", 0.0)])
+    with Catalog(idx) as cat, cat.session() as s:
+        from lookalike.indexer._labels import LabelRow
+
+        assert {r.key_a.split(":")[0] for r in s.query(LabelRow)} == {"path"}
+    assert len(find_duplicates(idx, threshold=0.01).hidden) == 1
+
+
+def test_chains_are_reported_with_the_largest_group(tmp_path: Path) -> None:
+    step = math.degrees(math.acos(0.96))
+    _, idx = make_vector_index(tmp_path, {f"{i:02d}.jpg": {"vec": _unit(i * step)} for i in range(8)})
+    comp = find_duplicates(idx, threshold=0.05, chain_limit=5)
+    assert comp.largest_group == 8 and len(comp.groups) == 1
+    assert any("largest group holds 8" in w and "star" in w for w in comp.warnings)
+    star = find_duplicates(idx, threshold=0.05, group="star", chain_limit=5)
+    assert star.largest_group <= 3 and not any("largest group" in w for w in star.warnings)
+    assert all(d.distance <= 0.05 + 1e-6 for g in star.groups for d in g.duplicates)

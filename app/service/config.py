@@ -23,6 +23,8 @@ MAX_DUPLICATES_THRESHOLD = 0.5
 MAX_PAGE_SIZE = 500
 #: Metrics with weights present that one ``POST /compare`` may run.
 MAX_COMPARE_METRICS = 8
+#: Verdicts one POST /labels may carry.
+MAX_LABELS = 1000
 #: Longest path, folder or metric name accepted in a request.
 MAX_PATH_CHARS = 4096
 MAX_NAME_CHARS = 200
@@ -63,4 +65,5 @@ class ServeConfig:
         return {"max_upload_bytes": self.max_upload_bytes, "max_pixels": self.max_pixels,
                 "max_json_bytes": MAX_JSON_BYTES, "max_k": MAX_K, "max_rerank_k": MAX_RERANK_K,
                 "max_folder_candidates": MAX_FOLDER_CANDIDATES, "max_duplicates_threshold": MAX_DUPLICATES_THRESHOLD,
-                "max_page_size": MAX_PAGE_SIZE, "max_compare_metrics": MAX_COMPARE_METRICS}
+                "max_page_size": MAX_PAGE_SIZE, "max_compare_metrics": MAX_COMPARE_METRICS,
+                "max_labels": MAX_LABELS}

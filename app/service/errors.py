@@ -35,6 +35,7 @@ STATUS_TEXT = {
     401: "missing or wrong bearer token",
     403: "refused: the path is not an indexed image, or its real location is outside the indexed folders",
     404: "no such indexed image, or its file cannot be read any more",
+    409: "conflict: another process is writing the index (an index run); retry when it is done",
     413: "request body too large",
     415: "unsupported content type",
     422: "a field is missing, of the wrong type, out of range or unknown",
@@ -107,7 +108,11 @@ def describe_validation(errors: list[dict[str, Any]]) -> tuple[str, list[dict[st
     detail = []
     for e in errors[:20]:
         loc = [x if isinstance(x, int) else str(x)[:QUOTE_CHARS] for x in e.get("loc", ())]
-        detail.append({"loc": loc, "msg": str(e.get("msg", "invalid"))[:500], "type": str(e.get("type", "invalid"))})
+        msg = str(e.get("msg", "invalid"))[:500]
+        pattern = (e.get("ctx") or {}).get("pattern")
+        if e.get("type") == "string_pattern_mismatch" and pattern in ("^/", r"^[A-Za-z]:[\\/]"):
+            msg = "must be an absolute path (an indexed folder or a folder inside one)"
+        detail.append({"loc": loc, "msg": msg, "type": str(e.get("type", "invalid"))})
     parts = []
     for d in detail[:5]:
         loc = d["loc"][1:] if len(d["loc"]) > 1 and d["loc"][0] in ("body", "query", "path", "header") else d["loc"]

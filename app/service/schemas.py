@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
@@ -19,6 +19,7 @@ from lookalike.app.service.config import (
     MAX_COMPARE_METRICS,
     MAX_ID,
     MAX_K,
+    MAX_LABELS,
     MAX_NAME_CHARS,
     MAX_PATH_CHARS,
     MAX_RERANK_K,
@@ -115,6 +116,24 @@ class CompareJson(BaseModel):
                     f"{MAX_COMPARE_METRICS} with weights present per request)")
 
 
+class LabelPairIn(BaseModel):
+    """A verdict on two indexed images (each by id or path), as ``lookalike label`` records it."""
+
+    model_config = _JSON
+
+    a: CompareJsonSide
+    b: CompareJsonSide
+    same: bool = Field(description="true: the same picture (always grouped); false: different (never reported)")
+
+
+class LabelsIn(BaseModel):
+    """Verdicts to record; each is keyed by the images' content, so it survives moves and renames."""
+
+    model_config = _JSON
+
+    labels: list[LabelPairIn] = Field(min_length=1, max_length=MAX_LABELS)
+
+
 class CompareForm(BaseModel):
     """Compare two uploaded images (multipart/form-data); ``metrics`` repeated or comma-separated."""
 
@@ -190,6 +209,15 @@ class MemberOut(BaseModel):
     width: int | None
     height: int | None
     size: int
+    tier: str = Field("", description="exact, near or similar with respect to the keeper ('' for the keeper)")
+
+
+class PairOut(BaseModel):
+    a: str
+    b: str
+    distance: float
+    tier: str = Field(description="exact (same content), near (a near copy) or similar")
+    label: Literal["same", "different"] | None = Field(None, description="what a person said of the pair, if anything")
 
 
 class GroupOut(BaseModel):
@@ -210,6 +238,19 @@ class DuplicatesOut(BaseModel):
     page_size: int
     pages: int
     groups: list[GroupOut]
+    threshold_source: str = Field("", description="where the threshold comes from (request, stored, tier default)")
+    tiers: dict[str, Any] = Field(default_factory=dict, description="the near boundary and where it comes from")
+    tier_counts: dict[str, int] = Field(default_factory=dict, description="reported pairs per tier")
+    hidden_total: int = Field(0, description="pairs left out because a person labelled them different")
+    between: list[str] | None = Field(None, description="the two folders (A, B) when the request gave them")
+    matches: list[PairOut] = Field(default_factory=list,
+                                   description="with between: the nearest image under B of each image under A")
+
+
+class LabelsOut(BaseModel):
+    added: int
+    changed: int
+    unchanged: int
 
 
 class InfoOut(BaseModel):

@@ -57,6 +57,11 @@ class IndexHolder:
                         self._reopen(stamp)
         return self._index
 
+    def refresh_now(self) -> None:
+        """Look at the index folder on the next ``get()`` (this process has just written to the catalog)."""
+        with self._lock:
+            self._checked = float("-inf")
+
     def _reopen(self, stamp: tuple) -> None:
         try:
             fresh = open_index(self.cfg.index_dir, metric=self.metric, db_url=self.cfg.db_url)

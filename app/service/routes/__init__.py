@@ -1,4 +1,4 @@
-"""The routes of the service, one module per job (search, compare, images, duplicates, info/health).
+"""The routes of the service, one module per job (search, compare, images, duplicates, labels, info/health).
 
 Each module holds an ``APIRouter`` named ``router`` whose routes take the service state through
 ``Depends(get_service)``. Adding an endpoint is one new module plus one line in ``ROUTERS``; a route whose request
@@ -8,11 +8,11 @@ the OpenAPI components.
 
 from __future__ import annotations
 
-from lookalike.app.service.routes import compare, duplicates, images, info, search
+from lookalike.app.service.routes import compare, duplicates, images, info, labels, search
 
 #: Routers behind the token (when one is configured), in the order of the docs.
-ROUTERS = (search.router, compare.router, duplicates.router, images.router, info.router)
+ROUTERS = (search.router, compare.router, duplicates.router, labels.router, images.router, info.router)
 #: Routers that stay open: liveness.
 OPEN_ROUTERS = (info.open_router,)
 #: Models referenced from ``openapi_extra`` request bodies.
-BODY_MODELS = (*search.BODY_MODELS, *compare.BODY_MODELS)
+BODY_MODELS = (*search.BODY_MODELS, *compare.BODY_MODELS, *labels.BODY_MODELS)
