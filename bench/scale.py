@@ -127,21 +127,23 @@ def child_search(idx: str, qrows: list[int], k: int) -> dict:
     t = time.perf_counter()
     search(ix, f"{qrows[0]:09d}.jpg", k=k)
     cold_s = time.perf_counter() - t
-    lat, find, found = [], [], []
+    lat, lat_cpu, find, found = [], [], [], []
     for r in qrows:
         rel = f"{r:09d}.jpg"
         t = time.perf_counter()
         ix.find_image(rel)
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         hits = search(ix, rel, k=k)
-        t2 = time.perf_counter()
+        t2, c2 = time.perf_counter(), time.process_time()
         find.append(t1 - t)
         lat.append(t2 - t1)
+        lat_cpu.append(c2 - c1)
         found.append([int(h.relpath[:-4]) for h in hits])
     cpu = _cpu() - c0
     ix.close()
     end = sm.stop()
-    return {"open_s": open_s, "cold_s": cold_s, "lat": lat, "find": find, "found": found, "cpu_s": cpu,
+    return {"open_s": open_s, "cold_s": cold_s, "lat": lat, "lat_cpu": lat_cpu, "find": find, "found": found,
+            "cpu_s": cpu,
             "peak": sm.peak(), **end}
 
 
@@ -187,11 +189,16 @@ def run_size(n: int, args: argparse.Namespace, work: Path) -> dict:
     t = time.perf_counter()
     truth = scale_data.make(data, n, args.dim, queries=args.queries)
     gen_s = time.perf_counter() - t
-    shutil.rmtree(idx, ignore_errors=True)
     res: dict = {"n": n, "dim": args.dim, "storage": args.storage or "fp32", "max_memory": args.max_memory,
                  "faiss": args.faiss, "generate_s": round(gen_s, 1), "data_mb": round(int(truth["bytes"]) / 2**20)}
-    res["import"] = run_child("import", data=str(data), idx=str(idx), storage=args.storage,
-                              max_memory=args.max_memory, faiss=args.faiss)
+    done = idx / "import.json"
+    if args.reuse_index and done.is_file():  # an import measured before (e.g. under bench/scale_profile.py)
+        res["import"] = json.loads(done.read_text())
+    else:
+        shutil.rmtree(idx, ignore_errors=True)
+        res["import"] = run_child("import", data=str(data), idx=str(idx), storage=args.storage,
+                                  max_memory=args.max_memory, faiss=args.faiss)
+        done.write_text(json.dumps(res["import"]))
     res["disk_mb"] = round(disk_mb(idx))
     if not args.skip_search:
         s = run_child("search", idx=str(idx), qrows=truth["qrows"].tolist(), k=10)
@@ -200,9 +207,10 @@ def run_size(n: int, args: argparse.Namespace, work: Path) -> dict:
                                                                                          strict=True)]))
         lat = np.asarray(s.pop("lat")) * 1e3
         find = np.asarray(s.pop("find")) * 1e3
+        lat_cpu = np.asarray(s.pop("lat_cpu")) * 1e3
         s.pop("found")
         s.update(p50_ms=float(np.percentile(lat, 50)), p95_ms=float(np.percentile(lat, 95)),
-                 find_p50_ms=float(np.percentile(find, 50)))
+                 find_p50_ms=float(np.percentile(find, 50)), cpu_p50_ms=float(np.percentile(lat_cpu, 50)))
         res["search"] = s
     if not args.skip_dedup:
         d = run_child("dedup", idx=str(idx), threshold=args.threshold)
@@ -230,7 +238,8 @@ def print_row(r: dict) -> None:
           f"{d.get('peak', {}).get('rss_mb', nan):>7.0f} {d.get('recall', nan):>6.3f} {d.get('precision', nan):>6.3f}",
           flush=True)
     detail = {"import": {k: im[k] for k in ("cpu_s", "parts", "peak_import", "peak_derive", "hwm_mb", "base_mb")},
-              "search": {k: s[k] for k in ("open_s", "cold_s", "find_p50_ms", "cpu_s", "peak", "hwm_mb") if k in s},
+              "search": {k: s[k] for k in ("open_s", "cold_s", "find_p50_ms", "cpu_p50_ms", "cpu_s", "peak", "hwm_mb")
+                         if k in s},
               "dedup": {k: d[k] for k in ("cpu_s", "peak", "hwm_mb", "found", "planted", "probe") if k in d},
               "generate_s": r["generate_s"], "data_mb": r["data_mb"]}
     print(f"{'':>10} {json.dumps(detail, default=lambda x: round(x, 2) if isinstance(x, float) else x)}", flush=True)
@@ -248,6 +257,8 @@ def main() -> None:
     ap.add_argument("--workdir", default=None, help="where data and indexes go (default: a temporary folder)")
     ap.add_argument("--keep-data", action="store_true", help="keep the generated embeddings (reused next run)")
     ap.add_argument("--keep-index", action="store_true")
+    ap.add_argument("--reuse-index", action="store_true", help="keep an index whose import.json is there (its "
+                    "import figures are reported again)")
     ap.add_argument("--skip-search", action="store_true")
     ap.add_argument("--skip-dedup", action="store_true")
     ap.add_argument("--json", default=None, help="append each size's full result as a JSON line to this file")
