@@ -6,8 +6,9 @@
 
 The step runs exactly as bench/scale.py runs it (its ``_child`` entry), under ``py-spy record --format raw``
 (``pip install py-spy``). The summary gives each sample to the first rule (from the top of the list) whose function
-name appears in its stack, so nested parts are counted once, in the most specific bucket; and lists the deepest
-lookalike frames (function and line) with their share, to see which statement the time is in.
+name appears in its stack, so nested parts are counted once, in the most specific bucket (samples of background
+threads, such as the RSS sampler, are left out); and lists the deepest
+lookalike (indexer) frames (function and line) with their share, to see which statement the time is in.
 """
 
 from __future__ import annotations
@@ -57,22 +58,24 @@ def summarize(raw: Path, top: int = 25) -> None:
         if not stack:
             continue
         n = int(count)
+        if "Thread._bootstrap" in stack:  # background threads (the RSS sampler, tqdm's monitor): not the step's work
+            continue
         frames = []
         for f in stack.split(";"):
             m = _FRAME.match(f.strip())
             frames.append((m.group(1), m.group(2), int(m.group(3))) if m else (f.strip(), "", 0))
         total += n
-        names = {fn for fn, _, _ in frames}
+        names = {fn.rsplit(".", 1)[-1] for fn, _, _ in frames}  # "ShardWriter.record" -> "record"
         bucket = next((b for b, fns in RULES if names & set(fns)), "other")
         buckets[bucket] += n
         deep = next(((fn, file, ln) for fn, file, ln in reversed(frames)
-                     if "/indexer/" in file or "/bench/" in file), None)
+                     if file.startswith("indexer/") or "/indexer/" in file), None)
         if deep is not None:
             leaves[f"{deep[0]} ({Path(deep[1]).name}:{deep[2]})"] += n
     print(f"{total} samples")
     for b, n in buckets.most_common():
         print(f"  {100 * n / total:5.1f}%  {b}")
-    print("deepest lookalike / bench frame:")
+    print("deepest lookalike frame:")
     for k, n in leaves.most_common(top):
         print(f"  {100 * n / total:5.1f}%  {k}")
 
