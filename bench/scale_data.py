@@ -152,8 +152,9 @@ def make(folder: Path, n: int, dim: int, *, queries: int = 200, k: int = 10) -> 
     truth = folder / "truth.npz"
     if truth.is_file():
         t = dict(np.load(truth))
-        if int(t["n"]) == n and int(t["dim"]) == dim and len(t["qrows"]) == min(queries, n):
-            return t
+        if int(t["n"]) == n and int(t["dim"]) == dim and len(t["qrows"]) >= min(queries, n):
+            q = min(queries, n)
+            return {**t, "qrows": t["qrows"][:q], "gt": t["gt"][:q], "gt_scores": t["gt_scores"][:q]}
     got = generate(folder, n, dim, queries=queries)
     xq = read_rows(folder, got["qrows"])
     gt_i, gt_s = exact_topk(folder, xq, k)

@@ -62,7 +62,7 @@ def write_shard(path: Path, arr: np.ndarray) -> tuple[str, int]:
 
 
 def prototype(n: int, dim: int, batch: int, xb: np.ndarray) -> tuple[float, dict[str, float]]:
-    parts = dict.fromkeys(("convert", "shard write + sha256", "catalog"), 0.0)
+    parts = dict.fromkeys(("convert", "shard write + sha256", "catalog", "cpu"), 0.0)
     with tempfile.TemporaryDirectory(prefix="lookalike-commit-proto-") as tmp:
         folder = Path(tmp)
         fill_catalog(folder, n, dim)
@@ -107,7 +107,7 @@ def prototype(n: int, dim: int, batch: int, xb: np.ndarray) -> tuple[float, dict
             buf_x.clear()
             buf_meta.clear()
 
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         pending = 0
         for a in range(1, n + 1, batch):
             ids = np.arange(a, min(n + 1, a + batch), dtype=np.int64)
@@ -129,6 +129,7 @@ def prototype(n: int, dim: int, batch: int, xb: np.ndarray) -> tuple[float, dict
         if buf_ids:
             checkpoint()
         total = time.perf_counter() - t0
+        parts["cpu"] = time.process_time() - c0
         got = con.execute("SELECT count(*) FROM vectors").fetchone()[0]
         assert got == n, (got, n)
         con.close()
@@ -156,7 +157,8 @@ def main() -> None:
               f"{parts['total'] - parts['to_rows'] - parts['write']:.1f}s")
     rate, parts = prototype(args.n, args.dim, args.batch, xb)
     print(f"prototype  {rate:>10,.0f} vectors/s  total {parts['total']:.1f}s: convert {parts['convert']:.1f}s, shard "
-          f"write + sha256 {parts['shard write + sha256']:.1f}s, catalog {parts['catalog']:.1f}s")
+          f"write + sha256 {parts['shard write + sha256']:.1f}s, catalog {parts['catalog']:.1f}s; CPU {parts['cpu']:.1f}s "
+          f"= {args.n / parts['cpu']:,.0f} vectors per CPU second")
     print("shared 2-core machine: upper bounds on time")
 
 
