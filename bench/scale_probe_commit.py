@@ -157,8 +157,8 @@ def main() -> None:
               f"{parts['total'] - parts['to_rows'] - parts['write']:.1f}s")
     rate, parts = prototype(args.n, args.dim, args.batch, xb)
     print(f"prototype  {rate:>10,.0f} vectors/s  total {parts['total']:.1f}s: convert {parts['convert']:.1f}s, shard "
-          f"write + sha256 {parts['shard write + sha256']:.1f}s, catalog {parts['catalog']:.1f}s; CPU {parts['cpu']:.1f}s "
-          f"= {args.n / parts['cpu']:,.0f} vectors per CPU second")
+          f"write + sha256 {parts['shard write + sha256']:.1f}s, catalog {parts['catalog']:.1f}s; "
+          f"CPU {parts['cpu']:.1f}s = {args.n / parts['cpu']:,.0f} vectors per CPU second")
     print("shared 2-core machine: upper bounds on time")
 
 

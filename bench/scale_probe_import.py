@@ -209,7 +209,8 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=768)
     ap.add_argument("--shuffled", action="store_true", help="paths in random order")
     ap.add_argument("--workdir", default=None)
-    ap.add_argument("--skip", default="", help="comma-separated variants to skip (today,tuples,bulk,deferred,cache,vectors)")
+    ap.add_argument("--skip", default="",
+                    help="comma-separated variants to skip (today,tuples,bulk,deferred,cache,vectors)")
     args = ap.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="lookalike-probe-import-"))
     work.mkdir(parents=True, exist_ok=True)
