@@ -75,11 +75,14 @@ def main() -> None:
     print(f"n={n:,} d={d} nlist={args.nlist} quantizer={'HNSW32' if args.hnsw else 'flat'} "
           f"threads={faiss.omp_get_max_threads()} anon RSS {rss_anon_mb():.0f} MB")
 
+    cache = folder / f"ivf-probe-{args.nlist}{'-2l' if args.two_level else ''}-{args.niter}.npz"
     ntrain = min(n, args.train or 39 * args.nlist)
     rng = np.random.default_rng(0)
     xt = rows.get(np.sort(rng.choice(n, ntrain, replace=False)))
     t = time.perf_counter()
-    if args.two_level:
+    if cache.is_file():  # centroids (and assignments) of an earlier run of this probe with the same settings
+        cent = np.load(cache)["cent"]
+    elif args.two_level:
         from faiss.contrib.clustering import two_level_clustering
 
         nc1 = int(round(np.sqrt(args.nlist)))
@@ -104,8 +107,13 @@ def main() -> None:
         print(f"HNSW32 over the centroids: {time.perf_counter() - t:.1f}s")
     t = time.perf_counter()
     assign = np.empty(n, np.int64)
-    for g, xb in scale_data.iter_rows(folder):
-        assign[g:g + len(xb)] = quant.search(xb, 1)[1][:, 0]
+    if cache.is_file() and "assign" in np.load(cache) and not args.hnsw:
+        assign = np.load(cache)["assign"]
+    else:
+        for g, xb in scale_data.iter_rows(folder):
+            assign[g:g + len(xb)] = quant.search(xb, 1)[1][:, 0]
+        if not args.hnsw:
+            np.savez(cache, cent=cent, assign=assign)
     assign_s = time.perf_counter() - t
     print(f"assignment of {n:,} vectors: {assign_s:.1f}s ({n / assign_s:,.0f} vectors/s)")
     if args.hnsw:
@@ -131,7 +139,8 @@ def main() -> None:
         from faiss.contrib.ivf_tools import add_preassigned
 
         for g, xb in scale_data.iter_rows(folder):
-            add_preassigned(index, xb, assign[g:g + len(xb)], ids=np.arange(g, g + len(xb)))
+            ids = np.arange(g, g + len(xb))  # a name of its own: add_preassigned keeps only a raw pointer to it
+            add_preassigned(index, xb, assign[g:g + len(xb)], ids=ids)
         fill_s = time.perf_counter() - t
         code_mb = index.ntotal * index.code_size / 2**20
         anon = rss_anon_mb()
