@@ -8,7 +8,8 @@ is trained once (spherical k-means on ``--train`` sampled rows, ``--niter`` iter
 two-level clustering, sqrt(nlist) coarse clusters then the rest inside each), every vector is assigned once (flat
 quantizer, or an HNSW32 graph over the centroids with ``--hnsw``), and each code type is filled from those
 assignments (``faiss.contrib.ivf_tools.add_preassigned``), so the table compares codes on identical lists.
-Search: one query at a time (the query rows of truth.npz), ``nprobe`` swept; for compressed codes the top
+Search: one query at a time (the query rows of truth.npz, or with ``--fresh`` new points of the same mixture, whose
+exact top-10 is computed first), ``nprobe`` swept; for compressed codes the top
 ``--refine`` x 10 candidates are re-scored exactly with their fp16 rows read from the memory-mapped data (as the
 store's shards would be) and the time of that gather is included. recall@10 is against the exact top-10.
 Also printed: k-means time, assignment rate (vectors/s), fill time, code size, the process's anonymous RSS with
@@ -64,14 +65,20 @@ def main() -> None:
     ap.add_argument("--nprobe", default="8,16,32,64")
     ap.add_argument("--refine", type=int, default=4)
     ap.add_argument("--queries", type=int, default=200)
+    ap.add_argument("--fresh", action="store_true", help="queries drawn anew from the mixture (default: data rows)")
     args = ap.parse_args()
     folder = Path(args.data)
     truth = dict(np.load(folder / "truth.npz"))
     rows = Rows(folder)
     n, d = rows.n, rows.parts[0].shape[1]
-    qrows = truth["qrows"][:args.queries]
-    gt = truth["gt"][:args.queries]
-    xq = rows.get(qrows)
+    if args.fresh:  # new points of the same mixture (not in the data): harder than the data's own rows
+        xq = scale_data.Mixture(d).sample(args.queries, np.random.default_rng(99))
+        t = time.perf_counter()
+        gt = scale_data.exact_topk(folder, xq, 10)[0]
+        print(f"exact top-10 of {args.queries} fresh queries: {time.perf_counter() - t:.1f}s")
+    else:
+        gt = truth["gt"][:args.queries]
+        xq = rows.get(truth["qrows"][:args.queries])
     print(f"n={n:,} d={d} nlist={args.nlist} quantizer={'HNSW32' if args.hnsw else 'flat'} "
           f"threads={faiss.omp_get_max_threads()} anon RSS {rss_anon_mb():.0f} MB")
 
