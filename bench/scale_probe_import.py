@@ -14,6 +14,7 @@ process (SQLite works in it; a busy machine stretches wall time). Variants:
 * ``+ no UNIQUE during load``: the same into a copy of the table without the inline UNIQUE(root, relpath), the
   index created after the load (what a fresh import could do);
 * ``+ cache 256 MB``: the same with ``PRAGMA cache_size`` raised (SQLite's default is 2 MB);
+* ``+ chunk sorted by path``: the same, each chunk's rows inserted in path order (B-tree locality);
 * vector rows alone (image id, fingerprint, faiss id, shard id) with today's two indexes.
 
 Then the per-chunk costs outside SQL: the row checks (``check_rows``), the path split loop, the blake2b key hashes
@@ -91,7 +92,7 @@ def run_today(db: Path, rels: list[str], root: str) -> list[float]:
 
 
 def run_sqlite(db: Path, rels: list[str], root: str, *, bulk_ids: bool, cache_mb: int = 0,
-               table: str = "images") -> list[float]:
+               table: str = "images", sort_chunk: bool = False) -> list[float]:
     con = connect(db, cache_mb)
     now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None).isoformat(sep=" ")
     rates = []
@@ -101,7 +102,7 @@ def run_sqlite(db: Path, rels: list[str], root: str, *, bulk_ids: bool, cache_mb
                "VALUES (?,?,?,?,?,?,?,?,?,?)")
     for s in range(0, len(rels), CHUNK):
         t = time.process_time()
-        chunk = rels[s:s + CHUNK]
+        chunk = sorted(rels[s:s + CHUNK]) if sort_chunk else rels[s:s + CHUNK]
         con.execute("BEGIN")
         top = con.execute(f"SELECT max(id) FROM {table}").fetchone()[0] or 0
         if bulk_ids:
@@ -210,7 +211,7 @@ def main() -> None:
     ap.add_argument("--shuffled", action="store_true", help="paths in random order")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--skip", default="",
-                    help="comma-separated variants to skip (today,tuples,bulk,deferred,cache,vectors)")
+                    help="comma-separated variants to skip (today,tuples,bulk,cache,sorted,deferred,vectors)")
     args = ap.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="lookalike-probe-import-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -230,6 +231,9 @@ def main() -> None:
         if "cache" not in skip:
             summary("  + bulk ids + cache_size 256 MB", run_sqlite(fresh(work / "d"), rels, root, bulk_ids=True,
                                                                    cache_mb=256))
+        if "sorted" not in skip:
+            summary("  + bulk ids + cache 256 MB + chunk sorted by path", run_sqlite(
+                fresh(work / "h"), rels, root, bulk_ids=True, cache_mb=256, sort_chunk=True))
         if "deferred" not in skip:
             rates, idx_s = run_deferred_unique(fresh(work / "e"), rels, root, 256)
             summary("  + bulk ids + UNIQUE built after the load", rates,
