@@ -360,3 +360,13 @@ def error_lines(err: str) -> list[str]:
     what it loads before it works), so that a test can count what an error printed."""
     return [ln for ln in err.strip().splitlines()
             if not (ln.startswith(("loading ", "checking ")) and ln.endswith("..."))]
+
+
+def copy_photos(dst: Path, n: int, start: int = 0) -> list[Path]:
+    """Copy ``n`` fixture photos (sorted, from ``start``) into ``dst``; returns the copies."""
+    dst.mkdir(parents=True, exist_ok=True)
+    out = []
+    for p in sorted(PHOTOS.glob("*.jpg"))[start:start + n]:
+        shutil.copy2(p, dst / p.name)
+        out.append(dst / p.name)
+    return out

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from sqlalchemy import select, update
-from support import PHOTOS
+from support import copy_photos
 
 from lookalike.indexer import build_index, index_info, open_index, search
 from lookalike.indexer._catalog import STATUS_OK, BuildRow, Catalog, ImageRow, SchemaVersion, ShardRow, VectorRow
@@ -28,15 +28,6 @@ def tiny():
 @pytest.fixture(scope="module")
 def effnet():
     return load_metric("efficientnet_lite0", device="cpu")
-
-
-def copy_photos(dst: Path, n: int, start: int = 0) -> list[Path]:
-    dst.mkdir(parents=True, exist_ok=True)
-    out = []
-    for p in sorted(PHOTOS.glob("*.jpg"))[start:start + n]:
-        shutil.copy2(p, dst / p.name)
-        out.append(dst / p.name)
-    return out
 
 
 def check_invariants(index_dir: Path, fingerprint: str, max_orphans: int = 0) -> dict[int, ImageRow]:

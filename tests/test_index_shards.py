@@ -12,6 +12,7 @@ import faiss
 import numpy as np
 import pytest
 from sqlalchemy import insert, select
+from support import error_lines
 
 from lookalike.app.cli import main
 from lookalike.common.errors import IndexNeedsUpgrade
@@ -252,8 +253,8 @@ def test_v1_folder_is_refused_by_readers_and_migrated_once_by_a_writer(tmp_path:
     for argv in (["search", str(files[1]), "--index", str(idx)], ["dedup", "--index", str(idx), "--threshold", "0.1"],
                  ["info", "--index", str(idx)]):
         assert main(argv) == 2
-        err = capsys.readouterr().err.strip()
-        assert err.startswith("error: ") and len(err.splitlines()) == 1 and "upgrade it once" in err, err
+        err = error_lines(capsys.readouterr().err)
+        assert len(err) == 1 and err[0].startswith("error: ") and "upgrade it once" in err[0], err
     assert _snapshot(idx) == snap and not (idx / "writer.lock").exists()
     # 'check' (without --repair) only reads, and names the repair; '--repair' migrates through the writer session
     assert "schema 1" in check_index(idx).format() and _snapshot(idx) == snap

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support import error_lines
-from test_index_build import copy_photos
+from support import copy_photos, error_lines
 
 from lookalike.app.cli import main
 from lookalike.indexer import (
