@@ -224,6 +224,7 @@ APP_CSS = """
 [data-testid="stMainBlockContainer"] {padding-top: 2.5rem;}
 .ll-file, .ll-file span {display: block; white-space: nowrap; overflow: hidden; text-overflow: ellipsis;}
 .ll-file {line-height: 1.35; margin-top: 0.25rem;}
+.st-key-stale-downloads {display: none;}
 .ll-file .ll-folder {color: rgba(49, 51, 63, 0.6); font-size: 0.85rem;}
 .ll-file .ll-name {font-weight: 600;}
 </style>

@@ -370,3 +370,32 @@ def copy_photos(dst: Path, n: int, start: int = 0) -> list[Path]:
         shutil.copy2(p, dst / p.name)
         out.append(dst / p.name)
     return out
+
+
+#: The held-out split of ``split_collection``: photos under ``train/`` and ``test/``.
+SPLIT_TRAIN = ["bsd68_101085", "bsd68_101087", "bsd68_102061", "bsd68_103070", "bsd68_105025"]
+SPLIT_TEST = ["sunhays_abbey_sun_asztnlqhlrvirneh", "sunhays_barn_sun_btulbiaoilnxcseh"]
+
+
+def split_collection(base: Path, *, exact_copy: bool = False) -> dict[str, Path]:
+    """A training / held-out split of real photos with copies, indexed with efficientnet_lite0 in fp32:
+    ``train/`` holds SPLIT_TRAIN and a brightened copy of the first; ``test/`` holds SPLIT_TEST, a half-size copy of
+    bsd68_102061 (a leak) and, with ``exact_copy``, the bytes of bsd68_105025. Returns base, photos and index."""
+    from lookalike.indexer import build_index
+
+    photos = base / "photos"
+    (photos / "train").mkdir(parents=True)
+    (photos / "test").mkdir()
+    for name in SPLIT_TRAIN:
+        shutil.copyfile(PHOTOS / f"{name}.jpg", photos / "train" / f"{name}.jpg")
+    for name in SPLIT_TEST:
+        shutil.copyfile(PHOTOS / f"{name}.jpg", photos / "test" / f"{name}.jpg")
+    if exact_copy:
+        shutil.copyfile(PHOTOS / "bsd68_105025.jpg", photos / "test" / "bsd68_105025.jpg")
+    ImageEnhance.Brightness(Image.open(PHOTOS / "bsd68_101085.jpg").convert("RGB")).enhance(1.2).save(
+        photos / "train" / "bsd68_101085_bright.jpg", quality=90)
+    im = Image.open(PHOTOS / "bsd68_102061.jpg").convert("RGB")
+    im.resize((im.width // 2, im.height // 2)).save(photos / "test" / "bsd68_102061_small.jpg", quality=90)
+    index = base / "index"
+    build_index(photos, index, metric="efficientnet_lite0", dtype="fp32", workers=0, progress=False)
+    return {"base": base, "photos": photos, "index": index}

@@ -8,30 +8,17 @@ brightened copy) indexed with ``efficientnet_lite0``. Chromium is Debian's (``ex
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import os
-import shutil
-import signal
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from PIL import Image, ImageEnhance
-from support import PHOTOS, free_port
+from support import CHROMIUM, run_app, split_collection
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 SCREENSHOTS = Path(__file__).resolve().parents[1] / "test-output" / "screenshots"
 TIMEOUT_MS = 60_000
-TRAIN = ["bsd68_101085", "bsd68_101087", "bsd68_102061", "bsd68_103070", "bsd68_105025"]
-TEST = ["sunhays_abbey_sun_asztnlqhlrvirneh", "sunhays_barn_sun_btulbiaoilnxcseh"]
 
 pytestmark = pytest.mark.slow
 
@@ -44,69 +31,15 @@ sync_api = pytest.importorskip("playwright.sync_api")
 
 @pytest.fixture(scope="module")
 def collection(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from lookalike.indexer import build_index
-
-    base = tmp_path_factory.mktemp("dedup_app")
-    photos = base / "photos"
-    (photos / "train").mkdir(parents=True)
-    (photos / "test").mkdir()
-    for name in TRAIN:
-        shutil.copyfile(PHOTOS / f"{name}.jpg", photos / "train" / f"{name}.jpg")
-    for name in TEST:
-        shutil.copyfile(PHOTOS / f"{name}.jpg", photos / "test" / f"{name}.jpg")
-    ImageEnhance.Brightness(Image.open(PHOTOS / "bsd68_101085.jpg").convert("RGB")).enhance(1.2).save(
-        photos / "train" / "bsd68_101085_bright.jpg", quality=90)
-    im = Image.open(PHOTOS / "bsd68_102061.jpg").convert("RGB")
-    im.resize((im.width // 2, im.height // 2)).save(photos / "test" / "bsd68_102061_small.jpg", quality=90)
-    index = base / "index"
-    build_index(photos, index, metric="efficientnet_lite0", workers=0, progress=False)
-    return {"base": base, "photos": photos, "index": index}
-
-
-@contextlib.contextmanager
-def _run_app(index_dir: Path, log_path: Path) -> Iterator[str]:
-    port = free_port()
-    log = open(log_path, "w+b")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([sys.executable, "-m", "lookalike.app.cli", "app", "--index", str(index_dir),
-                             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                log.seek(0)
-                pytest.fail(f"lookalike app exited with {proc.returncode}:\n{log.read().decode(errors='replace')}")
-            try:
-                with urllib.request.urlopen(url + "/_stcore/health", timeout=5) as r:  # noqa: S310 - 127.0.0.1
-                    if r.read().strip() == b"ok":
-                        break
-            except OSError:
-                time.sleep(0.3)
-        else:
-            pytest.fail("lookalike app did not answer /_stcore/health within 90 s")
-        yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
+    """The held-out split of ``support.split_collection`` (a brightened copy, a leaked half-size copy)."""
+    return split_collection(tmp_path_factory.mktemp("dedup_app"))
 
 
 @pytest.fixture(scope="module")
 def app(collection: dict[str, Path]) -> Iterator[dict]:
     log = collection["base"] / "app.log"
-    with _run_app(collection["index"], log) as url:
+    with run_app(collection["index"], log) as url:
         yield {"url": url, "log": log}
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    with sync_api.sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        yield b
-        b.close()
 
 
 @pytest.fixture()

@@ -13,35 +13,15 @@ from pathlib import Path
 
 import httpx
 import pytest
-from PIL import Image, ImageEnhance
-from support import PHOTOS, run_service
-
-TRAIN = ["bsd68_101085", "bsd68_101087", "bsd68_102061", "bsd68_103070", "bsd68_105025"]
-TEST = ["sunhays_abbey_sun_asztnlqhlrvirneh", "sunhays_barn_sun_btulbiaoilnxcseh"]
+from support import PHOTOS, run_service, split_collection
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def collection(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from lookalike.indexer import build_index
-
-    base = tmp_path_factory.mktemp("serve_dedup")
-    photos = base / "photos"
-    (photos / "train").mkdir(parents=True)
-    (photos / "test").mkdir()
-    for name in TRAIN:
-        shutil.copyfile(PHOTOS / f"{name}.jpg", photos / "train" / f"{name}.jpg")
-    for name in TEST:
-        shutil.copyfile(PHOTOS / f"{name}.jpg", photos / "test" / f"{name}.jpg")
-    shutil.copyfile(PHOTOS / "bsd68_105025.jpg", photos / "test" / "bsd68_105025.jpg")  # an exact copy
-    ImageEnhance.Brightness(Image.open(PHOTOS / "bsd68_101085.jpg").convert("RGB")).enhance(1.2).save(
-        photos / "train" / "bsd68_101085_bright.jpg", quality=90)
-    im = Image.open(PHOTOS / "bsd68_102061.jpg").convert("RGB")
-    im.resize((im.width // 2, im.height // 2)).save(photos / "test" / "bsd68_102061_small.jpg", quality=90)
-    index = base / "index"
-    build_index(photos, index, metric="efficientnet_lite0", workers=0, progress=False)
-    return {"base": base, "photos": photos, "index": index}
+    """The held-out split of ``support.split_collection``, with an exact copy of a training photo under test/."""
+    return split_collection(tmp_path_factory.mktemp("serve_dedup"), exact_copy=True)
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,9 @@ from lookalike.indexer import DedupReport, DuplicateGroup, ImageIndex, add_label
 #: Pairs with label buttons shown per group (the report has them all).
 PAIRS_SHOWN = 10
 _FLASH = "dup_flash"
+_HISTORY = "dup_download_history"
+#: Reports whose download files outlive the run that showed them (see ``downloads_ui``).
+STALE_REPORTS = 3
 
 
 def label_pair(settings: AppSettings, a: str, b: str, same: bool) -> None:
@@ -40,6 +43,29 @@ def pair_ui(settings: AppSettings, n: int, i: int, p: GroupPair) -> None:
               disabled=p.label == "same", help="always group these two")
     c3.button("Not duplicates", key=f"dup-diff-{n}-{i}", on_click=label_pair, args=(settings, p.a, p.b, False),
               help="never report this pair again")
+
+
+def downloads_ui(key: tuple) -> None:
+    """The report as CSV / JSON / Parquet: bytes written once per report (cached), not callables (a stopped rerun
+    dropped a deferred callable: ``MediaFileStorageError``). A click on a button that a rerun is about to replace
+    fetches the file of the report it showed: the files of the last reports stay referenced by hidden buttons for a
+    few runs (Streamlit deletes a media file once no element of the session's last run holds it)."""
+    current = [(suffix, resources.get_report_bytes(*key, suffix)) for _, suffix, _ in DOWNLOADS]
+    history: list[tuple[str, bytes]] = st.session_state.setdefault(_HISTORY, [])
+    history.extend(item for item in current if item not in history)  # before the buttons: a stopped run counts
+    del history[:-STALE_REPORTS * len(DOWNLOADS)]
+    cols = st.columns([1] * len(DOWNLOADS) + [3])
+    mimes = {suffix: (name, mime) for name, suffix, mime in DOWNLOADS}
+    for col, (suffix, data) in zip(cols, current, strict=False):
+        name, mime = mimes[suffix]
+        col.download_button(f"Download {name}", data, f"duplicates{suffix}", mime, on_click="ignore",
+                            key=f"dup-download-{suffix[1:]}")
+    with st.container(key="stale-downloads"):  # hidden (widgets.APP_CSS)
+        for i, (suffix, data) in enumerate(history):
+            if (suffix, data) not in current:
+                name, mime = mimes[suffix]
+                st.download_button(f"Download {name}", data, f"duplicates{suffix}", mime, on_click="ignore",
+                                   key=f"dup-stale-{i}")
 
 
 def group_ui(settings: AppSettings, index: ImageIndex, n: int, group: DuplicateGroup, pairs: list[GroupPair]) -> None:
@@ -129,11 +155,7 @@ def main() -> None:
     st.markdown(summary_markdown(report))
     for w in report.warnings:
         st.warning(w)
-    cols = st.columns([1] * len(DOWNLOADS) + [3])
-    for col, (name, suffix, mime) in zip(cols, DOWNLOADS, strict=False):
-        # bytes written once per report (cached), not a callable: see resources.get_report_bytes
-        col.download_button(f"Download {name}", resources.get_report_bytes(*key, suffix), f"duplicates{suffix}",
-                            mime, on_click="ignore", key=f"dup-download-{suffix[1:]}")
+    downloads_ui(key)
     if report.between is not None:
         matches_ui(report)
     if not report.groups:
