@@ -45,27 +45,34 @@ def pair_ui(settings: AppSettings, n: int, i: int, p: GroupPair) -> None:
               help="never report this pair again")
 
 
-def downloads_ui(key: tuple) -> None:
-    """The report as CSV / JSON / Parquet: bytes written once per report (cached), not callables (a stopped rerun
-    dropped a deferred callable: ``MediaFileStorageError``). A click on a button that a rerun is about to replace
-    fetches the file of the report it showed: the files of the last reports stay referenced by hidden buttons for a
-    few runs (Streamlit deletes a media file once no element of the session's last run holds it)."""
-    current = [(suffix, resources.get_report_bytes(*key, suffix)) for _, suffix, _ in DOWNLOADS]
+def stale_downloads_ui() -> None:
+    """Hidden buttons holding the report files of the last few runs, drawn first thing in every run.
+
+    Streamlit forgets a run's media files when the next run starts and deletes a download file once two runs have
+    ended without referencing it, so quick threshold changes (each stopping the run before) deleted the file of the
+    button still on screen, and a click on it downloaded nothing. Referencing them before any slow work keeps them.
+    """
     history: list[tuple[str, bytes]] = st.session_state.setdefault(_HISTORY, [])
-    history.extend(item for item in current if item not in history)  # before the buttons: a stopped run counts
-    del history[:-STALE_REPORTS * len(DOWNLOADS)]
-    cols = st.columns([1] * len(DOWNLOADS) + [3])
     mimes = {suffix: (name, mime) for name, suffix, mime in DOWNLOADS}
-    for col, (suffix, data) in zip(cols, current, strict=False):
-        name, mime = mimes[suffix]
-        col.download_button(f"Download {name}", data, f"duplicates{suffix}", mime, on_click="ignore",
-                            key=f"dup-download-{suffix[1:]}")
     with st.container(key="stale-downloads"):  # hidden (widgets.APP_CSS)
         for i, (suffix, data) in enumerate(history):
-            if (suffix, data) not in current:
-                name, mime = mimes[suffix]
-                st.download_button(f"Download {name}", data, f"duplicates{suffix}", mime, on_click="ignore",
-                                   key=f"dup-stale-{i}")
+            name, mime = mimes[suffix]
+            st.download_button(f"Download {name}", data, f"duplicates{suffix}", mime, on_click="ignore",
+                               key=f"dup-stale-{i}")
+
+
+def downloads_ui(key: tuple) -> None:
+    """The report as CSV / JSON / Parquet: bytes written once per report (cached), not callables (a stopped rerun
+    dropped a deferred callable: ``MediaFileStorageError``); the files are kept for the next runs by
+    ``stale_downloads_ui``, so a click on a button a rerun is about to replace fetches the report it showed."""
+    current = [(suffix, resources.get_report_bytes(*key, suffix)) for _, suffix, _ in DOWNLOADS]
+    history: list[tuple[str, bytes]] = st.session_state.setdefault(_HISTORY, [])
+    history.extend(item for item in current if item not in history)
+    del history[:-STALE_REPORTS * len(DOWNLOADS)]
+    cols = st.columns([1] * len(DOWNLOADS) + [3])
+    for col, (name, suffix, mime) in zip(cols, DOWNLOADS, strict=False):
+        col.download_button(f"Download {name}", dict(current)[suffix], f"duplicates{suffix}", mime,
+                            on_click="ignore", key=f"dup-download-{suffix[1:]}")
 
 
 def group_ui(settings: AppSettings, index: ImageIndex, n: int, group: DuplicateGroup, pairs: list[GroupPair]) -> None:
@@ -133,6 +140,7 @@ def pager_ui(total: int, page_size: int, *, key: str = "dup_page") -> int:
 
 
 def main() -> None:
+    stale_downloads_ui()
     settings = load_settings()
     st.title("Duplicates")
     metrics = widgets.indexed_metrics(settings)
