@@ -32,6 +32,7 @@ from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from lookalike.common.io import fsync_dir
+from lookalike.indexer._bulk import insert_vectors, is_sqlite
 from lookalike.indexer._catalog import Catalog, ShardRow, StoreRow, TombstoneRow, VectorRow, utcnow
 from lookalike.indexer._shards import Shard, ShardFiles, shard_folder
 from lookalike.indexer._structure import storage_dtype
@@ -145,19 +146,24 @@ class ShardWriter:
                             ids_file=f"{rel}/{name}.ids.npy", image_ids=ids, dim=self.dim, dtype=self.dtype,
                             sha256=sha, ids_sha256=ids_sha, bytes=nbytes + ids_bytes)
 
-    def record(self, s: Session, p: PendingShard) -> int:
+    def record(self, s: Session, p: PendingShard, *, new: bool = False) -> int:
         """Inside the caller's transaction: insert the shard row and point the images' vector rows at it.
 
-        Images that already had a vector of this fingerprint get their old shard row tombstoned. Returns the new
-        shard id.
+        Images that already had a vector of this fingerprint get their old shard row tombstoned; ``new=True`` says
+        that none had one (the caller knows: images created or found without a vector in the same run), which
+        skips that look-up. Returns the new shard id.
         """
         row = ShardRow(**{f.name: getattr(p, f.name) for f in fields(ShardFiles)}, rows=p.rows, dead=0,
                        created=utcnow())
         s.add(row)
         s.flush()
         shard_id = int(row.id)
+        if new and is_sqlite(self.catalog):
+            insert_vectors(s, p.image_ids, p.fingerprint, shard_id)
+            return shard_id
         ids = p.image_ids.tolist()
-        tombstone(s, ids, fingerprint=p.fingerprint)
+        if not new:
+            tombstone(s, ids, fingerprint=p.fingerprint)
         for start in range(0, len(ids), 5000):
             # Core executemany: several times faster than the ORM bulk insert on the writer's hot path
             s.connection().execute(VectorRow.__table__.insert(),
