@@ -201,7 +201,10 @@ def _write_lists(empty: faiss.Index, previous: faiss.Index | None, parts: list[O
         if not (cursor == sizes).all():
             raise RuntimeError("inverted lists written with a different size than assigned")  # an internal bug
         inv = faiss.OnDiskInvertedLists(nlist, code_size, os.fspath(data))
-        inv.set_all_lists_sizes(faiss.swig_ptr(sizes.astype(np.uint64)))
+        sizes_u = np.ascontiguousarray(sizes, dtype=np.uint64)  # kept alive: swig_ptr holds no reference
+        inv.set_all_lists_sizes(faiss.swig_ptr(sizes_u))
+        if any(int(inv.list_size(i)) != int(sizes[i]) for i in range(nlist)):
+            raise RuntimeError("the inverted lists' sizes were not recorded as written")  # an internal bug
         inv.totsize = int(offsets[-1])
         out = faiss.clone_index(empty)
         out_ivf = faiss.extract_index_ivf(out)

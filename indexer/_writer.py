@@ -38,7 +38,7 @@ from sqlalchemy.orm import Session
 
 from lookalike.common.errors import IndexDamaged, IndexLocked, IndexMismatch, InvalidArgument
 from lookalike.common.io import file_lock
-from lookalike.indexer._bulk import ensure_path_index
+from lookalike.indexer._bulk import driver, ensure_path_index
 from lookalike.indexer._catalog import (
     BACKUP_FILE,
     CATALOG_FILE,
@@ -113,6 +113,7 @@ class _Buffered:
     n: int
     new: bool
     pending: set[int]
+    adopted: list[PendingShard]
 
 
 @dataclass
@@ -250,15 +251,24 @@ def reconcile(catalog: Catalog, fingerprint: str) -> int:
 
 
 def update_images(s: Session, rows: Sequence[dict]) -> None:
-    """UPDATE images by id (each dict holds "id" and the columns to set), one Core executemany per set of columns:
-    several times faster than the ORM bulk update on the writer's hot path."""
+    """UPDATE images by id (each dict holds "id" and the columns to set), one executemany per set of columns: of
+    tuples through the DB-API on SQLite (plain values), else SQLAlchemy Core; several times faster than the ORM
+    bulk update on the writer's hot path."""
     t = ImageRow.__table__
     by_keys: dict[tuple[str, ...], list[dict]] = defaultdict(list)
     for r in rows:
         by_keys[tuple(sorted(k for k in r if k != "id"))].append(r)
+    raw = s.get_bind().dialect.name == "sqlite"
     for keys, batch in by_keys.items():
+        if raw and all(isinstance(v, _PLAIN) for v in batch[0].values()) and set(keys) <= set(t.c.keys()):
+            sql = f"UPDATE images SET {', '.join(f'{k} = ?' for k in keys)} WHERE id = ?"
+            driver(s).executemany(sql, ([r[k] for k in keys] + [r["id"]] for r in batch))
+            continue
         stmt = t.update().where(t.c.id == bindparam("b_id")).values({k: bindparam(f"b_{k}") for k in keys})
         s.connection().execute(stmt, [{f"b_{k}": v for k, v in r.items()} for r in batch])
+
+
+_PLAIN = (int, float, str, bytes, type(None))
 
 
 class BuildWriter:
@@ -289,6 +299,8 @@ class BuildWriter:
         self._failed = 0
         self._pending: set[int] = set()
         self._new = True
+        self._adopted: list[PendingShard] = []
+        self._n_adopted = 0
         self._last = time.perf_counter()
         self._inflight: tuple[Future, _Buffered] | None = None
         self._pool: ThreadPoolExecutor | None = None
@@ -310,7 +322,7 @@ class BuildWriter:
 
     def pending(self) -> int:
         """Items waiting for the next checkpoint: vectors, and rows without a vector (failed images)."""
-        return self._n + self._failed
+        return self._n + self._n_adopted + self._failed
 
     def is_pending(self, image_id: int) -> bool:
         """True when a vector of ``image_id`` waits for the next checkpoint."""
@@ -342,6 +354,16 @@ class BuildWriter:
         if self._due():
             self.checkpoint()
 
+    def push_shard(self, shard: PendingShard, rows: Sequence[dict] = ()) -> None:
+        """Hand over a shard another process wrote (``ShardWriter.adopt``: a Ray worker's) with the updates of its
+        images; it commits at the next checkpoint like a shard of ours (one is started when due)."""
+        self._adopted.append(shard)
+        self._n_adopted += shard.rows
+        self._pending.update(shard.image_ids.tolist())
+        self._rows.extend(rows)
+        if self._due():
+            self.checkpoint()
+
     def _due(self) -> bool:
         if not self.pending():
             return False
@@ -349,7 +371,7 @@ class BuildWriter:
             return self.every <= 0 or self.pending() >= self.every
         # a checkpoint costs one shard whatever the index size: bound the work a kill can lose, and keep shards
         # large enough that a big index is not thousands of tiny files
-        return self._n >= self.MAX_ROWS or time.perf_counter() - self._last >= self.MAX_SECONDS
+        return self._n + self._n_adopted >= self.MAX_ROWS or time.perf_counter() - self._last >= self.MAX_SECONDS
 
     def checkpoint(self, *, background: bool = False) -> None:
         """Write the buffered vectors as one shard, then commit it with the buffered rows in one transaction.
@@ -360,11 +382,11 @@ class BuildWriter:
         """
         self.wait()
         t0 = time.perf_counter()
-        buf = _Buffered(np.concatenate(self._ids) if self._n else None, self._rows, self._n, self._new,
-                        self._pending)
+        buf = _Buffered(np.concatenate(self._ids) if self._n else None, self._rows, self._n + self._n_adopted,
+                        self._new, self._pending, self._adopted)
         xb = np.concatenate(self._vecs) if self._n else None
         self._ids, self._vecs, self._n, self._rows, self._failed, self._new = [], [], 0, [], 0, True
-        self._pending = set()
+        self._pending, self._adopted, self._n_adopted = set(), [], 0
         if buf.ids is None:
             self._commit(None, buf)
         elif background:
@@ -403,6 +425,8 @@ class BuildWriter:
                 update_images(s, buf.rows)
             if pending is not None:
                 self.shards.record(s, pending, new=buf.new)
+            for p in buf.adopted:
+                self.shards.record(s, p)
             s.execute(update(BuildRow).where(BuildRow.fingerprint == fp)
                       .values(count=BuildRow.count + buf.n, updated=utcnow()))
             if self.dtype is not None:
