@@ -19,11 +19,14 @@ import faiss
 import numpy as np
 
 from lookalike.indexer._shards import OpenShard
+from lookalike.indexer._util import faiss_threads
 
 _logger = logging.getLogger(__name__)
 
 #: Largest resident copy (bytes) a reader makes for exact search; larger exact scans read the memory map.
 RESIDENT_MAX_BYTES = 2 << 30
+#: Fewer queries than this are scanned by one OpenMP thread (see ``_util.faiss_threads``).
+FEW_QUERIES = 16
 #: Bytes of shard vectors copied out of the memory map per block of a numpy scan.
 SCAN_BLOCK_BYTES = 64 << 20
 #: Bytes of one (queries x block) score matrix.
@@ -78,7 +81,8 @@ class ResidentExact:
         """(scores, image ids) of the k best rows per query, best first; -inf / -1 past the end."""
         if not len(self.ids):
             return np.full((len(xq), k), -np.inf, np.float32), np.full((len(xq), k), -1, np.int64)
-        S, pos = self.index.search(xq, min(k, len(self.ids)))
+        with faiss_threads(1 if len(xq) < FEW_QUERIES else None):
+            S, pos = self.index.search(xq, min(k, len(self.ids)))
         ids = np.where(pos >= 0, self.ids[np.maximum(pos, 0)], -1)
         S = np.where(pos >= 0, S, -np.inf).astype(np.float32)
         if S.shape[1] < k:
@@ -91,7 +95,8 @@ class ResidentExact:
         """(query, scores, image ids) of the rows scoring >= ``thr``, per query that has any."""
         if not len(self.ids):
             return
-        lims, S, pos = self.index.range_search(xq, float(thr))
+        with faiss_threads(1 if len(xq) < FEW_QUERIES else None):
+            lims, S, pos = self.index.range_search(xq, float(thr))
         for q in range(len(xq)):
             a, b = int(lims[q]), int(lims[q + 1])
             if b > a:
