@@ -69,8 +69,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=f"warn when a components group holds more than N files (default {CHAIN_LIMIT})")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--nprobe", type=int, default=None,
-                   help="on an inverted-file index: lists each list is compared with, itself included (default: the "
-                        "index's search nprobe; lower is faster)")
+                   help="on an inverted-file index: lists each list is compared with, itself included (default 2: "
+                        "near copies share a list or sit in the next one; higher is slower and finds farther pairs)")
     p.set_defaults(func=run_dedup)
 
     p = subparsers.add_parser("label", help="record that two images are the same picture, or different ones",

@@ -17,7 +17,8 @@ Each step runs in a fresh Python process and uses public names only (``lookalike
 * search: ``open_index``, one cold query, then each query row by its indexed path (``search(ix, path, k=10)``),
   one at a time; recall@10 against the exact top-10;
 * dedup: ``find_duplicates(threshold=--threshold)``; planted-pair recall and precision (a found pair that is not
-  planted counts against precision).
+  planted counts against precision); with ``--star``, again with tier boundaries stored (``set_tiers``) and
+  ``group="star"``, and its time against the first run's.
 
 Memory: a thread in each step's process samples ``/proc/self/status`` every 20 ms (RSS, and its anonymous and
 file-backed parts); "peak" is the highest RSS above the process's RSS after its imports, per phase (import and
@@ -147,22 +148,30 @@ def child_search(idx: str, qrows: list[int], k: int) -> dict:
             "peak": sm.peak(), **end}
 
 
-def child_dedup(idx: str, threshold: float) -> dict:
+def child_dedup(idx: str, threshold: float, group: str = "components") -> dict:
     from lookalike.indexer import find_duplicates
 
     sm = Sampler()
     c0, t = _cpu(), time.perf_counter()
-    r = find_duplicates(idx, threshold=threshold, group="components", keep="first")
+    r = find_duplicates(idx, threshold=threshold, group=group, keep="first")
     took, cpu = time.perf_counter() - t, _cpu() - c0
     end = sm.stop()
     pairs = [(int(Path(p.a).name[:-4]), int(Path(p.b).name[:-4])) for p in r.pairs]
-    return {"seconds": took, "cpu_s": cpu, "pairs": pairs, "probe": dict(r.probe), "peak": sm.peak(), **end}
+    return {"seconds": took, "cpu_s": cpu, "pairs": pairs, "probe": dict(r.probe), "peak": sm.peak(),
+            "tiers": r.tier_counts(), "groups": len(r.groups), **end}
+
+
+def child_tiers(idx: str, near: float) -> dict:
+    from lookalike.indexer import set_tiers
+
+    set_tiers(idx, near, source="bench/scale.py")
+    return {}
 
 
 def _child_main(argv: list[str]) -> None:
     stage, payload = argv[0], json.loads(argv[1])
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    fn = {"import": child_import, "search": child_search, "dedup": child_dedup}[stage]
+    fn = {"import": child_import, "search": child_search, "dedup": child_dedup, "tiers": child_tiers}[stage]
     print("RESULT " + json.dumps(fn(**payload)), flush=True)
 
 
@@ -219,6 +228,15 @@ def run_size(n: int, args: argparse.Namespace, work: Path) -> dict:
         d.update(found=len(found), planted=len(planted), recall=len(found & planted) / max(1, len(planted)),
                  precision=len(found & planted) / max(1, len(found)))
         res["dedup"] = d
+        if args.star:  # issue 17's work on this path: tier boundaries stored, star groups, against components
+            run_child("tiers", idx=str(idx), near=args.threshold / 2)
+            st = run_child("dedup", idx=str(idx), threshold=args.threshold, group="star")
+            found_s = {tuple(sorted(p)) for p in st.pop("pairs")}
+            st.update(found=len(found_s), recall=len(found_s & planted) / max(1, len(planted)),
+                      precision=len(found_s & planted) / max(1, len(found_s)),
+                      vs_components=st["seconds"] / max(d["seconds"], 1e-9),
+                      cpu_vs_components=st["cpu_s"] / max(d["cpu_s"], 1e-9))
+            res["dedup_star"] = st
     if not args.keep_index:
         shutil.rmtree(idx, ignore_errors=True)
     if not args.keep_data:
@@ -241,6 +259,9 @@ def print_row(r: dict) -> None:
               "search": {k: s[k] for k in ("open_s", "cold_s", "find_p50_ms", "cpu_p50_ms", "cpu_s", "peak", "hwm_mb")
                          if k in s},
               "dedup": {k: d[k] for k in ("cpu_s", "peak", "hwm_mb", "found", "planted", "probe") if k in d},
+              "dedup_star": {k: r["dedup_star"][k] for k in ("seconds", "cpu_s", "vs_components", "cpu_vs_components",
+                                                             "recall", "precision", "tiers", "peak")
+                             } if "dedup_star" in r else None,
               "generate_s": r["generate_s"], "data_mb": r["data_mb"]}
     print(f"{'':>10} {json.dumps(detail, default=lambda x: round(x, 2) if isinstance(x, float) else x)}", flush=True)
 
@@ -261,6 +282,8 @@ def main() -> None:
                     "import figures are reported again)")
     ap.add_argument("--skip-search", action="store_true")
     ap.add_argument("--skip-dedup", action="store_true")
+    ap.add_argument("--star", action="store_true", help="also run dedup with tier boundaries stored and star "
+                    "groups, and compare its time with the components run")
     ap.add_argument("--json", default=None, help="append each size's full result as a JSON line to this file")
     args = ap.parse_args()
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="lookalike-scale-"))

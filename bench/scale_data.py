@@ -44,17 +44,18 @@ class Mixture:
         self.bases = rng.standard_normal((components, rank, dim)).astype(np.float32) / math.sqrt(dim * rank)
 
     def sample(self, m: int, rng: np.random.Generator) -> np.ndarray:
-        k = rng.integers(0, self.components, m)
-        x = self.centres[k] + self.iso * rng.standard_normal((m, self.dim)).astype(np.float32) / math.sqrt(self.dim)
-        z = rng.standard_normal((m, self.bases.shape[1])).astype(np.float32)
-        order = np.argsort(k, kind="stable")
-        bounds = np.searchsorted(k[order], np.arange(self.components + 1))
+        k = np.sort(rng.integers(0, self.components, m))  # rows grouped by component (shuffled at the end)
+        x = rng.standard_normal((m, self.dim), dtype=np.float32)
+        x *= self.iso / math.sqrt(self.dim)
+        x += self.centres[k]
+        z = rng.standard_normal((m, self.bases.shape[1]), dtype=np.float32)
+        bounds = np.searchsorted(k, np.arange(self.components + 1))
         for c in range(self.components):
-            rows = order[bounds[c]:bounds[c + 1]]
-            if len(rows):
-                x[rows] += 0.8 * (z[rows] @ self.bases[c])
+            a, b = bounds[c], bounds[c + 1]
+            if b > a:
+                x[a:b] += 0.8 * (z[a:b] @ self.bases[c])
         x /= np.linalg.norm(x, axis=1, keepdims=True)
-        return x
+        return x[rng.permutation(m)]
 
 
 def _npy_header(f, rows: int, dim: int, dtype: np.dtype) -> None:  # type: ignore[no-untyped-def]

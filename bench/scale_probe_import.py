@@ -157,7 +157,8 @@ def summary(name: str, rates: list[float], extra: str = "") -> None:
 
 
 def per_chunk_costs(dim: int, work: Path) -> None:
-    from lookalike.indexer._import import _Seen, _split_path, _text, check_rows
+    from lookalike.indexer._import_rows import _hash, _text, check_rows
+    from lookalike.indexer._import_rows import split_path as _split_path
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((CHUNK, dim)).astype(np.float32)
@@ -175,9 +176,8 @@ def per_chunk_costs(dim: int, work: Path) -> None:
         r, rel, _ = _split_path(p, root, root)
         keys[(_text(r), _text(rel))] = j
     out["path split + keys loop"] = time.process_time() - t
-    seen = _Seen(prior_rows=False)
     t = time.process_time()
-    h = seen._hash(list(keys))
+    h = _hash(list(keys))
     out["_Seen blake2b of the keys"] = time.process_time() - t
     big = np.sort(rng.integers(-2**62, 2**62, 10_000_000))
     t = time.process_time()

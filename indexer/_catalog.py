@@ -75,12 +75,18 @@ class SchemaVersion(Base):
     version: Mapped[int] = mapped_column(Integer, primary_key=True)
 
 
+#: The unique index of image paths, (root, relpath). Catalogs written before it was named (an inline UNIQUE
+#: constraint) keep theirs; in newer SQLite catalogs it is a named index that a fresh bulk import drops and
+#: re-creates after its rows (``_bulk``), and that every writer session re-creates when a killed import left it out.
+UNIQUE_PATHS = "uq_images_root_relpath"
+
+
 class ImageRow(Base):
     """One image file under an indexed root."""
 
     __tablename__ = "images"
     __table_args__ = (
-        UniqueConstraint("root", "relpath", name="uq_images_root_relpath"),
+        Index(UNIQUE_PATHS, "root", "relpath", unique=True),
         Index("ix_images_sha256", "sha256"),
         {"sqlite_autoincrement": True},  # ids (which are also FAISS ids) are never reused
     )

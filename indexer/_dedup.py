@@ -286,7 +286,8 @@ def find_duplicates(
         db_url: catalog URL when it is not the SQLite file in the folder.
         block_size: vectors per block of an exact scan (bounds memory).
         nprobe: on an inverted-file index, how many lists (its own included) each list is compared with; default
-            the index's search nprobe. Lower is faster; the report's ``probe`` says what was compared.
+            2 (near copies share a list or sit in the next one). Higher finds pairs that are farther apart and
+            costs more; the report's ``probe`` says what was compared.
         progress: called as ``progress(done, total)`` (lists or blocks).
         between: two folders (A, B): only pairs with one image under each (test images leaking from a training
             set, new arrivals that repeat an archive); files under B are kept first unless ``prefer`` says

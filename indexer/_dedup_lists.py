@@ -6,7 +6,9 @@ scanning ``nprobe`` lists one vector at a time), the lists are compared pairwise
 the lists of its ``nprobe - 1`` nearest centroids, every unordered pair of lists once, as one matrix product of
 their vectors (BLAS). Flat codes are read in place from the memory-mapped ``.ivfdata`` file (no copy), and the
 mapping's pages are released as the scan moves on, so resident memory stays near one neighbourhood of lists.
-Compressed codes (SQ, PQ) are compared with the exact vectors of the shards, gathered by row key.
+8-bit scalar codes are decoded list by list (sequential reads of the lists file) and compared with a small margin;
+the pairs they find are then checked with the exact vectors of the shards. Other codes (PQ) are compared with the
+exact vectors of the shards, gathered by row key.
 """
 
 from __future__ import annotations
@@ -20,10 +22,17 @@ from dataclasses import asdict, dataclass
 import faiss
 import numpy as np
 
+from lookalike.indexer._structure import dedup_nprobe
+
 _logger = logging.getLogger(__name__)
 
 #: Release the pages of the memory-mapped lists after this many bytes were read through them.
 RELEASE_BYTES = 128 << 20
+#: Similarity margin of the scan on decoded 8-bit codes (their error on a dot product is ~1e-3): candidate pairs
+#: within threshold + margin are checked with the exact vectors.
+SQ_MARGIN = 0.01
+#: Decoded lists kept for their partner lists.
+DECODED_LISTS = 64
 
 
 @dataclass
@@ -126,9 +135,11 @@ def ivf_pairs(vectors, threshold: float, *, nprobe: int | None = None,  # vector
     ivf = faiss.downcast_index(faiss.extract_index_ivf(vectors.derived))
     nlist = int(ivf.nlist)
     if nprobe is None:
-        nprobe = int(ivf.nprobe)
+        nprobe = dedup_nprobe(nlist)
     nprobe = max(1, min(int(nprobe), nlist))
     flat_codes = isinstance(ivf, faiss.IndexIVFFlat) and ivf.code_size == 4 * vectors.dim
+    # 8-bit scalar codes are decoded in place (approximate), the pairs they find checked with the shards' vectors
+    sq = ivf.sq if isinstance(ivf, faiss.IndexIVFScalarQuantizer) else None
     centroids = ivf.quantizer.reconstruct_n(0, nlist)
     _, nbr = ivf.quantizer.search(centroids, nprobe)
     partners: list[set[int]] = [set() for _ in range(nlist)]
@@ -162,10 +173,20 @@ def ivf_pairs(vectors, threshold: float, *, nprobe: int | None = None,  # vector
                 extra_ids.setdefault(int(n), []).append(ids[sel])
                 extra_x.setdefault(int(n), []).append(xb[sel])
 
+    decoded: dict[int, np.ndarray] = {}  # the last lists decoded (a list is used again by its partners)
+
     def members(n: int) -> tuple[np.ndarray, np.ndarray]:
         ids = ids_of[n]
         if flat_codes:
             x = lists.codes(n).view(np.float32)
+        elif sq is not None:
+            if n not in decoded:
+                if len(decoded) >= DECODED_LISTS:
+                    decoded.pop(next(iter(decoded)))
+                x = sq.decode(np.ascontiguousarray(lists.codes(n))) if len(ids) else np.zeros((0, vectors.dim),
+                                                                                                np.float32)
+                decoded[n] = x + centroids[n] if ivf.by_residual else x
+            x = decoded[n]
         else:
             keys = np.asarray(lists.keys(n))
             x = _gather(vectors, keys, ids >= 0)
@@ -175,6 +196,7 @@ def ivf_pairs(vectors, threshold: float, *, nprobe: int | None = None,  # vector
         return ids, x
 
     thr = np.float32(1.0 - threshold - 1e-6)
+    scan_thr = thr - np.float32(SQ_MARGIN) if sq is not None else thr
     pairs: dict[tuple[int, int], float] = {}
     comparisons = 0
     n_pairs = 0
@@ -193,7 +215,7 @@ def ivf_pairs(vectors, threshold: float, *, nprobe: int | None = None,  # vector
             S = xa @ (np.concatenate(cols_x) if len(cols_x) > 1 else cols_x[0]).T
             na = len(ids_a)
             comparisons += na * (na - 1) // 2 + na * (len(ids_c) - na)
-            hit = S >= thr
+            hit = S >= scan_thr
             hit[:, :na] = np.triu(hit[:, :na], 1)  # the list against itself: each pair once
             for i, j in zip(*np.nonzero(hit), strict=True):
                 u, v = int(ids_a[i]), int(ids_c[j])
@@ -207,12 +229,36 @@ def ivf_pairs(vectors, threshold: float, *, nprobe: int | None = None,  # vector
         if progress is not None and (a % 64 == 0 or a == nlist - 1):
             progress(a + 1, nlist)
     lists.close()
+    if sq is not None:
+        pairs = _verify(vectors, pairs, thr)
     n = vectors.ntotal
     report = ProbeReport(method="ivf-lists", vectors=n, lists=nlist, neighbour_lists=nprobe - 1, list_pairs=n_pairs,
                          comparisons=comparisons, share_of_exact=comparisons / max(1, n * (n - 1) // 2))
     _logger.info("dedup over %d lists (each with %d neighbour lists): %d list pairs, %.3g%% of exact comparisons",
                  nlist, nprobe - 1, n_pairs, 100 * report.share_of_exact)
     return pairs, report
+
+
+def _verify(vectors, pairs: dict[tuple[int, int], float], thr: np.float32  # vectors: ShardedVectors
+            ) -> dict[tuple[int, int], float]:
+    """Keep the pairs found on decoded codes whose exact vectors (from the shards) are within the threshold, with
+    their exact distance."""
+    if not pairs:
+        return pairs
+    keys = np.asarray(list(pairs), np.int64)
+    uniq, inv = np.unique(keys, return_inverse=True)
+    inv = inv.reshape(keys.shape)
+    out: dict[tuple[int, int], float] = {}
+    for s in range(0, len(keys), 65536):
+        ia, ib = inv[s:s + 65536, 0], inv[s:s + 65536, 1]
+        need = np.unique(np.concatenate([ia, ib]))
+        x = vectors.vectors(uniq[need])
+        pos = np.searchsorted(need, ia), np.searchsorted(need, ib)
+        sims = np.einsum("ij,ij->i", x[pos[0]], x[pos[1]])
+        for (u, v), sim in zip(keys[s:s + 65536].tolist(), sims.tolist(), strict=True):
+            if sim >= thr:
+                out[(u, v)] = max(1.0 - sim, 0.0)
+    return out
 
 
 def _gather(vectors, keys: np.ndarray, live: np.ndarray) -> np.ndarray:  # vectors: ShardedVectors

@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select, text
 
 from lookalike.common.errors import IndexDamaged, IndexMismatch, InvalidArgument
+from lookalike.data.image_folder import display_path
 from lookalike.indexer._catalog import CATALOG_FILE, BuildRow, Catalog, ImageRow, ShardRow, StoreRow, VectorRow
 from lookalike.indexer._models import BuildInfo, ImageInfo
 
@@ -23,6 +24,9 @@ if TYPE_CHECKING:
     from lookalike.metric import Metric
 
 _logger = logging.getLogger(__name__)
+
+#: Distinct roots a relative path is looked up under (beyond: one query on the relative path alone).
+MAX_ROOTS = 1000
 
 
 def is_metric(obj: object) -> bool:
@@ -121,6 +125,7 @@ class ImageIndex:
         self._metric = metric if is_metric(metric) else None
         self._device, self._dtype = device, dtype
         self._checked: tuple | None = None
+        self._roots: tuple[tuple, list[str] | None] | None = None
 
     @property
     def fingerprint(self) -> str:
@@ -199,18 +204,45 @@ class ImageIndex:
             return list(s.scalars(q))
 
     def find_row(self, path: str | os.PathLike[str]) -> ImageRow | None:
-        """The catalog row of an indexed file: an absolute path, or a path relative to an indexed root."""
+        """The catalog row of an indexed file: an absolute path, or a path relative to an indexed root.
+
+        Looked up through the unique (root, relpath) index: an absolute path as each (folder above it, rest)
+        split, a relative one under each indexed root (``roots``). No table scan, whatever the index size.
+        """
         p = os.fspath(path)
-        raw = os.fsencode(os.path.abspath(p))
+        a = os.path.abspath(p)
+        raw = os.fsencode(a)
         rel = p.replace(os.sep, "/")
         with self.catalog.session() as s:
-            row = s.scalar(select(ImageRow).where(ImageRow.path_raw == raw))
-            if row is None:
-                rows = list(s.scalars(select(ImageRow).where(ImageRow.relpath == rel).limit(2)))
+            if os.sep != "/":  # the catalog's roots are POSIX-style splits
+                row = s.scalar(select(ImageRow).where(ImageRow.path_raw == raw))
+            else:
+                parts = a.split("/")
+                splits = [(display_path("/".join(parts[:i]) or "/"), display_path("/".join(parts[i:])))
+                          for i in range(1, len(parts))]
+                row = next((r for r in s.scalars(select(ImageRow).where(
+                    or_(*(and_(ImageRow.root == r, ImageRow.relpath == x) for r, x in splits))))
+                    if r.path_raw == raw), None)
+            if row is None and not os.path.isabs(p):
+                roots = self.roots()
+                q = select(ImageRow).where(ImageRow.relpath == display_path(rel))
+                rows = list(s.scalars((q if roots is None else q.where(ImageRow.root.in_(roots))).limit(2)))
                 if len(rows) > 1:
                     raise InvalidArgument(f"{p!r} is indexed under several roots", hint="give the full path")
                 row = rows[0] if rows else None
         return row
+
+    def roots(self) -> list[str] | None:
+        """The distinct catalog roots (one index seek each, read once per committed state), or None when there are
+        more than ``MAX_ROOTS`` (each image catalogued under its own folder)."""
+        if self._roots is None or self._roots[0] != self._stamp:
+            q = text("WITH RECURSIVE r(root) AS (SELECT min(root) FROM images UNION ALL "
+                     "SELECT (SELECT min(root) FROM images WHERE root > r.root) FROM r WHERE r.root IS NOT NULL) "
+                     f"SELECT root FROM r WHERE root IS NOT NULL LIMIT {MAX_ROOTS + 1}")
+            with self.catalog.session() as s:
+                got = [str(x) for x in s.scalars(q)]
+            self._roots = (self._stamp, got if len(got) <= MAX_ROOTS else None)
+        return self._roots[1]
 
     def find_image(self, path: str | os.PathLike[str]) -> ImageInfo | None:
         """The catalogued image at ``path`` (absolute, or relative to an indexed root), or None.

@@ -33,7 +33,8 @@ from lookalike.indexer._crash import CrashHook
 from lookalike.indexer._diff import diff_scan, queue_of
 from lookalike.indexer._dtypes import build_dtypes, dtype_for_build, metric_dtype, recorded_dtype
 from lookalike.indexer._index import is_metric, load_vectors
-from lookalike.indexer._ray import import_ray, parse_ray_address, run_on_ray, split_crash_spec
+from lookalike.indexer._ray import import_ray, parse_ray_address, run_on_ray
+from lookalike.indexer._ray_worker import split_crash_spec
 from lookalike.indexer._summary import IndexSummary, Progress, ProgressFn
 from lookalike.indexer._writer import BuildWriter, WriterSession, check_index_folder, open_writer
 

@@ -24,35 +24,45 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from lookalike.common.errors import IndexMismatch, InvalidArgument, LookalikeError
+from lookalike.common.errors import InvalidArgument, LookalikeError
 from lookalike.indexer._catalog import STATUS_FAILED, STATUS_OK
+from lookalike.indexer._ray_shards import (
+    WORKER_SHARD_ROWS,
+    ShardTarget,
+    WorkerShard,
+    close_target,
+    open_target,
+    read_rows,
+    shards_of,
+)
+from lookalike.indexer._ray_worker import (
+    WORKER_CRASH_DIR_ENV,
+    WorkerCrash,
+    _decode_block,
+    _Embedder,
+    metric_transform,
+    transform_is_uint8,
+)
+from lookalike.indexer._shard_writer import clean_orphans
 
 if TYPE_CHECKING:
+    from lookalike.indexer._writer import BuildWriter
     from lookalike.metric import Metric
 
 _logger = logging.getLogger(__name__)
 
 #: The one-line answer when ``--ray`` is asked for and Ray is not installed.
 RAY_MISSING = 'Ray is not installed; install it with: pip install "lookalike[ray]"  (or: pip install "ray[data]")'
-
-#: Test hook: kill a Ray *worker* (not the driver) once, at the n-th decode block or embedding batch it handles.
-#: Spec "ray_decode:n", "ray_embed:n" (comma-separated), from ``crash_at`` or ``$LOOKALIKE_RAY_KILL``.
-WORKER_CRASH_POINTS = ("ray_decode", "ray_embed")
-WORKER_CRASH_ENV = "LOOKALIKE_RAY_KILL"
-#: Where the once-markers of the worker crash hook go (default: a temporary folder of the run); tests read them.
-WORKER_CRASH_DIR_ENV = "LOOKALIKE_RAY_KILL_DIR"
-
-_passes: dict[str, int] = {}  # per worker process: how often each worker crash point was passed
 
 #: Memory each decode task reserves (bytes).
 DECODE_TASK_MEMORY = 256 << 20
@@ -123,154 +133,6 @@ def ray_session(address: str) -> Iterator[Any]:
         ray.shutdown()
 
 
-class WorkerCrash:
-    """Kill a Ray worker process (SIGKILL) at the n-th decode block / embedding batch it handles, once per run.
-
-    Passes are counted per worker process (a module global: Ray reuses worker processes across tasks). "Once"
-    holds across Ray's retries: the first worker to get there creates a marker file (``O_EXCL``) in ``marker_dir``
-    before it dies; the retried work finds the marker and goes on. Never set outside tests.
-    """
-
-    def __init__(self, spec: str | None, marker_dir: str | None):
-        self.targets: dict[str, int] = {}
-        for part in (spec or "").split(","):
-            name, _, n = part.strip().partition(":")
-            if name in WORKER_CRASH_POINTS:
-                self.targets[name] = int(n or 1)
-        self.marker_dir = marker_dir
-
-    def __call__(self, name: str) -> None:
-        if name not in self.targets or self.marker_dir is None:
-            return
-        _passes[name] = _passes.get(name, 0) + 1
-        if _passes[name] < self.targets[name]:
-            return
-        try:
-            fd = os.open(os.path.join(self.marker_dir, f"{name}.killed"), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            return
-        os.write(fd, str(os.getpid()).encode())
-        os.close(fd)
-        _logger.warning("worker crash hook: SIGKILL of Ray worker %d at %s", os.getpid(), name)
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def split_crash_spec(spec: str | None) -> tuple[str | None, str | None]:
-    """Split a ``crash_at`` spec into (driver points, Ray worker points)."""
-    driver, worker = [], []
-    for part in (spec or "").split(","):
-        part = part.strip()
-        if part:
-            (worker if part.partition(":")[0] in WORKER_CRASH_POINTS else driver).append(part)
-    return (",".join(driver) or None), (",".join(worker) or os.environ.get(WORKER_CRASH_ENV) or None)
-
-
-def metric_transform(m: Metric) -> Callable[[Any], torch.Tensor]:
-    """The metric's PIL → tensor transform without the model (built from its PreprocessCfg, the one description
-    that CPU and GPU decoding share), to ship to the decode tasks."""
-    pre = getattr(getattr(m, "cfg", None), "preprocess", None)
-    if pre is not None:
-        from lookalike.data.transforms import build_transform
-
-        return build_transform(pre)
-    return m.preprocess  # a Metric without a cfg: ship its own method (and model) as is
-
-
-def transform_is_uint8(transform: Callable[[Any], torch.Tensor], size: int) -> bool:
-    """True when ``transform`` outputs exactly ``uint8 / 255`` (then pixels travel as uint8, 4x smaller, and the
-    embedding actor recovers the very same floats)."""
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    img = Image.fromarray(rng.integers(0, 256, (size + 7, size + 3, 3), dtype=np.uint8))
-    x = transform(img)
-    if x.dtype != torch.float32:
-        return False
-    u8 = torch.round(x * 255.0).clamp_(0, 255).to(torch.uint8)
-    return bool(torch.equal(u8.float().div_(255.0), x))
-
-
-def _decode_block(batch: dict[str, np.ndarray], *, transform: Callable[[Any], torch.Tensor], size: int,
-                  as_uint8: bool, max_pixels: int | None, draft_size: int | None, crash: WorkerCrash
-                  ) -> dict[str, np.ndarray]:
-    """One Ray Data decode task: work items (id, path) → fixed-size pixels + what decoding learnt (or why not)."""
-    from lookalike.data.loader import DecodeFailure, ImageFileDataset
-
-    ids = np.asarray(batch["id"], dtype=np.int64)
-    paths = [str(p) for p in batch["path"]]
-    crash("ray_decode")
-    dataset = ImageFileDataset(list(zip(ids.tolist(), paths, strict=True)), transform, max_pixels=max_pixels,
-                               draft_size=draft_size)
-    n = len(ids)
-    pixels = np.zeros((n, 3, size, size), dtype=np.uint8 if as_uint8 else np.float32)
-    ok = np.zeros(n, dtype=bool)
-    width = np.zeros(n, dtype=np.int64)
-    height = np.zeros(n, dtype=np.int64)
-    fmt: list[str] = [""] * n
-    error: list[str] = [""] * n
-    for j in range(n):
-        _, x, info = dataset[j]
-        if x is None or isinstance(info, DecodeFailure):
-            error[j] = info.reason  # type: ignore[union-attr]
-            continue
-        if tuple(x.shape) != (3, size, size):
-            error[j] = f"transform gave shape {tuple(x.shape)}, expected (3, {size}, {size})"
-            continue
-        if as_uint8:
-            pixels[j] = torch.round(x * 255.0).clamp_(0, 255).to(torch.uint8).numpy()
-        else:
-            pixels[j] = x.numpy()
-        ok[j] = True
-        width[j], height[j], fmt[j] = info.width, info.height, info.format[:16]
-    return {"id": ids, "pixels": pixels, "ok": ok, "width": width, "height": height,
-            "format": np.array(fmt, dtype=object), "error": np.array(error, dtype=object)}
-
-
-class _Embedder:
-    """The embedding actor: loads the metric once, then embeds the batches Ray Data hands it.
-
-    Args:
-        name: the registered metric name (loaded with ``load_metric`` on this actor's device: the GPU Ray gave it,
-            else the CPU).
-        dtype: the driver's precision.
-        fingerprint: the driver's weight fingerprint; a worker that resolves other weight files refuses to embed.
-        as_uint8: pixels arrive as uint8 (divide by 255 as the local transform does) or as float32.
-        crash: the worker crash hook (tests).
-        cpu_threads: torch threads of a CPU actor (0: leave Ray's setting, one thread per CPU it holds).
-    """
-
-    def __init__(self, name: str, dtype: torch.dtype, fingerprint: str, as_uint8: bool, crash: WorkerCrash,
-                 cpu_threads: int = 0):
-        from lookalike.metric import load_metric
-
-        if cpu_threads > 0 and not torch.cuda.is_available():
-            # Ray sets OMP_NUM_THREADS to the actor's 1 CPU; a CPU actor alone on its node may use the node's cores,
-            # as the local path's model does (decode tasks are a small share of the work).
-            torch.set_num_threads(max(1, min(cpu_threads, os.cpu_count() or 1)))
-        self.metric = load_metric(name, dtype=dtype)
-        if self.metric.fingerprint != fingerprint:
-            raise IndexMismatch(
-                f"Ray worker on {os.uname().nodename} resolved other weights for {name!r} (fingerprint "
-                f"{self.metric.fingerprint}, driver {fingerprint})",
-                hint="give every node the same weight files ($LOOKALIKE_HOME)")
-        self.as_uint8 = as_uint8
-        self.crash = crash
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        ok = np.asarray(batch["ok"], dtype=bool)
-        dim = int(self.metric.dim or 0)
-        vecs = np.zeros((len(ok), dim), dtype=np.float32)
-        if ok.any():
-            x = torch.from_numpy(np.ascontiguousarray(batch["pixels"][ok]))
-            x = x.float().div_(255.0) if self.as_uint8 else x.float()
-            with torch.inference_mode():
-                vecs[ok] = self.metric.embed(x.to(self.metric.device)).float().cpu().numpy()
-        self.crash("ray_embed")
-        out = {k: batch[k] for k in ("id", "ok", "width", "height", "format", "error")}
-        out["vector"] = vecs
-        return out
-
-
 @dataclass
 class RayBatch:
     """One batch of results streamed back to the driver (decode failures included; duplicates already dropped)."""
@@ -281,9 +143,10 @@ class RayBatch:
     failed: list[dict] = field(default_factory=list)
     failures: list[tuple[int, str]] = field(default_factory=list)
     duplicates: int = 0
+    shards: list[tuple[WorkerShard, list[dict]]] = field(default_factory=list)
 
     def __len__(self) -> int:
-        return len(self.ids) + len(self.failed)
+        return len(self.ids) + len(self.failed) + sum(len(w.ids) for w, _ in self.shards)
 
 
 def _cluster_gpus(ray: Any) -> float:
@@ -317,6 +180,8 @@ def embed_on_ray(
     draft_size: int | None = None,
     block_rows: int | None = None,
     crash_spec: str | None = None,
+    target: ShardTarget | None = None,
+    shard_rows: int | None = None,
 ) -> Iterator[RayBatch]:
     """Decode and embed ``items`` on the connected Ray cluster; yields results as they arrive, in no fixed order.
 
@@ -336,6 +201,9 @@ def embed_on_ray(
         block_rows: work items per decode task (default: the batch size, within 16..256, so that the first batches
             reach the actors early).
         crash_spec: worker crash points (tests; see ``WorkerCrash``).
+        target: where the actors write the shards of their results (``_ray_shards``); None: vectors come back.
+        shard_rows: rows per actor-written shard (one Ray batch each; default ``WORKER_SHARD_ROWS``, at least
+            ``batch_size``).
 
     Yields:
         RayBatch objects.
@@ -374,10 +242,13 @@ def embed_on_ray(
             fn_kwargs={"transform": transform, "size": size, "as_uint8": as_uint8, "max_pixels": max_pixels,
                        "draft_size": draft_size, "crash": crash})
         actor_args: dict[str, Any] = {"num_gpus": 1} if gpus >= 1 else {"num_cpus": 1}
+        # with a shard target, one Ray batch is one shard the actor writes (cut into forward passes of batch_size)
+        per_call = (shard_rows or max(batch_size, WORKER_SHARD_ROWS)) if target is not None else batch_size
         ds = ds.map_batches(
-            _Embedder, batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=n_actors),
+            _Embedder, batch_size=per_call, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=n_actors),
             fn_constructor_kwargs={"name": m.name, "dtype": m.dtype, "fingerprint": m.fingerprint,
-                                   "as_uint8": as_uint8, "crash": crash, "cpu_threads": cpu_threads},
+                                   "as_uint8": as_uint8, "crash": crash, "cpu_threads": cpu_threads,
+                                   "micro": batch_size, "target": target},
             **actor_args)
         _logger.info("Ray: %d work items in %d decode blocks, %d embedding actor(s) (%s), batch %d, pixels as %s",
                      len(items), len(tables), n_actors, "GPU" if gpus >= 1 else "CPU", batch_size,
@@ -385,53 +256,73 @@ def embed_on_ray(
         wanted = set(ids.tolist())
         seen: set[int] = set()
         for out in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
-            yield _to_batch(out, wanted, seen)
+            yield _to_batch(out, wanted, seen, Path(target.index_dir) if target is not None else None)
         missing = wanted - seen
         if missing:  # Ray finished without an error yet lost rows: never silently
             raise RuntimeError(f"Ray run returned {len(seen)} of {len(wanted)} images; {len(missing)} missing "
                                f"(first ids {sorted(missing)[:5]}); re-run to embed them")
 
 
-def _to_batch(out: dict[str, np.ndarray], wanted: set[int], seen: set[int]) -> RayBatch:
-    """One result batch (numpy columns) → catalog updates; ids already received (a retried batch) are dropped."""
+def _to_batch(out: dict[str, np.ndarray], wanted: set[int], seen: set[int], index_dir: Path | None = None
+              ) -> RayBatch:
+    """One result batch (numpy columns) → catalog updates; ids already received (a retried batch) are dropped.
+
+    Rows whose actor wrote their shard come as ``shards`` (the shard and its rows' updates) when every row of the
+    shard is new; when only some are, those rows' vectors are read from the file and handed over as vectors.
+    """
     b = RayBatch()
     ids = np.asarray(out["id"]).tolist()
     ok = np.asarray(out["ok"]).tolist()
     width = np.asarray(out["width"]).tolist()
     height = np.asarray(out["height"]).tolist()
     fmt, err = list(out["format"]), list(out["error"])
-    keep_rows = []
+    fresh = np.zeros(len(ids), bool)
     for j, i in enumerate(ids):
         if i in seen or i not in wanted:
             b.duplicates += 1
             continue
         seen.add(i)
-        if ok[j]:
-            keep_rows.append(j)
-            b.ids.append(i)
-            b.ok.append({"id": i, "status": STATUS_OK, "error": None, "width": width[j], "height": height[j],
-                         "format": str(fmt[j])})
-        else:
+        fresh[j] = True
+        if not ok[j]:
             reason = str(err[j])
             b.failed.append({"id": i, "status": STATUS_FAILED, "error": reason})
             b.failures.append((i, reason))
-    if keep_rows:
-        vec = np.asarray(out["vector"], dtype=np.float32)
-        b.vectors = vec if len(keep_rows) == len(vec) else np.ascontiguousarray(vec[keep_rows])
+
+    def row(j: int) -> dict:
+        return {"id": ids[j], "status": STATUS_OK, "error": None, "width": width[j], "height": height[j],
+                "format": str(fmt[j])}
+
+    ok_pos = np.flatnonzero(np.asarray(out["ok"], bool))
+    if "shard_file" in out and index_dir is not None:
+        extra: list[np.ndarray] = []
+        for ws, pos in shards_of(out, ok_pos):
+            new = fresh[pos]
+            if new.all():
+                b.shards.append((ws, [row(j) for j in pos.tolist()]))
+            elif new.any():  # a retried batch of which some rows arrived before: write the others ourselves
+                extra.append(read_rows(index_dir, ws, np.flatnonzero(new)))
+                for j in pos[new].tolist():
+                    b.ids.append(ids[j])
+                    b.ok.append(row(j))
+        if extra:
+            b.vectors = np.concatenate(extra)
+    else:
+        keep_rows = [j for j in ok_pos.tolist() if fresh[j]]
+        for j in keep_rows:
+            b.ids.append(ids[j])
+            b.ok.append(row(j))
+        if keep_rows:
+            vec = np.asarray(out["vector"], dtype=np.float32)
+            b.vectors = vec if len(keep_rows) == len(vec) else np.ascontiguousarray(vec[keep_rows])
     if b.duplicates:
         _logger.info("dropped %d rows already received (a batch retried by Ray)", b.duplicates)
     return b
 
 
-class _Writer(Protocol):
-    def push(self, ids: list[int], xb: np.ndarray | None, rows: Sequence[dict] = (),
-             failed: Sequence[dict] = ()) -> None: ...
-
-
 def run_on_ray(
     queue: Sequence[tuple[int, str]],
     m: Metric,
-    writer: _Writer,
+    writer: BuildWriter,
     summary: Any,
     *,
     address: str,
@@ -445,31 +336,45 @@ def run_on_ray(
     """The driver's side of a ``build_index(..., ray=...)`` run: stream Ray's results into the index's writer.
 
     The writer is the writer session's build writer, the local path's own (``push`` buffers, checkpoints commit a
-    shard), so the crash-safety rules
-    and the driver crash points ("decode" / "embed" fire once per received batch) are the same; ``report`` is the
-    run's progress ("embed", done, total). The seconds the driver waits for results are counted as ``model`` time
-    (decode + embed run remotely).
+    shard; ``push_shard`` commits a shard an actor wrote, see ``_ray_shards``), so the crash-safety rules and the
+    driver crash points ("decode" / "embed" fire once per received batch, "after_flush" once per worker shard
+    received) are the same; ``report`` is the run's progress ("embed", done, total). The seconds the driver waits
+    for results are counted as ``model`` time (decode + embed run remotely).
     """
     from lookalike.data.image_folder import display_path
 
     paths = dict(queue)
     done = 0
-    with ray_session(address) as ray:
-        it = embed_on_ray(queue, m, ray, batch_size=batch_size, max_pixels=max_pixels, draft_size=draft_size,
-                          crash_spec=worker_crash)
-        while True:
-            t = time.perf_counter()
-            b = next(it, None)
-            summary.seconds["model"] += time.perf_counter() - t
-            if b is None:
-                break
-            if not len(b):
-                continue
-            crash("decode")
-            crash("embed")
-            for i, reason in b.failures:
-                summary.failed += 1
-                summary.failures.append((display_path(paths[i]), reason))
-            writer.push(b.ids, b.vectors, b.ok, b.failed)
-            done += len(b)
-            report("embed", done, len(queue))
+    index_dir = writer.session.index_dir
+    target = open_target(index_dir, writer.shards.folder, writer.shards.dtype, writer.dim)
+    try:
+        with ray_session(address) as ray:
+            it = embed_on_ray(queue, m, ray, batch_size=batch_size, max_pixels=max_pixels, draft_size=draft_size,
+                              crash_spec=worker_crash, target=target,
+                              shard_rows=writer.every if writer.every else None)
+            while True:
+                t = time.perf_counter()
+                b = next(it, None)
+                summary.seconds["model"] += time.perf_counter() - t
+                if b is None:
+                    break
+                if not len(b):
+                    continue
+                crash("decode")
+                crash("embed")
+                for i, reason in b.failures:
+                    summary.failed += 1
+                    summary.failures.append((display_path(paths[i]), reason))
+                t = time.perf_counter()
+                for ws, rows in b.shards:
+                    writer.push_shard(writer.shards.adopt(ws.file, ws.ids_file, ws.ids, sha256=ws.sha256,
+                                                          ids_sha256=ws.ids_sha256, nbytes=ws.nbytes), rows)
+                writer.stats.seconds += time.perf_counter() - t
+                writer.push(b.ids, b.vectors, b.ok, b.failed)
+                done += len(b)
+                report("embed", done, len(queue))
+        if writer.pending():
+            writer.checkpoint()
+    finally:
+        close_target(target)
+    clean_orphans(writer.catalog, writer.fingerprint)  # shards of batches Ray retried, never committed

@@ -9,8 +9,9 @@
 * ``clip-retrieval``: the layout ``clip-retrieval inference`` writes: ``img_emb/img_emb_N.npy`` row-aligned with
   ``metadata/metadata_N.parquet`` (column ``image_path``).
 
-``read_embeddings`` tells them apart (``format="auto"``) and yields ``Chunk`` objects: arrays are memory-mapped and
-Parquet files read batch by batch, so memory holds one chunk whatever the input size. Nothing here touches an index.
+``read_embeddings`` tells them apart (``format="auto"``) and yields ``Chunk`` objects: arrays are read a chunk of
+rows at a time (``_Npy``) and Parquet files batch by batch, so memory holds one chunk whatever the input size.
+Nothing here touches an index.
 """
 
 from __future__ import annotations
@@ -67,16 +68,43 @@ def _sorted_files(folder: Path, pattern: str) -> list[Path]:
     return sorted(folder.glob(pattern), key=lambda p: natural_key(p.name))
 
 
-def _load_npy(path: Path) -> np.ndarray:
-    try:
-        arr = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise InvalidArgument(f"{path}: not a readable .npy array ({str(e).splitlines()[0][:120]})") from None
-    if arr.ndim != 2:
-        raise InvalidArgument(f"{path}: holds an array of shape {arr.shape}; expected (rows, dim) embeddings")
-    if not np.issubdtype(arr.dtype, np.floating):
-        raise InvalidArgument(f"{path}: holds {arr.dtype} values; expected float embeddings")
-    return arr
+class _Npy:
+    """A (rows, dim) ``.npy`` file read in row ranges into memory of its own (``read``): one chunk resident at a
+    time, and the pages read are dropped from the page cache (the input is read once), so neither the process's
+    RSS nor the cache fills up with the input however large it is. Fortran-ordered files are memory-mapped."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise InvalidArgument(f"{path}: not a readable .npy array ({str(e).splitlines()[0][:120]})") from None
+        if arr.ndim != 2:
+            raise InvalidArgument(f"{path}: holds an array of shape {arr.shape}; expected (rows, dim) embeddings")
+        if not np.issubdtype(arr.dtype, np.floating):
+            raise InvalidArgument(f"{path}: holds {arr.dtype} values; expected float embeddings")
+        self.shape, self.dtype = arr.shape, arr.dtype
+        self.mmap = arr if arr.flags.f_contiguous and not arr.flags.c_contiguous else None
+        self.offset = int(arr.offset) if self.mmap is None else 0
+        del arr
+
+    def __len__(self) -> int:
+        return int(self.shape[0])
+
+    def read(self, start: int, n: int) -> np.ndarray:
+        if self.mmap is not None:
+            return np.array(self.mmap[start:start + n])
+        row = self.shape[1] * self.dtype.itemsize
+        out = np.empty((n, self.shape[1]), self.dtype)
+        with open(self.path, "rb", buffering=0) as f:
+            pos = self.offset + start * row
+            f.seek(pos)
+            got = f.readinto(memoryview(out).cast("B"))
+            if got != n * row:
+                raise InvalidArgument(f"{self.path}: truncated ({got} of {n * row} bytes at row {start})")
+            if hasattr(os, "posix_fadvise"):
+                os.posix_fadvise(f.fileno(), pos, n * row, os.POSIX_FADV_DONTNEED)
+        return out
 
 
 class _Lines:
@@ -125,10 +153,10 @@ def _read_npy(source: Path, paths_file: Path | None, chunk_rows: int) -> Iterato
                                      f"(--paths)")
                 shared = _Lines(pf)
             lines = shared
-        arr = _load_npy(f)
+        arr = _Npy(f)
         for s in range(0, len(arr), chunk_rows):
             n = min(chunk_rows, len(arr) - s)
-            yield Chunk(str(f), s, lines.take(n), np.asarray(arr[s:s + n]))
+            yield Chunk(str(f), s, lines.take(n), arr.read(s, n))
         if lines is not shared:
             lines.finish()
     if shared is not None:
@@ -207,7 +235,7 @@ def _read_clip_retrieval(source: Path, chunk_rows: int) -> Iterator[Chunk]:
     for n in sorted(emb):
         if n not in meta:
             raise InvalidArgument(f"{emb[n]} has no row-aligned {source / 'metadata' / f'metadata_{n}.parquet'}")
-        arr = _load_npy(emb[n])
+        arr = _Npy(emb[n])
         pf = pq.ParquetFile(meta[n])
         if pf.metadata.num_rows != len(arr):
             raise InvalidArgument(f"{emb[n]} has {len(arr)} rows but {meta[n]} has {pf.metadata.num_rows}; they "
@@ -218,7 +246,7 @@ def _read_clip_retrieval(source: Path, chunk_rows: int) -> Iterator[Chunk]:
         for batch in pf.iter_batches(batch_size=chunk_rows, columns=["image_path"]):
             k = batch.num_rows
             paths = ["" if p is None else str(p) for p in batch.column(0).to_pylist()]
-            yield Chunk(str(emb[n]), s, paths, np.asarray(arr[s:s + k]))
+            yield Chunk(str(emb[n]), s, paths, arr.read(s, k))
             s += k
     extra = sorted(set(meta) - set(emb))
     if extra:

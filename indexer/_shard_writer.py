@@ -31,14 +31,19 @@ import numpy as np
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
+from lookalike.common.errors import IndexDamaged
 from lookalike.common.io import fsync_dir
+from lookalike.indexer._bulk import insert_vectors, is_sqlite
 from lookalike.indexer._catalog import Catalog, ShardRow, StoreRow, TombstoneRow, VectorRow, utcnow
-from lookalike.indexer._shards import Shard, ShardFiles, shard_folder
+from lookalike.indexer._shards import Shard, ShardFiles, open_npy, shard_folder
 from lookalike.indexer._structure import storage_dtype
 
 _logger = logging.getLogger(__name__)
 
-_SHARD_RE = re.compile(r"^shard-(\d+)\.(?:ids\.)?npy$")
+#: Shard files: ours (``shard-00000001.npy``) and those Ray workers write (``shard-r<run>-<worker>-<n>.npy``).
+_SHARD_RE = re.compile(r"^shard-[0-9A-Za-z-]+\.(?:ids\.)?npy$")
+#: Files a Ray run leaves in the folder while it runs (the token workers check they can write here).
+_RUN_FILE = ".ray-"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,7 +72,7 @@ class _HashingWriter:
         self.f.flush()
 
 
-def _write_npy(path: Path, arr: np.ndarray, before_replace: Callable[[], None] | None = None) -> tuple[str, int]:
+def write_npy(path: Path, arr: np.ndarray, before_replace: Callable[[], None] | None = None) -> tuple[str, int]:
     """Write ``arr`` as ``.npy`` atomically; returns (sha256, bytes). Raises OSError (the temp file is removed)."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
@@ -130,9 +135,9 @@ class ShardWriter:
         self.next_seq += 1
         name = f"shard-{seq:08d}"
         vec_path, ids_path = self.folder / f"{name}.npy", self.folder / f"{name}.ids.npy"
-        ids_sha, ids_bytes = _write_npy(ids_path, ids)
+        ids_sha, ids_bytes = write_npy(ids_path, ids)
         try:
-            sha, nbytes = _write_npy(vec_path, xb.astype(self.dtype, copy=False),
+            sha, nbytes = write_npy(vec_path, xb.astype(self.dtype, copy=False),
                                      before_replace=lambda: self.crash("during_flush"))
         except OSError:
             with contextlib.suppress(FileNotFoundError):
@@ -145,11 +150,33 @@ class ShardWriter:
                             ids_file=f"{rel}/{name}.ids.npy", image_ids=ids, dim=self.dim, dtype=self.dtype,
                             sha256=sha, ids_sha256=ids_sha, bytes=nbytes + ids_bytes)
 
-    def record(self, s: Session, p: PendingShard) -> int:
+    def adopt(self, file: str, ids_file: str, image_ids: np.ndarray, *, sha256: str, ids_sha256: str,
+              nbytes: int) -> PendingShard:
+        """A shard another process wrote under this build's folder (a Ray worker, with ``write_npy``'s rules),
+        checked here (both files present, their sizes and headers as announced) and given the next sequence
+        number; recorded like one of ours. Raises IndexDamaged when the files do not match."""
+        ids = np.asarray(image_ids, dtype=np.int64)
+        d = self.catalog.index_dir
+        for rel, rows_dim, dtype in ((file, (len(ids), self.dim), self.dtype), (ids_file, (len(ids),), "int64")):
+            if not rel.startswith(self.folder.relative_to(d).as_posix() + "/") or ".." in rel.split("/"):
+                raise IndexDamaged(d / rel, "a worker shard outside this build's folder", d)
+            arr = open_npy(d, rel, rows=rows_dim[0], dim=rows_dim[1] if len(rows_dim) > 1 else None, dtype=dtype)
+            del arr
+        size = (d / file).stat().st_size + (d / ids_file).stat().st_size
+        if size != nbytes:
+            raise IndexDamaged(d / file, f"{size} bytes on disk, the worker announced {nbytes}", d)
+        self.crash("after_flush")  # on disk, not committed: the same point as a shard of ours
+        seq = self.next_seq
+        self.next_seq += 1
+        return PendingShard(fingerprint=self.fingerprint, seq=seq, file=file, ids_file=ids_file, image_ids=ids,
+                            dim=self.dim, dtype=self.dtype, sha256=sha256, ids_sha256=ids_sha256, bytes=nbytes)
+
+    def record(self, s: Session, p: PendingShard, *, new: bool = False) -> int:
         """Inside the caller's transaction: insert the shard row and point the images' vector rows at it.
 
-        Images that already had a vector of this fingerprint get their old shard row tombstoned. Returns the new
-        shard id.
+        Images that already had a vector of this fingerprint get their old shard row tombstoned; ``new=True`` says
+        that none had one (the caller knows: images created or found without a vector in the same run), which
+        skips that look-up. Returns the new shard id.
         """
         row = ShardRow(**{f.name: getattr(p, f.name) for f in fields(ShardFiles)}, rows=p.rows, dead=0,
                        created=utcnow())
@@ -157,7 +184,11 @@ class ShardWriter:
         s.flush()
         shard_id = int(row.id)
         ids = p.image_ids.tolist()
-        tombstone(s, ids, fingerprint=p.fingerprint)
+        if not new:
+            tombstone(s, ids, fingerprint=p.fingerprint)
+        if is_sqlite(self.catalog):
+            insert_vectors(s, p.image_ids, p.fingerprint, shard_id)
+            return shard_id
         for start in range(0, len(ids), 5000):
             # Core executemany: several times faster than the ORM bulk insert on the writer's hot path
             s.connection().execute(VectorRow.__table__.insert(),
@@ -239,7 +270,7 @@ def clean_orphans(catalog: Catalog, fingerprint: str) -> int:
                                                     .where(ShardRow.fingerprint == fingerprint)) for f in pair}
     n = 0
     for p in folder.iterdir():
-        if (".tmp-" in p.name) or (_SHARD_RE.match(p.name) and p.name not in known):
+        if ".tmp-" in p.name or p.name.startswith(_RUN_FILE) or (_SHARD_RE.match(p.name) and p.name not in known):
             with contextlib.suppress(OSError):
                 p.unlink()
                 n += 1

@@ -18,21 +18,16 @@ import numpy as np
 
 from lookalike.common.errors import IndexDamaged, InvalidArgument
 from lookalike.indexer._catalog import BuildRow, Catalog, StoreRow
+from lookalike.indexer._exact import RESIDENT_MAX_BYTES, ResidentExact, merge_topk, resident_bytes, scan_knn, scan_range
 from lookalike.indexer._shards import OpenShard, open_shards, sha256_path
-from lookalike.indexer._structure import needs_refine
+from lookalike.indexer._structure import needs_refine, refine_factor
 from lookalike.indexer._util import quiet_stdout
 
 _logger = logging.getLogger(__name__)
 
-#: Bytes of shard vectors copied out of the memory map per block of an exact scan.
-SCAN_BLOCK_BYTES = 64 << 20
-#: Bytes of one (queries x block) score matrix.
-SCORE_BLOCK_BYTES = 256 << 20
 #: Readers check sha256 of shards and the derived file when the build holds less than this (bytes); above, only
 #: sizes and headers (``lookalike check`` always hashes everything).
 VERIFY_MAX_BYTES = 64 << 20
-#: Candidates fetched per result when re-ranking compressed (SQ / PQ) codes with the exact vectors of the shards.
-REFINE_FACTOR = 4
 
 _KEY_SHIFT = 32
 _ROW_MASK = (1 << _KEY_SHIFT) - 1
@@ -83,6 +78,7 @@ class ShardedVectors:
                 apply_params(self.derived, self.params)
             _logger.debug("derived %s from %s covers shards <= %d", st.structure, path.name, self.upto)
         self._sorted: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._resident: tuple[tuple[int, ...], ResidentExact | None] | None = None
 
     # ---- properties ---------------------------------------------------------------------------------------------
     @property
@@ -192,6 +188,16 @@ class ShardedVectors:
             live[m] = True if p.live is None else p.live[r]
         return ids, live
 
+    def exact_tail(self) -> ResidentExact | None:
+        """The resident copy of the rows searched exactly (the tail; every row of an exact build), made on first use;
+        None when it would exceed ``RESIDENT_MAX_BYTES`` (then the memory map is scanned block by block)."""
+        tail = self.tail
+        key = tuple(p.shard.id for p in tail)
+        if self._resident is None or self._resident[0] != key:
+            fits = bool(tail) and resident_bytes(tail) <= RESIDENT_MAX_BYTES
+            self._resident = (key, ResidentExact(tail, self.dim) if fits else None)
+        return self._resident[1]
+
     def search(self, xq: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """k nearest live vectors: (D, I), D = 1 - cosine ascending, I = image ids (-1 padded)."""
         xq = self._check(xq, "xq")
@@ -201,16 +207,20 @@ class ShardedVectors:
         I = np.full((len(xq), k), -1, np.int64)  # noqa: E741
         if self.derived is not None and self.derived.ntotal:
             refine = needs_refine(self.factory)
-            kk = min(int(self.derived.ntotal), k * (REFINE_FACTOR if refine else 1) + self._dead_covered(k))
+            kk = min(int(self.derived.ntotal), k * refine_factor(self.factory) + self._dead_covered(k))
             Sd, keys = self.derived.search(xq, kk)
             ids, live = self._decode(keys)
             if refine:
                 Sd = self._exact_scores(xq, keys, live)
             Sd = np.where(live, Sd, -np.inf).astype(np.float32)
             ids = np.where(live, ids, -1)
-            S, I = _merge_topk(S, I, Sd, ids, k)  # noqa: E741
-        for p in self.tail:
-            S, I = _scan_knn(p, xq, k, S, I)  # noqa: E741
+            S, I = merge_topk(S, I, Sd, ids, k)  # noqa: E741
+        resident = self.exact_tail()
+        if resident is not None:
+            S, I = merge_topk(S, I, *resident.search(xq, k), k)  # noqa: E741
+        else:
+            for p in self.tail:
+                S, I = scan_knn(p, xq, k, S, I)  # noqa: E741
         D = np.where(I >= 0, 1.0 - S, np.inf).astype(np.float32)
         return D, I
 
@@ -248,9 +258,10 @@ class ShardedVectors:
                 sl = slice(lims[q], lims[q + 1])
                 m = live[sl]
                 per_q[q].append((Sd[sl][m], ids[sl][m]))
-        for p in self.tail:
-            for q, s, i in _scan_range(p, xq, thr):
-                per_q[q].append((s, i))
+        resident = self.exact_tail()
+        for q, s, i in resident.range_search(xq, thr) if resident is not None else \
+                (hit for p in self.tail for hit in scan_range(p, xq, thr)):
+            per_q[q].append((s, i))
         lims_out = [0]
         Ds, Is = [], []
         for items in per_q:
@@ -262,64 +273,6 @@ class ShardedVectors:
         D = np.concatenate(Ds).astype(np.float32) if Ds else np.zeros(0, np.float32)
         I = np.concatenate(Is).astype(np.int64) if Is else np.zeros(0, np.int64)  # noqa: E741
         return np.asarray(lims_out, np.int64), D, I
-
-
-def _rows_per_block(dim: int, itemsize: int, nq: int) -> int:
-    return max(1, min(SCAN_BLOCK_BYTES // (dim * itemsize), SCORE_BLOCK_BYTES // (4 * max(nq, 1))))
-
-
-def _blocks(p: OpenShard, nq: int) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
-    step = _rows_per_block(p.xb.shape[1], p.xb.dtype.itemsize, nq)
-    for s in range(0, len(p.ids), step):
-        m = p.live[s:s + step] if p.live is not None else None
-        if m is not None and not m.any():
-            continue
-        yield s, np.asarray(p.xb[s:s + step], np.float32), m
-
-
-def _scores(xq: np.ndarray, xb: np.ndarray) -> np.ndarray:
-    # a few queries go through BLAS's matrix-vector path (xb @ q.T), faster than the transposed product for them
-    return np.ascontiguousarray((xb @ xq.T).T) if len(xq) <= 16 else xq @ xb.T
-
-
-def _scan_knn(p: OpenShard, xq: np.ndarray, k: int, S: np.ndarray, I: np.ndarray  # noqa: E741
-              ) -> tuple[np.ndarray, np.ndarray]:
-    for s, xb, m in _blocks(p, len(xq)):
-        sc = _scores(xq, xb)
-        ids = np.broadcast_to(np.asarray(p.ids[s:s + len(xb)]), sc.shape)
-        if m is not None:
-            sc = np.where(m[None, :], sc, -np.inf)
-        S, I = _merge_topk(S, I, sc, ids, k)  # noqa: E741
-    return S, I
-
-
-def _merge_topk(S: np.ndarray, I: np.ndarray, S2: np.ndarray, I2: np.ndarray, k: int  # noqa: E741
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """The k best (highest score) of two candidate sets per query; -inf scores carry id -1."""
-    if S2.shape[1] > k:  # keep the block's own k best before concatenating
-        part = np.argpartition(-S2, k - 1, axis=1)[:, :k]
-        S2, I2 = np.take_along_axis(S2, part, 1), np.take_along_axis(I2, part, 1)
-    Sa = np.concatenate([S, S2], axis=1)
-    Ia = np.concatenate([I, I2], axis=1)
-    order = np.argsort(-Sa, axis=1, kind="stable")[:, :k]
-    Sa, Ia = np.take_along_axis(Sa, order, 1), np.take_along_axis(Ia, order, 1)
-    Ia = np.where(np.isfinite(Sa), Ia, -1)
-    return Sa, Ia
-
-
-def _scan_range(p: OpenShard, xq: np.ndarray, thr: float) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-    for s, xb, m in _blocks(p, len(xq)):
-        sc = _scores(xq, xb)
-        hit = sc >= thr
-        if m is not None:
-            hit &= m[None, :]
-        qi, ci = np.nonzero(hit)
-        if not len(qi):
-            continue
-        ids = np.asarray(p.ids[s:s + len(xb)])
-        for q in np.unique(qi):
-            sel = qi == q
-            yield int(q), sc[q, ci[sel]], ids[ci[sel]]
 
 
 def apply_params(index: faiss.Index, params: str) -> None:

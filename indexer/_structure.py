@@ -15,10 +15,16 @@ import faiss
 
 from lookalike.common.errors import InvalidArgument
 
-#: Exact search up to this many vectors when the user names no structure and gives no memory budget.
-AUTO_EXACT_MAX = 200_000
+#: Exact search up to this many vectors when the user names no structure (and they fit the memory budget): the
+#: size at which a resident exact scan stops being faster than an inverted file at a million vectors (measured by
+#: bench/scale.py; see docs/scale.md).
+AUTO_EXACT_MAX = 50_000
 #: Vectors drawn from the shards to train a structure: at least what it needs, else up to this many.
 TRAIN_SAMPLE_MAX = 100_000
+#: Largest PQ code the auto choice makes (bytes per vector): more only slows the encoding of the lists.
+PQ_MAX_BYTES = 96
+#: Lists compared with each list by the list-by-list dedup scan, itself included (``dedup_nprobe``).
+DEDUP_NPROBE = 2
 #: Storage dtypes a build may use ("fp32" / "fp16" are accepted as aliases).
 STORAGE_DTYPES = ("float32", "float16")
 _STORAGE_ALIASES = {"fp32": "float32", "fp16": "float16", "float32": "float32", "float16": "float16"}
@@ -46,9 +52,14 @@ class Structure:
 
 
 def auto_nlist(n: int) -> int:
-    """Inverted lists for ``n`` vectors: about 4 sqrt(n), a power of two in [1024, 65536]."""
-    nlist = 2 ** round(math.log2(4 * math.sqrt(max(n, 1))))
-    return int(min(max(nlist, 1024), 65536))
+    """Inverted lists for ``n`` vectors: about sqrt(n), a power of two in [256, 65536].
+
+    Assigning n vectors costs n x nlist dot products (a CPU does ~70 GFLOP/s per core), so sqrt(n) keeps the
+    build of 10M vectors at ~4,096 lists (minutes on two cores) where 4 sqrt(n) would take an hour; queries then
+    scan nprobe lists of ~sqrt(n) codes each.
+    """
+    nlist = 2 ** round(math.log2(math.sqrt(max(n, 1))))
+    return int(min(max(nlist, 256), 65536))
 
 
 def choose_structure(n: int, dim: int, *, requested: str = "auto", max_memory: int | None = None,
@@ -56,9 +67,11 @@ def choose_structure(n: int, dim: int, *, requested: str = "auto", max_memory: i
     """Pick the structure for ``n`` vectors, the way autofaiss does: from the memory budget.
 
     "Flat" (or "exact") is an exact scan of the shards. "auto": exact up to ``exact_max`` vectors (default
-    ``AUTO_EXACT_MAX``, 200k) when they also fit ``max_memory``; beyond, an inverted file with about 4 sqrt(n) lists
-    whose codes fit the budget: Flat codes (4 bytes/dim), else SQ8 (1 byte/dim), else PQ (m bytes per vector),
-    re-ranked with the exact vectors of the shards. A factory string is used as given.
+    ``AUTO_EXACT_MAX``) when they also fit ``max_memory`` (readers hold them resident); beyond, an inverted file
+    with about sqrt(n) lists whose codes fit the budget: 8-bit scalar codes (1 byte per dimension; also without a
+    budget), else PQ (m bytes per vector, at most 96), re-ranked with the exact vectors of the shards. Float codes
+    ("IVF...,Flat") would copy the shards at 4 bytes per dimension for the recall SQ8 + re-ranking already reaches;
+    they are used only when asked for. A factory string is used as given.
     """
     req = (requested or "auto").strip()
     exact_max = AUTO_EXACT_MAX if exact_max is None else exact_max
@@ -77,13 +90,12 @@ def choose_structure(n: int, dim: int, *, requested: str = "auto", max_memory: i
     nlist = auto_nlist(n)
     params = f"nprobe={default_nprobe(nlist)}"
     budget = max_memory
-    if budget is None or n * dim * 4 <= budget:
-        why = "no memory budget given" if budget is None else f"Flat codes ({n * dim * 4 / 2**30:.2f} GiB) fit"
-        return Structure(f"IVF{nlist},Flat", params, f"{n} vectors: inverted file, {why}; lists memory-mapped")
-    if n * dim <= budget:
-        return Structure(f"IVF{nlist},SQ8", params, f"float codes ({n * dim * 4 / 2**30:.2f} GiB) exceed the budget "
-                                                    f"{budget / 2**30:.2f} GiB: 8-bit codes, re-ranked from the shards")
-    m = max(1, budget // max(n, 1))
+    if budget is None or n * dim <= budget:
+        why = "no memory budget given" if budget is None else \
+            f"8-bit codes ({n * dim / 2**30:.2f} GiB) fit the budget {budget / 2**30:.2f} GiB"
+        return Structure(f"IVF{nlist},SQ8", params, f"{n} vectors: inverted file of 8-bit codes ({why}), re-ranked "
+                                                    f"from the shards; lists memory-mapped")
+    m = max(1, min(budget // max(n, 1), PQ_MAX_BYTES))
     cands = [c for c in range(min(m, dim), 0, -1) if dim % c == 0]
     m = cands[0] if cands else 1
     return Structure(f"IVF{nlist},PQ{m}", params, f"8-bit codes exceed the budget {budget / 2**30:.2f} GiB: "
@@ -94,6 +106,21 @@ def default_nprobe(nlist: int) -> int:
     """Lists probed per query of an inverted file of ``nlist`` lists: nlist / 128, at least 16 (and at most nlist),
     which keeps recall@10 above 0.95 on clustered embeddings."""
     return max(1, min(nlist, max(16, nlist // 128)))
+
+
+def dedup_nprobe(nlist: int) -> int:
+    """Lists each inverted list is compared with (itself included) when dedup scans list by list: near copies sit
+    in the same list or the next one (planted pairs at 1 - cosine ~0.005: recall 1.000 at 2 lists from 1M to 10M,
+    see docs/scale.md), and the work grows with every list added."""
+    return max(1, min(nlist, DEDUP_NPROBE))
+
+
+def refine_factor(factory: str) -> int:
+    """Candidates fetched per result when compressed codes are re-ranked with the exact vectors of the shards:
+    4 for scalar codes (SQ8 keeps the order of near neighbours), 10 for PQ (coarser), 1 otherwise."""
+    if not needs_refine(factory):
+        return 1
+    return 10 if re.search(r",\s*(OPQ\d+[^,]*,\s*)?PQ\d", factory) else 4
 
 
 def _nlist_of(factory: str) -> int:

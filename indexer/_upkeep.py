@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from sqlalchemy import delete, select, update
 
+from lookalike.indexer import _structure
 from lookalike.indexer._catalog import BuildRow, Catalog, ShardRow, StoreRow, TombstoneRow, utcnow
 from lookalike.indexer._config import DEFAULT_COMPACT_AT
 from lookalike.indexer._derive import build_derived, remove_stale_derived
@@ -24,7 +25,8 @@ _logger = logging.getLogger(__name__)
 #: Shards with fewer live rows than this are merged once there are ``SMALL_SHARDS_MAX`` of them.
 SMALL_SHARD_ROWS = 4096
 SMALL_SHARDS_MAX = 32
-#: The derived file is extended / rebuilt once the shards it does not cover hold this share of its rows.
+#: The derived file is extended / rebuilt once the shards it does not cover hold this share of its rows, or more
+#: rows than an exact scan answers as fast as the file (``AUTO_EXACT_MAX``): readers scan the tail exactly.
 TAIL_SHARE = 0.10
 #: Rows per shard written by compaction.
 COMPACT_ROWS = 1 << 18
@@ -140,7 +142,7 @@ def update_structure(catalog: Catalog, build: BuildRow, *, compact_at: float = D
     if not want.exact:
         tail = sum(sh.rows for sh in shards if sh.id > int(st.derived_upto or 0))
         covered = int(st.derived_rows or 0)
-        if rebuild or tail > TAIL_SHARE * covered:
+        if rebuild or tail > min(TAIL_SHARE * covered, _structure.AUTO_EXACT_MAX):
             total = n
             if progress is not None:
                 progress(0, total)

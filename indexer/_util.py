@@ -1,4 +1,5 @@
-"""Small helpers of the store: memory sizes as users write them, and silencing faiss's C-level prints."""
+"""Small helpers of the store: memory sizes as users write them, silencing faiss's C-level prints, and faiss's
+OpenMP threads for one call."""
 
 from __future__ import annotations
 
@@ -51,3 +52,23 @@ def quiet_stdout() -> Iterator[None]:
         os.dup2(saved, fd)
         os.close(saved)
         os.close(devnull)
+
+
+@contextlib.contextmanager
+def faiss_threads(n: int | None) -> Iterator[None]:
+    """Run faiss with ``n`` OpenMP threads in this thread for the block (None: unchanged).
+
+    A flat scan for one query split over threads waits at OpenMP barriers: on a busy machine that costs 3-8x its
+    own time; one thread answers in a few milliseconds (``docs/scale.md``).
+    """
+    import faiss
+
+    if n is None:
+        yield
+        return
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(n)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)

@@ -28,6 +28,7 @@ import re
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +38,7 @@ from sqlalchemy.orm import Session
 
 from lookalike.common.errors import IndexDamaged, IndexLocked, IndexMismatch, InvalidArgument
 from lookalike.common.io import file_lock
+from lookalike.indexer._bulk import driver, ensure_path_index
 from lookalike.indexer._catalog import (
     BACKUP_FILE,
     CATALOG_FILE,
@@ -51,7 +53,7 @@ from lookalike.indexer._catalog import (
 from lookalike.indexer._config import BuildConfig
 from lookalike.indexer._dtypes import count_dtype, declare_dtype
 from lookalike.indexer._migrate import migrate_if_needed
-from lookalike.indexer._shard_writer import ShardWriter, clean_orphans
+from lookalike.indexer._shard_writer import PendingShard, ShardWriter, clean_orphans
 from lookalike.indexer._shards import SHARD_ROOT
 from lookalike.indexer._structure import validate_factory
 from lookalike.indexer._upkeep import Upkeep, update_structure
@@ -103,6 +105,18 @@ def check_index_folder(index_dir: str | os.PathLike[str], *, db_url: str | None 
 
 
 @dataclass
+class _Buffered:
+    """What one checkpoint commits: the shard's image ids, the image-row updates, items, whether all are new."""
+
+    ids: np.ndarray | None
+    rows: list[dict]
+    n: int
+    new: bool
+    pending: set[int]
+    adopted: list[PendingShard]
+
+
+@dataclass
 class WriteStats:
     """What a build writer committed: vectors, checkpoints (shards), seconds spent writing."""
 
@@ -124,6 +138,7 @@ class WriterSession:
                  crash: Callable[[str], None] | None = None):
         self.index_dir, self.config, self.catalog = index_dir, config, catalog
         self.crash = crash or (lambda _name: None)
+        self.writers: list[BuildWriter] = []
 
     def find_build(self, fingerprint: str) -> BuildRow | None:
         """The build of ``fingerprint``, or None."""
@@ -162,11 +177,16 @@ def open_writer(index_dir: str | os.PathLike[str], config: BuildConfig | None = 
     d.mkdir(parents=True, exist_ok=True)
     with writer_lock(d) if lock else contextlib.nullcontext():
         catalog = Catalog(d, db_url=config.db_url, create=True)
+        session = None
         try:
             migrate_if_needed(catalog)
-            yield WriterSession(d, config, catalog, crash)
+            ensure_path_index(catalog)  # a bulk import killed before it re-created the unique path index
+            session = WriterSession(d, config, catalog, crash)
+            yield session
             catalog.backup()  # every writer leaves a fresh copy for 'lookalike check --repair'
         finally:
+            for w in session.writers if session is not None else ():
+                w.abandon()  # no thread outlives the session (an uncommitted shard is an orphan for the next one)
             catalog.close()
 
 
@@ -231,15 +251,24 @@ def reconcile(catalog: Catalog, fingerprint: str) -> int:
 
 
 def update_images(s: Session, rows: Sequence[dict]) -> None:
-    """UPDATE images by id (each dict holds "id" and the columns to set), one Core executemany per set of columns:
-    several times faster than the ORM bulk update on the writer's hot path."""
+    """UPDATE images by id (each dict holds "id" and the columns to set), one executemany per set of columns: of
+    tuples through the DB-API on SQLite (plain values), else SQLAlchemy Core; several times faster than the ORM
+    bulk update on the writer's hot path."""
     t = ImageRow.__table__
     by_keys: dict[tuple[str, ...], list[dict]] = defaultdict(list)
     for r in rows:
         by_keys[tuple(sorted(k for k in r if k != "id"))].append(r)
+    raw = s.get_bind().dialect.name == "sqlite"
     for keys, batch in by_keys.items():
+        if raw and all(isinstance(v, _PLAIN) for v in batch[0].values()) and set(keys) <= set(t.c.keys()):
+            sql = f"UPDATE images SET {', '.join(f'{k} = ?' for k in keys)} WHERE id = ?"
+            driver(s).executemany(sql, ([r[k] for k in keys] + [r["id"]] for r in batch))
+            continue
         stmt = t.update().where(t.c.id == bindparam("b_id")).values({k: bindparam(f"b_{k}") for k in keys})
         s.connection().execute(stmt, [{f"b_{k}": v for k, v in r.items()} for r in batch])
+
+
+_PLAIN = (int, float, str, bytes, type(None))
 
 
 class BuildWriter:
@@ -269,7 +298,13 @@ class BuildWriter:
         self._rows: list[dict] = []
         self._failed = 0
         self._pending: set[int] = set()
+        self._new = True
+        self._adopted: list[PendingShard] = []
+        self._n_adopted = 0
         self._last = time.perf_counter()
+        self._inflight: tuple[Future, _Buffered] | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        session.writers.append(self)
 
     @property
     def fingerprint(self) -> str:
@@ -287,14 +322,15 @@ class BuildWriter:
 
     def pending(self) -> int:
         """Items waiting for the next checkpoint: vectors, and rows without a vector (failed images)."""
-        return self._n + self._failed
+        return self._n + self._n_adopted + self._failed
 
     def is_pending(self, image_id: int) -> bool:
         """True when a vector of ``image_id`` waits for the next checkpoint."""
-        return int(image_id) in self._pending
+        i = int(image_id)
+        return i in self._pending or (self._inflight is not None and i in self._inflight[1].pending)
 
     def push(self, ids: Iterable[int] | np.ndarray, xb: np.ndarray | None, rows: Sequence[dict] = (),
-             failed: Sequence[dict] = ()) -> None:
+             failed: Sequence[dict] = (), *, new: bool = False) -> None:
         """Hand over vectors and image-row updates to be committed together; checkpoints when one is due.
 
         Args:
@@ -302,7 +338,9 @@ class BuildWriter:
             xb: their (n, dim) vectors, or None.
             rows: updates of the images that have a vector here (dicts with "id" and the columns to set).
             failed: updates of images without a vector (decode failures); each counts as an item.
+            new: none of these images has a committed vector of this build (no tombstone look-up needed).
         """
+        self._new = self._new and new
         if xb is not None:
             ids_a = np.asarray(ids if isinstance(ids, np.ndarray) else list(ids), dtype=np.int64)
             if len(ids_a):
@@ -316,6 +354,16 @@ class BuildWriter:
         if self._due():
             self.checkpoint()
 
+    def push_shard(self, shard: PendingShard, rows: Sequence[dict] = ()) -> None:
+        """Hand over a shard another process wrote (``ShardWriter.adopt``: a Ray worker's) with the updates of its
+        images; it commits at the next checkpoint like a shard of ours (one is started when due)."""
+        self._adopted.append(shard)
+        self._n_adopted += shard.rows
+        self._pending.update(shard.image_ids.tolist())
+        self._rows.extend(rows)
+        if self._due():
+            self.checkpoint()
+
     def _due(self) -> bool:
         if not self.pending():
             return False
@@ -323,31 +371,72 @@ class BuildWriter:
             return self.every <= 0 or self.pending() >= self.every
         # a checkpoint costs one shard whatever the index size: bound the work a kill can lose, and keep shards
         # large enough that a big index is not thousands of tiny files
-        return self._n >= self.MAX_ROWS or time.perf_counter() - self._last >= self.MAX_SECONDS
+        return self._n + self._n_adopted >= self.MAX_ROWS or time.perf_counter() - self._last >= self.MAX_SECONDS
 
-    def checkpoint(self) -> None:
-        """Write the buffered vectors as one shard, then commit it with the buffered rows in one transaction."""
+    def checkpoint(self, *, background: bool = False) -> None:
+        """Write the buffered vectors as one shard, then commit it with the buffered rows in one transaction.
+
+        With ``background=True`` the shard file is written (and fsynced) in a thread while the caller goes on; its
+        rows commit at the next ``checkpoint`` / ``finish`` / ``wait``, always after the file is on disk, so the
+        crash-safety rules are the same (a kill in between leaves an uncommitted file the next writer deletes).
+        """
+        self.wait()
         t0 = time.perf_counter()
-        n = self._n
-        pending = self.shards.write(np.concatenate(self._ids), np.concatenate(self._vecs)) if n else None
+        buf = _Buffered(np.concatenate(self._ids) if self._n else None, self._rows, self._n + self._n_adopted,
+                        self._new, self._pending, self._adopted)
+        xb = np.concatenate(self._vecs) if self._n else None
+        self._ids, self._vecs, self._n, self._rows, self._failed, self._new = [], [], 0, [], 0, True
+        self._pending, self._adopted, self._n_adopted = set(), [], 0
+        if buf.ids is None:
+            self._commit(None, buf)
+        elif background:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lookalike-shard")
+            self._inflight = (self._pool.submit(self.shards.write, buf.ids, xb), buf)
+        else:
+            self._commit(self.shards.write(buf.ids, xb), buf)
+        self.stats.seconds += time.perf_counter() - t0
+
+    def wait(self) -> None:
+        """Commit the shard a background checkpoint is writing (after its file is on disk)."""
+        if self._inflight is None:
+            return
+        fut, buf = self._inflight
+        t0 = time.perf_counter()
+        self._inflight = None
+        self._commit(fut.result(), buf)
+        self.stats.seconds += time.perf_counter() - t0
+
+    def abandon(self) -> None:
+        """Wait for a background shard write without committing it (the session ends with an error)."""
+        if self._inflight is not None:
+            fut, _ = self._inflight
+            self._inflight = None
+            with contextlib.suppress(Exception):
+                fut.result()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def _commit(self, pending: PendingShard | None, buf: _Buffered) -> None:
         fp = self.fingerprint
         with self.catalog.session() as s, s.begin():
-            if self._rows:
-                update_images(s, self._rows)
+            if buf.rows:
+                update_images(s, buf.rows)
             if pending is not None:
-                self.shards.record(s, pending)
+                self.shards.record(s, pending, new=buf.new)
+            for p in buf.adopted:
+                self.shards.record(s, p)
             s.execute(update(BuildRow).where(BuildRow.fingerprint == fp)
-                      .values(count=BuildRow.count + n, updated=utcnow()))
+                      .values(count=BuildRow.count + buf.n, updated=utcnow()))
             if self.dtype is not None:
-                count_dtype(s, fp, self.dtype, n)
+                count_dtype(s, fp, self.dtype, buf.n)
             s.flush()
             self.session.crash("during_commit")
         self.session.crash("after_commit")
-        self.stats.vectors += n
+        self.stats.vectors += buf.n
         self.stats.checkpoints += 1
-        self._ids, self._vecs, self._n, self._rows, self._failed, self._pending = [], [], 0, [], 0, set()
         self._last = time.perf_counter()
-        self.stats.seconds += self._last - t0
 
     def finish(self, progress: Callable[[int, int], None] | None = None, *, force: bool = False) -> Upkeep:
         """Commit what is buffered, then compact and bring the derived search structure up to date.
@@ -358,6 +447,8 @@ class BuildWriter:
         """
         if self.pending():
             self.checkpoint()
+        self.wait()
+        self.abandon()
         t0 = time.perf_counter()
         up = update_structure(self.catalog, self.build, compact_at=self.session.config.compact_at, force=force,
                               progress=progress)

@@ -229,7 +229,7 @@ def test_faiss_types_in_the_pipeline(tmp_path: Path, tiny, monkeypatch: pytest.M
     monkeypatch.setattr("lookalike.indexer._structure.auto_nlist", lambda n: 2)
     monkeypatch.setattr("lookalike.indexer._structure.min_train_size", lambda f: 2)
     s = build_index(root, tmp_path / "auto", metric=tiny, batch_size=4, workers=0, progress=False)
-    assert s.factory == "IVF2,Flat"
+    assert s.factory == "IVF2,SQ8"  # 8-bit codes, re-ranked with the shards' vectors
     with open_index(tmp_path / "auto") as ix:
         ivf = faiss.extract_index_ivf(ix.vectors.derived)
         assert ivf.nlist == 2 and isinstance(faiss.downcast_InvertedLists(ivf.invlists), faiss.OnDiskInvertedLists)

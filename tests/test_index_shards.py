@@ -29,6 +29,7 @@ from lookalike.indexer._catalog import STATUS_OK, BuildRow, Catalog, ImageRow, S
 from lookalike.indexer._migrate import legacy_file
 from lookalike.indexer._shard_writer import ShardWriter, tombstone
 from lookalike.indexer._store import ShardedVectors
+from lookalike.indexer._structure import dedup_nprobe, refine_factor
 from lookalike.indexer._upkeep import update_structure
 from lookalike.metric import load_metric
 
@@ -145,16 +146,20 @@ def test_compaction_and_fp16_and_budget(tmp_path: Path, tiny) -> None:
 
 
 def test_choose_structure_from_the_budget() -> None:
-    assert choose_structure(100_000, 768).exact
-    assert choose_structure(1_000_000, 768).factory == "IVF4096,Flat"
-    assert choose_structure(100_000, 768, max_memory=1 << 30).exact  # 293 MiB fit
-    assert choose_structure(10**6, 768, max_memory=4 << 30).factory == "IVF4096,Flat"  # 2.9 GiB of codes fit
-    assert choose_structure(10**7, 768, max_memory=32 << 30).factory.endswith(",Flat")
-    assert choose_structure(10**7, 768, max_memory=8 << 30).factory.endswith(",SQ8")
-    assert choose_structure(100_000, 768, max_memory=1 << 20).factory == "IVF1024,PQ8"  # 1 MiB: 8 bytes each
-    pq = choose_structure(10**7, 768, max_memory=1 << 30)
-    assert pq.factory.startswith("IVF") and ",PQ" in pq.factory and "PQ" in pq.reason
+    assert choose_structure(50_000, 768).exact
+    assert choose_structure(100_000, 768).factory == "IVF256,SQ8"  # about sqrt(n) lists, 8-bit codes re-ranked
+    assert choose_structure(1_000_000, 768).factory == "IVF1024,SQ8"
+    assert choose_structure(10**7, 768).factory == "IVF4096,SQ8"
+    assert choose_structure(50_000, 768, max_memory=1 << 30).exact  # 147 MiB fit
+    assert not choose_structure(50_000, 768, max_memory=1 << 20).exact
+    assert choose_structure(10**7, 768, max_memory=8 << 30).factory.endswith(",SQ8")  # 7.2 GiB of codes fit
+    assert choose_structure(100_000, 768, max_memory=1 << 20).factory == "IVF256,PQ8"  # 1 MiB: 8 bytes each
+    pq = choose_structure(10**7, 768, max_memory=4 << 30)
+    assert pq.factory == "IVF4096,PQ96" and "PQ96" in pq.reason  # PQ at most 96 bytes
+    assert choose_structure(10**7, 768, max_memory=1 << 30).factory == "IVF4096,PQ96"
     assert choose_structure(10, 8, requested="HNSW32").factory == "HNSW32"
+    assert (refine_factor("IVF4096,SQ8"), refine_factor("IVF4096,PQ96"), refine_factor("IVF4096,Flat")) == (4, 10, 1)
+    assert dedup_nprobe(4096) == 2 and dedup_nprobe(1) == 1
 
 
 def test_dedup_list_by_list_equals_exact(tmp_path: Path) -> None:

@@ -31,7 +31,7 @@ from lookalike.indexer import (
 TINY = "test_vit_tiny"
 #: Modules (and functions) of the write path: a reader must not run any of them.
 WRITER_MODULES = {"_writer", "_shard_writer", "_migrate", "_upkeep", "_derive", "_pipeline", "_import", "_readers",
-                  "_diff", "_ray"}
+                  "_diff", "_ray", "_import_rows", "_bulk"}
 WRITER_FUNCTIONS = {("_dtypes", "declare_dtype"), ("_dtypes", "count_dtype"), ("_catalog", "set_version"),
                     ("_catalog", "backup"), ("_catalog", "set_dedup_threshold"), ("_check", "_repair"),
                     ("_check", "_reembed"), ("_check", "_restore_catalog")}
