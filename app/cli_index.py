@@ -53,14 +53,14 @@ def add_build_flags(p: argparse.ArgumentParser, *, unit: str) -> None:
     ``index`` and ``import``; ``unit`` is what a checkpoint counts ("images" or "rows")."""
     p.add_argument("--faiss", default=None, metavar="FACTORY",
                    help="search structure of a new index: Flat (exact) or a FAISS factory string (HNSW32, "
-                        "IVF4096,Flat, IVF4096,SQ8...) (default auto: exact up to 200k vectors, an inverted file "
-                        "beyond)")
+                        "IVF4096,Flat, IVF4096,SQ8...) (default auto: exact up to 50k vectors, beyond an inverted "
+                        "file of 8-bit codes with about sqrt(n) lists, re-ranked from the stored vectors)")
     p.add_argument("--storage", default=None, choices=["fp32", "fp16"],
                    help="vector storage of a new index: fp32 (default) or fp16 (half the disk and page cache)")
     p.add_argument("--max-memory", default=None, metavar="SIZE",
                    help="memory budget of the search structure, e.g. 4G: exact search while the vectors fit it, "
-                        "else an inverted file whose codes fit (Flat, SQ8 or PQ); 'lookalike info' says what was "
-                        "chosen (default: exact up to 200k vectors, an inverted file beyond)")
+                        "else an inverted file whose codes fit (SQ8, else PQ of at most 96 bytes), re-ranked "
+                        "from the stored vectors; 'lookalike info' says what was chosen (default: no budget)")
     p.add_argument("--compact-at", type=float, default=None, metavar="SHARE",
                    help="rewrite a shard once this share of its rows belongs to removed images (default 0.25)")
     p.add_argument("--dedup-threshold", type=float, default=None, metavar="T",

@@ -244,25 +244,6 @@ def has_vectors(info: dict) -> bool:
     return any(m.get("vectors") for m in info.get("metrics", ()))
 
 
-def group_pairs(report: DedupReport) -> list[list[tuple[str, str, float]]]:
-    """For each group of ``report`` (same order), its linked pairs as (relpath a, relpath b, distance), closest first.
-
-    One pass over the pairs, done once per report (the Duplicates page caches it), not once per page turn.
-    """
-    group_of: dict[str, int] = {}
-    relpath: dict[str, str] = {}
-    for n, g in enumerate(report.groups):
-        for m in (g.keeper, *g.duplicates):
-            group_of[m.path] = n
-            relpath[m.path] = m.relpath
-    out: list[list[tuple[str, str, float]]] = [[] for _ in report.groups]
-    for p in report.pairs:  # closest first
-        n = group_of.get(p.a)
-        if n is not None and n == group_of.get(p.b):
-            out[n].append((relpath[p.a], relpath[p.b], p.distance))
-    return out
-
-
 def page_bounds(total: int, page: int, page_size: int) -> tuple[int, int, int]:
     """(start, stop, pages) of 1-based ``page`` of ``page_size`` items among ``total`` (page clamped to range)."""
     if page_size < 1:

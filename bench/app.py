@@ -23,8 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+from lookalike.app.dedup_views import pairs_by_group
 from lookalike.app.projection import THUMB_GRID, Projection, map_thumbnails, project_vectors, spread_sample
-from lookalike.app.views import group_pairs, page_bounds, report_bytes
+from lookalike.app.views import page_bounds, report_bytes
 from lookalike.indexer import DedupReport, DuplicateGroup, DuplicateMember, DuplicatePair
 
 
@@ -108,7 +109,7 @@ def main() -> None:
             group_of = {m.path: i for i, g in enumerate(shown) for m in (g.keeper, *g.duplicates)}
             return [p for p in rep.pairs if p.a in group_of and group_of[p.a] == group_of.get(p.b)]
 
-        t_pairs = best(lambda report=report: group_pairs(report), reps=1)
+        t_pairs = best(lambda report=report: pairs_by_group(report), reps=1)
         print(f"| {n:,} | {best(now):.3f} | {best(before, reps=1):.0f} | {t_pairs:.0f} |")
 
 

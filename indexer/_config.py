@@ -35,8 +35,9 @@ class BuildConfig:
 
     Attributes:
         faiss: the search structure derived from the shards of a new build: "auto" / None (chosen from
-            ``max_memory``: exact while the vectors fit it; without a budget, exact up to 200k vectors; an inverted
-            file with memory-mapped on-disk lists beyond), "Flat" (an exact scan of the memory-mapped shards) or a
+            ``max_memory`` by ``_structure.choose_structure``: exact up to 50k vectors that fit it; beyond, an
+            inverted file of about sqrt(n) memory-mapped lists of 8-bit codes, or PQ codes under a budget, re-ranked
+            from the shards), "Flat" (an exact scan of the memory-mapped shards) or a
             FAISS factory string ("HNSW32", "IVF4096,Flat", "IVF4096,SQ8", "IVF4096,PQ64"). Trained types are
             trained on a sample once enough vectors are indexed (exact search until then). An existing build keeps
             its own; naming another is an error.

@@ -25,7 +25,9 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
+import pytest
 import torch
 from PIL import Image, ImageEnhance
 from safetensors.torch import save_file
@@ -40,6 +42,19 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+#: Where browser tests leave their screenshots, and how long they wait for the app (first runs load a model).
+SCREENSHOTS = Path(__file__).resolve().parents[1] / "test-output" / "screenshots"
+BROWSER_TIMEOUT_MS = 60_000
+
+
+def playwright_or_skip() -> ModuleType:
+    """Playwright's sync API for a browser test module, or skip the module when Debian's chromium is missing
+    (an error under CI, which installs it with ``.ci/install-system.sh``)."""
+    if not CHROMIUM.is_file():
+        if os.environ.get("CI"):
+            raise RuntimeError(f"{CHROMIUM} is missing; CI must run .ci/install-system.sh first")
+        pytest.skip(f"{CHROMIUM} not installed (run .ci/install-system.sh)", allow_module_level=True)
+    return pytest.importorskip("playwright.sync_api")
 
 #: The photo indexed with an edited copy in ``photo_collection``: the known duplicate group.
 DUP_OF = "bsd68_101085.jpg"
@@ -208,6 +223,7 @@ LOOKALIKE_TO_REFERENCE = {
 
 DINO_HUBCONF = '''
 import os
+import pytest
 import torch
 from dreamsim.feature_extraction.vision_transformer import vit_base
 
@@ -224,6 +240,7 @@ def dino_vitb16(pretrained=True, **kwargs):
 
 DINOV2_HUBCONF = '''
 import os
+import pytest
 import torch
 from dinov2.models.vision_transformer import vit_base
 

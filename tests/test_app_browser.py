@@ -7,7 +7,6 @@ Chromium comes from ``apt-get install chromium`` (``.ci/install-system.sh``), ne
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import urllib.error
@@ -17,21 +16,16 @@ from pathlib import Path
 
 import pytest
 from PIL import ImageEnhance
-from support import CHROMIUM, DUP_EDITED, DUP_OF, PHOTOS, run_app
+from support import BROWSER_TIMEOUT_MS, DUP_EDITED, DUP_OF, PHOTOS, SCREENSHOTS, playwright_or_skip, run_app
 
 from lookalike.data.images import open_image
 
-SCREENSHOTS = Path(__file__).resolve().parents[1] / "test-output" / "screenshots"
 QUERY_OF = "sunhays_beach_sun_bgtlposotyokcsdg.jpg"  # an edit of it (not indexed) is uploaded: its known nearest
-TIMEOUT_MS = 60_000
+TIMEOUT_MS = BROWSER_TIMEOUT_MS
 
 pytestmark = pytest.mark.slow
 
-if not CHROMIUM.is_file():
-    if os.environ.get("CI"):
-        raise RuntimeError(f"{CHROMIUM} is missing; CI must run .ci/install-system.sh first")
-    pytest.skip(f"{CHROMIUM} not installed (run .ci/install-system.sh)", allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api")
+sync_api = playwright_or_skip()
 
 
 def _get(url: str) -> tuple[int, bytes]:

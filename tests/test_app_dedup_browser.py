@@ -10,23 +10,17 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import CHROMIUM, run_app, split_collection
+from support import BROWSER_TIMEOUT_MS, SCREENSHOTS, playwright_or_skip, run_app, split_collection
 
-SCREENSHOTS = Path(__file__).resolve().parents[1] / "test-output" / "screenshots"
-TIMEOUT_MS = 60_000
+TIMEOUT_MS = BROWSER_TIMEOUT_MS
 
 pytestmark = pytest.mark.slow
 
-if not CHROMIUM.is_file():
-    if os.environ.get("CI"):
-        raise RuntimeError(f"{CHROMIUM} is missing; CI must run .ci/install-system.sh first")
-    pytest.skip(f"{CHROMIUM} not installed (run .ci/install-system.sh)", allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api")
+sync_api = playwright_or_skip()
 
 
 @pytest.fixture(scope="module")

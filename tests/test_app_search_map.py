@@ -199,7 +199,8 @@ def test_duplicates_are_paginated(monkeypatch: pytest.MonkeyPatch, collection: d
 
 
 def test_page_bounds_and_group_pairs(collection: dict[str, Path]) -> None:
-    from lookalike.app.views import group_pairs, page_bounds
+    from lookalike.app.dedup_views import pairs_by_group
+    from lookalike.app.views import page_bounds
     from lookalike.indexer import find_duplicates
 
     assert page_bounds(100_000, 1, 20) == (0, 20, 5000)
@@ -207,10 +208,10 @@ def test_page_bounds_and_group_pairs(collection: dict[str, Path]) -> None:
     assert page_bounds(100_000, 9999, 20) == (99_980, 100_000, 5000)  # clamped
     assert page_bounds(0, 1, 20) == (0, 0, 1)
     report = find_duplicates(collection["index"], threshold=0.1)
-    pairs = group_pairs(report)
+    pairs = pairs_by_group(report)
     assert len(pairs) == len(report.groups) == 6
     for g, ps in zip(report.groups, pairs, strict=True):
-        assert [(a, b) for a, b, _ in ps] in ([(g.keeper.relpath, g.duplicates[0].relpath)],
+        assert [(p.a_rel, p.b_rel) for p in ps] in ([(g.keeper.relpath, g.duplicates[0].relpath)],
                                               [(g.duplicates[0].relpath, g.keeper.relpath)])
 
 
