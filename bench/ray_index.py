@@ -40,17 +40,25 @@ def vectors(idx: Path) -> dict[str, np.ndarray]:
     return out
 
 
-def commit_rate(n: int, dim: int, batch: int) -> tuple[float, dict[str, float]]:
-    """The driver alone: ``n`` results of ``batch`` rows as Ray hands them over (numpy columns), turned into catalog
-    rows (``_to_batch``) and pushed through the writer session (shards + catalog commits), as ``run_on_ray`` does.
-    Returns vectors/s and the seconds per part."""
+def commit_rate(n: int, dim: int, batch: int, *, workers: bool = False) -> tuple[float, dict[str, float]]:
+    """The driver alone: ``n`` results as Ray hands them over (numpy columns), turned into catalog rows
+    (``_to_batch``) and pushed through the writer session, as ``run_on_ray`` does. Returns vectors/s and the
+    seconds per part.
+
+    ``workers=False``: results of ``batch`` rows carry their vectors and the driver writes every shard (shards +
+    catalog commits). ``workers=True``: the actors' way when they reach the index folder (``_ray_shards``): each
+    result is one shard of ``WORKER_SHARD_ROWS`` rows an actor already wrote (written here before the clock starts,
+    their time reported apart: on a cluster the actors write in parallel), and the driver checks the files
+    (``adopt``) and commits the records only."""
     from lookalike.indexer import BuildConfig
     from lookalike.indexer._catalog import STATUS_PENDING, ImageRow
     from lookalike.indexer._ray import _to_batch
+    from lookalike.indexer._ray_shards import WORKER_SHARD_ROWS, WorkerShards, close_target, open_target
     from lookalike.indexer._writer import open_writer
 
     rng = np.random.default_rng(0)
-    xb = rng.standard_normal((batch, dim)).astype(np.float32)
+    step = WORKER_SHARD_ROWS if workers else batch
+    xb = rng.standard_normal((step, dim)).astype(np.float32)
     xb /= np.linalg.norm(xb, axis=1, keepdims=True)
     with tempfile.TemporaryDirectory(prefix="lookalike-commit-") as tmp, \
             open_writer(Path(tmp) / "idx", BuildConfig()) as session:
@@ -60,24 +68,40 @@ def commit_rate(n: int, dim: int, batch: int) -> tuple[float, dict[str, float]]:
                     {"id": i, "root": "/bench", "relpath": f"{i}.jpg", "path_raw": f"/bench/{i}.jpg".encode(),
                      "size": 1, "mtime_ns": 1, "status": STATUS_PENDING} for i in range(a, min(n + 1, a + 50_000))])
         writer = session.open_build("bench-commit", "bench", dim)
+        index_dir = Path(tmp) / "idx"
+        outs, t_workers = [], 0.0
+        target = open_target(index_dir, writer.shards.folder, writer.shards.dtype, writer.dim) if workers else None
+        actor = WorkerShards(target) if workers else None
+        for a in range(1, n + 1, step):
+            ids = np.arange(a, min(n + 1, a + step), dtype=np.int64)
+            k = len(ids)
+            out = {"id": ids, "ok": np.ones(k, bool), "width": np.full(k, 640), "height": np.full(k, 480),
+                   "format": np.array(["JPEG"] * k, dtype=object), "error": np.array([""] * k, dtype=object)}
+            if actor is not None:
+                t = time.perf_counter()
+                out.update(actor.write(ids, xb[:k]))
+                t_workers += time.perf_counter() - t
+            else:
+                out["vector"] = xb[:k]
+            outs.append(out)
         wanted, seen = set(range(1, n + 1)), set()
         t_conv = 0.0
         t0 = time.perf_counter()
-        for a in range(1, n + 1, batch):
-            ids = np.arange(a, min(n + 1, a + batch), dtype=np.int64)
-            k = len(ids)
-            out = {"id": ids, "ok": np.ones(k, bool), "width": np.full(k, 640), "height": np.full(k, 480),
-                   "format": np.array(["JPEG"] * k, dtype=object), "error": np.array([""] * k, dtype=object),
-                   "vector": xb[:k]}
+        for out in outs:
             t = time.perf_counter()
-            b = _to_batch(out, wanted, seen)
+            b = _to_batch(out, wanted, seen, index_dir if workers else None)
             t_conv += time.perf_counter() - t
+            for ws, rows in b.shards:
+                writer.push_shard(writer.shards.adopt(ws.file, ws.ids_file, ws.ids, sha256=ws.sha256,
+                                                      ids_sha256=ws.ids_sha256, nbytes=ws.nbytes), rows)
             writer.push(b.ids, b.vectors, b.ok, b.failed)
         if writer.pending():
             writer.checkpoint()
         total = time.perf_counter() - t0
+        if target is not None:
+            close_target(target)
     return n / total, {"total": total, "to_rows": t_conv, "write": writer.stats.seconds,
-                       "checkpoints": writer.stats.checkpoints}
+                       "checkpoints": writer.stats.checkpoints, "workers": t_workers, "batch": step}
 
 
 def main() -> None:
@@ -91,13 +115,18 @@ def main() -> None:
     ap.add_argument("--commit-n", type=int, default=100_000, help="vectors of the driver-only commit-rate run "
                     "(0: skip it)")
     ap.add_argument("--commit-dim", type=int, default=1792, help="their dimension (default 1792, DreamSim)")
+    ap.add_argument("--commit-only", action="store_true", help="only the driver commit-rate runs")
     args = ap.parse_args()
     if args.commit_n:
-        rate, parts = commit_rate(args.commit_n, args.commit_dim, args.batch_size)
-        print(f"driver commit rate: {rate:,.0f} vectors/s ({args.commit_n:,} x {args.commit_dim}-d in batches of "
-              f"{args.batch_size}: {parts['total']:.1f}s, of which rows {parts['to_rows']:.1f}s, shard + catalog "
-              f"writes {parts['write']:.1f}s in {parts['checkpoints']} checkpoints) = {rate / 3000:.1f} GPUs at "
-              f"3,000 img/s")
+        for workers in (False, True):
+            rate, parts = commit_rate(args.commit_n, args.commit_dim, args.batch_size, workers=workers)
+            who = ("actors write the shards (written beforehand in {:.1f}s), the driver commits records".format(
+                parts["workers"]) if workers else "the driver writes every shard")
+            print(f"driver commit rate, {who}: {rate:,.0f} vectors/s ({args.commit_n:,} x {args.commit_dim}-d in "
+                  f"results of {parts['batch']}: {parts['total']:.1f}s, of which rows {parts['to_rows']:.1f}s, "
+                  f"{parts['checkpoints']} checkpoints) = {rate / 3000:.1f} GPUs at 3,000 img/s")
+        if args.commit_only:
+            return
     import ray
 
     files = list_images(args.images)[:args.n]

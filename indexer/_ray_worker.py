@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from lookalike.common.errors import IndexMismatch
-from lookalike.indexer._ray_shards import ShardTarget, WorkerShards
+from lookalike.indexer._ray_shards import SHARD_COLUMNS, ShardTarget, WorkerShards
 
 if TYPE_CHECKING:
     from lookalike.metric import Metric
@@ -186,13 +186,17 @@ class _Embedder:
                     vecs[part] = self.metric.embed(x.to(self.metric.device)).float().cpu().numpy()
             self.crash("ray_embed")
         out = {k: batch[k] for k in ("id", "ok", "width", "height", "format", "error")}
-        if self.shards.usable and len(rows):
+        if not self.shards.usable:
+            out["vector"] = vecs
+            return out
+        # Every result of an actor that writes shards has the same columns and types, whether it wrote one or not
+        # (an empty batch, every image failed): Ray Data concatenates an actor's results into one block, and a
+        # "vector" column present in some of them only becomes a tensor column with null rows the driver cannot read.
+        for c in SHARD_COLUMNS:
+            out[c] = np.zeros(len(ok), np.int64) if c == "shard_bytes" else np.full(len(ok), "", dtype=object)
+        if len(rows):
             cols = self.shards.write(np.asarray(batch["id"], np.int64)[rows], vecs[rows])
             for c, v in cols.items():
-                full = np.full(len(ok), "", dtype=object)
-                full[rows] = v[0] if c != "shard_bytes" else int(v[0])
-                out[c] = full
+                out[c][rows] = int(v[0]) if c == "shard_bytes" else v[0]
             self.crash("ray_shard")  # written, not returned: an orphan for the driver to delete
-        else:
-            out["vector"] = vecs
         return out
