@@ -383,7 +383,9 @@ def find_duplicates(
                                sha256=r.sha256)
 
     groups = []
-    for keeper, dups in groups_ids:
+    for n, (keeper, dups) in enumerate(groups_ids):
+        if n % 4096 == 4095:  # random reads map ~64 KiB of shard around each row: keep resident memory bounded
+            index.vectors.shards.release_pages()
         vecs = index.vectors.vectors([keeper, *dups])
         dist = np.clip(1.0 - vecs[1:] @ vecs[0], 0.0, 2.0)
         kr = rows[keeper]

@@ -115,6 +115,7 @@ def build_derived(catalog: Catalog, build: BuildRow, structure: Structure, *, pr
                 xb = np.asarray(p.xb[s:s + block], np.float32)
                 index.add_with_ids(xb, row_keys(p.shard.id, np.arange(s, s + len(xb))))
                 rows += len(xb)
+            p.release()
         _write_faiss(index, path)
     return {"structure": structure.factory, "derived_file": path.relative_to(catalog.index_dir).as_posix(),
             "derived_sha256": sha256_path(path), "derived_bytes": path.stat().st_size, "derived_upto": upto,
@@ -165,6 +166,7 @@ def _write_lists(empty: faiss.Index, previous: faiss.Index | None, parts: list[O
         a = np.empty(len(p.ids), np.int32)
         for s in range(0, len(p.ids), block):
             a[s:s + block] = _assign(ivf.quantizer, np.asarray(p.xb[s:s + block], np.float32))
+        p.release()  # resident memory bounded by a shard, not the index (the pages stay in the page cache)
         assigned.append(a)
         sizes += np.bincount(a, minlength=nlist)
     offsets = np.concatenate([[0], np.cumsum(sizes * (code_size + 8))]).astype(np.int64)
@@ -195,6 +197,7 @@ def _write_lists(empty: faiss.Index, previous: faiss.Index | None, parts: list[O
                         os.pwrite(fd, codes[lo:hi].tobytes(), int(offsets[n]) + at * code_size)
                         os.pwrite(fd, keys[lo:hi].tobytes(), int(offsets[n] + sizes[n] * code_size) + at * 8)
                         cursor[n] += hi - lo
+                p.release()
             os.fsync(fd)
         finally:
             os.close(fd)
