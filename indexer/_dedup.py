@@ -383,9 +383,7 @@ def find_duplicates(
                                sha256=r.sha256)
 
     groups = []
-    for n, (keeper, dups) in enumerate(groups_ids):
-        if n % 4096 == 4095:  # random reads map ~64 KiB of shard around each row: keep resident memory bounded
-            index.vectors.shards.release_pages()
+    for keeper, dups in groups_ids:
         vecs = index.vectors.vectors([keeper, *dups])
         dist = np.clip(1.0 - vecs[1:] @ vecs[0], 0.0, 2.0)
         kr = rows[keeper]

@@ -28,6 +28,9 @@ _logger = logging.getLogger(__name__)
 
 #: Release the pages of the memory-mapped lists after this many bytes were read through them.
 RELEASE_BYTES = 128 << 20
+#: Pairs found on 8-bit codes checked with the shards' vectors per batch: each row read maps ~64 KiB of shard around
+#: it (the kernel's fault-around), and the reader unmaps them between batches once they pass its budget.
+VERIFY_BATCH = 8192
 #: Similarity margin of the scan on decoded 8-bit codes (their error on a dot product is ~1e-3): candidate pairs
 #: within threshold + margin are checked with the exact vectors.
 SQ_MARGIN = 0.01
@@ -254,16 +257,15 @@ def _verify(vectors, pairs: dict[tuple[int, int], float], thr: np.float32  # vec
     uniq, inv = np.unique(keys, return_inverse=True)
     inv = inv.reshape(keys.shape)
     out: dict[tuple[int, int], float] = {}
-    for s in range(0, len(keys), 65536):
-        ia, ib = inv[s:s + 65536, 0], inv[s:s + 65536, 1]
+    for s in range(0, len(keys), VERIFY_BATCH):
+        ia, ib = inv[s:s + VERIFY_BATCH, 0], inv[s:s + VERIFY_BATCH, 1]
         need = np.unique(np.concatenate([ia, ib]))
         x = vectors.vectors(uniq[need])
         pos = np.searchsorted(need, ia), np.searchsorted(need, ib)
         sims = np.einsum("ij,ij->i", x[pos[0]], x[pos[1]])
-        for (u, v), sim in zip(keys[s:s + 65536].tolist(), sims.tolist(), strict=True):
+        for (u, v), sim in zip(keys[s:s + VERIFY_BATCH].tolist(), sims.tolist(), strict=True):
             if sim >= thr:
                 out[(u, v)] = max(1.0 - sim, 0.0)
-        vectors.shards.release_pages()  # random reads all over the shards: keep resident memory to one batch
     return out
 
 

@@ -21,13 +21,15 @@ from lookalike.indexer._catalog import BuildRow, Catalog, StoreRow
 from lookalike.indexer._exact import RESIDENT_MAX_BYTES, ResidentExact, merge_topk, resident_bytes, scan_knn, scan_range
 from lookalike.indexer._shards import OpenShard, open_shards, sha256_path
 from lookalike.indexer._structure import needs_refine, refine_factor
-from lookalike.indexer._util import quiet_stdout
+from lookalike.indexer._util import mapped_file_bytes, quiet_stdout, unmap_pages
 
 _logger = logging.getLogger(__name__)
 
 #: Readers check sha256 of shards and the derived file when the build holds less than this (bytes); above, only
 #: sizes and headers (``lookalike check`` always hashes everything).
 VERIFY_MAX_BYTES = 64 << 20
+#: A reader unmaps the file pages it has read once they pass this many bytes more than when it opened.
+MAPPED_GROWTH_MAX = 2 << 30
 
 _KEY_SHIFT = 32
 _ROW_MASK = (1 << _KEY_SHIFT) - 1
@@ -79,6 +81,21 @@ class ShardedVectors:
             _logger.debug("derived %s from %s covers shards <= %d", st.structure, path.name, self.upto)
         self._sorted: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self._resident: tuple[tuple[int, ...], ResidentExact | None] | None = None
+        self._lists_map = _ondisk_mapping(self.derived)
+        self._mapped_base = mapped_file_bytes()
+
+    def release_pages(self) -> None:
+        """Unmap the file pages this reader has read (the derived lists and the shards); they stay in the page
+        cache, and the next query maps what it needs again."""
+        self.shards.release_pages()
+        if self._lists_map is not None:
+            unmap_pages(*self._lists_map)
+
+    def _bound_mapped(self) -> None:
+        # each query maps the lists it probes and ~64 KiB of shard around every re-ranked row: a long-lived reader
+        # would grow towards the size of the index files (pages the kernel may drop, but resident all the same)
+        if mapped_file_bytes() - self._mapped_base > MAPPED_GROWTH_MAX:
+            self.release_pages()
 
     # ---- properties ---------------------------------------------------------------------------------------------
     @property
@@ -150,6 +167,7 @@ class ShardedVectors:
             got = np.asarray(self.shards.parts[int(n)].xb[r[order]], np.float32)
             dst = np.flatnonzero(sel)[order]
             out[dst] = got
+        self._bound_mapped()
         return out
 
     def iter_blocks(self, block: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -222,6 +240,7 @@ class ShardedVectors:
             for p in self.tail:
                 S, I = scan_knn(p, xq, k, S, I)  # noqa: E741
         D = np.where(I >= 0, 1.0 - S, np.inf).astype(np.float32)
+        self._bound_mapped()
         return D, I
 
     def _dead_covered(self, k: int) -> int:
@@ -251,7 +270,7 @@ class ShardedVectors:
             lims, Sd, keys = self.derived.range_search(xq, thr)
             ids, live = self._decode(keys)
             if needs_refine(self.factory):
-                qi = np.repeat(np.arange(len(xq)), np.diff(lims))
+                qi = np.repeat(np.arange(len(xq)), np.diff(lims.astype(np.int64)))
                 Sd = self._exact_scores(xq[qi], keys[:, None], live[:, None])[:, 0] if len(keys) else Sd
                 live &= Sd >= thr
             for q in range(len(xq)):
@@ -272,6 +291,7 @@ class ShardedVectors:
             lims_out.append(lims_out[-1] + len(i))
         D = np.concatenate(Ds).astype(np.float32) if Ds else np.zeros(0, np.float32)
         I = np.concatenate(Is).astype(np.int64) if Is else np.zeros(0, np.int64)  # noqa: E741
+        self._bound_mapped()
         return np.asarray(lims_out, np.int64), D, I
 
 
@@ -290,6 +310,17 @@ def apply_params(index: faiss.Index, params: str) -> None:
                 raise InvalidArgument(f"unknown search parameter {key!r}; use nprobe=N or efSearch=N")
         except (AttributeError, RuntimeError) as e:
             _logger.debug("search parameter %s not applied: %s", part, e)
+
+
+def _ondisk_mapping(index: faiss.Index | None) -> tuple[int, int] | None:
+    """(address, bytes) of the memory-mapped lists of an on-disk inverted file, else None."""
+    ivf = faiss.try_extract_index_ivf(index) if index is not None else None
+    if ivf is None:
+        return None
+    inv = faiss.downcast_InvertedLists(ivf.invlists)
+    if isinstance(inv, faiss.OnDiskInvertedLists) and inv.totsize and inv.ptr is not None:
+        return int(inv.ptr), int(inv.totsize)
+    return None
 
 
 def load_derived(index_dir: Path, st: StoreRow, *, verify: bool = False) -> faiss.Index:

@@ -72,3 +72,32 @@ def faiss_threads(n: int | None) -> Iterator[None]:
         yield
     finally:
         faiss.omp_set_num_threads(before)
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def mapped_file_bytes() -> int:
+    """Resident bytes of this process backed by files (memory-mapped shards and lists), from ``/proc/self/statm``
+    (its "shared" field); 0 where there is no such file."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[2]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def unmap_pages(address: int, length: int) -> None:
+    """``madvise(MADV_DONTNEED)`` on a read-only file mapping made in C (faiss's on-disk lists): its pages leave this
+    process's resident set and stay in the page cache. A no-op where libc or the call is not available."""
+    import ctypes
+    import mmap
+
+    advice = getattr(mmap, "MADV_DONTNEED", None)
+    if not address or length <= 0 or advice is None:
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.madvise(ctypes.c_void_p(address), ctypes.c_size_t(length), ctypes.c_int(advice))
+    except (OSError, AttributeError):
+        pass

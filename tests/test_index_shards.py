@@ -291,3 +291,37 @@ def test_v1_folder_is_migrated_by_any_writer(tmp_path: Path, tiny) -> None:
     assert s.metric == tiny.name and s.embedded == 1 and s.total_vectors == 6
     assert not legacy_file(idx, tiny.fingerprint).exists()
     assert search(idx, files[2], k=1)[0].relpath == files[2].name
+
+
+def test_readers_unmap_what_they_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reader's file-backed resident memory is bounded: past its budget it unmaps the derived lists and shards it
+    has read, and the answers do not change (the pages come back from the page cache)."""
+    import lookalike.indexer._store as store
+    from lookalike.indexer._util import mapped_file_bytes
+
+    cat, x = _synthetic(tmp_path / "idx", 20_000, 256, factory="IVF16,SQ8")
+    w = ShardWriter(cat, FP, 256)
+    for s in range(0, 20_000, 5000):
+        p = w.write(np.arange(s + 1, s + 5001), x[s:s + 5000])
+        with cat.session() as ss, ss.begin():
+            w.record(ss, p)
+    update_structure(cat, cat.builds()[0])
+    vec = ShardedVectors(cat, cat.builds()[0])
+    vec.set_search_params("nprobe=16")
+    assert vec._lists_map is not None  # the lists are memory-mapped by faiss
+    xq = x[:64]
+    D0, I0 = vec.search(xq, 10)
+    for p in vec.shards.parts:  # every shard page resident (20k x 256 float32: 20 MB)
+        np.asarray(p.xb).sum()
+    touched = mapped_file_bytes()
+    vec.release_pages()
+    released = mapped_file_bytes()
+    assert touched - released > 15 << 20
+    for p in vec.shards.parts:
+        np.asarray(p.xb).sum()
+    assert mapped_file_bytes() - released > 15 << 20  # they come back when read again
+    monkeypatch.setattr(store, "MAPPED_GROWTH_MAX", 0)  # every query releases
+    D1, I1 = vec.search(xq, 10)
+    assert np.array_equal(I0, I1) and np.allclose(D0, D1)
+    lims, _, ids = vec.range_search(xq[:4], 0.05)
+    assert all(i in ids[lims[q]:lims[q + 1]] for q, i in enumerate(range(1, 5)))
