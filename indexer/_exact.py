@@ -135,13 +135,15 @@ def scan_knn(p: OpenShard, xq: np.ndarray, k: int, S: np.ndarray, I: np.ndarray 
 
 def merge_topk(S: np.ndarray, I: np.ndarray, S2: np.ndarray, I2: np.ndarray, k: int  # noqa: E741
                ) -> tuple[np.ndarray, np.ndarray]:
-    """The k best (highest score) of two candidate sets per query; -inf scores carry id -1."""
+    """The k best (highest score) of two candidate sets per query, equal scores in image-id order (an exact copy
+    and its original always come in the order they were indexed, whichever scan found them); -inf scores carry
+    id -1."""
     if S2.shape[1] > k:  # keep the block's own k best before concatenating
         part = np.argpartition(-S2, k - 1, axis=1)[:, :k]
         S2, I2 = np.take_along_axis(S2, part, 1), np.take_along_axis(I2, part, 1)
     Sa = np.concatenate([S, S2], axis=1)
     Ia = np.concatenate([I, I2], axis=1)
-    order = np.argsort(-Sa, axis=1, kind="stable")[:, :k]
+    order = np.lexsort((np.where(Ia < 0, np.iinfo(np.int64).max, Ia), -Sa), axis=1)[:, :k]
     Sa, Ia = np.take_along_axis(Sa, order, 1), np.take_along_axis(Ia, order, 1)
     Ia = np.where(np.isfinite(Sa), Ia, -1)
     return Sa, Ia

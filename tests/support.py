@@ -56,6 +56,26 @@ def playwright_or_skip() -> ModuleType:
         pytest.skip(f"{CHROMIUM} not installed (run .ci/install-system.sh)", allow_module_level=True)
     return pytest.importorskip("playwright.sync_api")
 
+
+@contextlib.contextmanager
+def browser_page(browser: object, width: int, height: int, **context: object) -> Iterator[object]:
+    """A page in a fresh browser context of the given viewport (``context``: more ``new_context`` options), with the
+    browser tests' timeout; the context is closed afterwards."""
+    ctx = browser.new_context(viewport={"width": width, "height": height}, **context)  # type: ignore[attr-defined]
+    try:
+        page = ctx.new_page()
+        page.set_default_timeout(BROWSER_TIMEOUT_MS)
+        yield page
+    finally:
+        ctx.close()
+
+
+def screenshot(page: object, name: str) -> None:
+    """A full-page screenshot in ``SCREENSHOTS`` after the page has settled for half a second."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.wait_for_timeout(500)  # type: ignore[attr-defined]
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)  # type: ignore[attr-defined]
+
 #: The photo indexed with an edited copy in ``photo_collection``: the known duplicate group.
 DUP_OF = "bsd68_101085.jpg"
 DUP_EDITED = "edits/bsd68_101085_edited.jpg"

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import BROWSER_TIMEOUT_MS, SCREENSHOTS, playwright_or_skip, run_app
+from support import BROWSER_TIMEOUT_MS, browser_page, playwright_or_skip, run_app, screenshot
 
 TIMEOUT_MS = BROWSER_TIMEOUT_MS
 
@@ -29,17 +29,11 @@ def app_url(pairs_index: dict[str, Path], tmp_path_factory: pytest.TempPathFacto
 
 @pytest.fixture()
 def page(browser: object) -> Iterator[object]:
-    ctx = browser.new_context(viewport={"width": 1400, "height": 1800})  # type: ignore[attr-defined]
-    p = ctx.new_page()
-    p.set_default_timeout(TIMEOUT_MS)
-    yield p
-    ctx.close()
+    with browser_page(browser, 1400, 1800) as p:
+        yield p
 
 
-def _shot(page: object, name: str) -> None:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.wait_for_timeout(500)  # type: ignore[attr-defined]
-    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)  # type: ignore[attr-defined]
+_shot = screenshot
 
 
 def _no_traceback(page: object) -> None:

@@ -14,7 +14,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import BROWSER_TIMEOUT_MS, SCREENSHOTS, playwright_or_skip, run_app, split_collection
+from support import (
+    BROWSER_TIMEOUT_MS,
+    browser_page,
+    playwright_or_skip,
+    run_app,
+    screenshot,
+    split_collection,
+)
 
 TIMEOUT_MS = BROWSER_TIMEOUT_MS
 
@@ -38,17 +45,11 @@ def app(collection: dict[str, Path]) -> Iterator[dict]:
 
 @pytest.fixture()
 def page(browser: object) -> Iterator[object]:
-    ctx = browser.new_context(viewport={"width": 1400, "height": 2000}, accept_downloads=True)  # type: ignore[attr-defined]
-    p = ctx.new_page()
-    p.set_default_timeout(TIMEOUT_MS)
-    yield p
-    ctx.close()
+    with browser_page(browser, 1400, 2000, accept_downloads=True) as p:
+        yield p
 
 
-def _shot(page: object, name: str) -> None:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.wait_for_timeout(500)  # type: ignore[attr-defined]
-    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)  # type: ignore[attr-defined]
+_shot = screenshot
 
 
 def _group_with(page: object, name: str) -> object:
