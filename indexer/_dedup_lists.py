@@ -108,13 +108,10 @@ class _Lists:
             return np.zeros((0, self.code_size), np.uint8)
         return faiss.rev_swig_ptr(self.inv.get_codes(n), size * self.code_size).reshape(size, self.code_size).copy()
 
-    def maybe_release(self) -> bool:
-        """Unmap the pages read so far once ``RELEASE_BYTES`` were read; True when it did."""
+    def maybe_release(self) -> None:
         if self.mm is not None and self.read >= RELEASE_BYTES and hasattr(self.mm, "madvise"):
             self.mm.madvise(mmap.MADV_DONTNEED)
             self.read = 0
-            return True
-        return False
 
     def close(self) -> None:
         if self.mm is not None:
@@ -196,7 +193,6 @@ def ivf_pairs(vectors, threshold: float, *, nprobe: int | None = None,  # vector
         else:
             keys = np.asarray(lists.keys(n))
             x = _gather(vectors, keys, ids >= 0)
-            lists.read += x.nbytes  # counts towards the next release (of the shards' pages, below)
         if n in extra_ids:
             ids = np.concatenate([ids, *extra_ids[n]])
             x = np.concatenate([np.asarray(x, np.float32), *extra_x[n]])
@@ -232,8 +228,7 @@ def ivf_pairs(vectors, threshold: float, *, nprobe: int | None = None,  # vector
                 d = float(max(1.0 - S[i, j], 0.0))
                 if key not in pairs or d < pairs[key]:
                     pairs[key] = d
-        if lists.maybe_release() and not flat_codes and sq is None:
-            vectors.shards.release_pages()  # PQ: members gathered from the shards
+        lists.maybe_release()
         if progress is not None and (a % 64 == 0 or a == nlist - 1):
             progress(a + 1, nlist)
     lists.close()
@@ -279,6 +274,7 @@ def _gather(vectors, keys: np.ndarray, live: np.ndarray) -> np.ndarray:  # vecto
         rows = keys[sel] & 0xFFFFFFFF
         order = np.argsort(rows)
         out[sel[order]] = np.asarray(p.xb[rows[order]], np.float32)
+    vectors._bound_mapped()  # the reader's own budget on mapped shard pages, as for ShardedVectors.vectors
     return out
 
 
